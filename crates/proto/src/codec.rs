@@ -1,0 +1,206 @@
+//! The one codec: a 4-byte big-endian length prefix (not counting itself) followed by the body,
+//! framed by `tokio_util`'s `LengthDelimitedCodec` with an explicit maximum frame length. Bodies
+//! are postcard; a chunk's bytes follow their header raw.
+//!
+//! Two kinds of failure are kept apart. A frame that cannot be framed (too large, I/O) is a
+//! [`CodecError`]: the stream cannot be trusted past it and the connection must close. A frame that
+//! was framed but holds no valid message is a [`MessageError`] *item*: frame boundaries are intact,
+//! so the receiver answers with a typed error and carries on.
+
+use std::io;
+use std::marker::PhantomData;
+
+use bytes::{BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
+
+use crate::peer::{PeerRequest, PeerResponse, ResponseHeader};
+use crate::tracker::{TrackerRequest, TrackerResponse};
+
+/// Bytes of the length prefix.
+pub const LEN_PREFIX: usize = 4;
+
+/// A fatal framing failure: close the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// A frame is longer than the limit (either announced by a peer or about to be sent).
+    #[error("frame of {len} bytes exceeds the limit of {max}")]
+    FrameTooLarge {
+        /// The frame's length, when known.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The message could not be encoded.
+    #[error("encoding failed: {0}")]
+    Encode(#[from] postcard::Error),
+    /// The transport failed.
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// A well-framed body that holds no valid message. The connection may continue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MessageError {
+    /// Postcard could not decode the body.
+    #[error("undecodable body: {0}")]
+    Decode(postcard::Error),
+    /// Bytes were left over after the message.
+    #[error("{0} trailing bytes after the message")]
+    TrailingBytes(usize),
+    /// A chunk's announced length does not match the bytes that follow.
+    #[error("chunk header announces {announced} bytes, frame holds {actual}")]
+    PayloadLength {
+        /// Length in the header.
+        announced: u32,
+        /// Bytes present.
+        actual: usize,
+    },
+}
+
+/// A message that knows its body encoding.
+pub trait WireMessage: Sized {
+    /// Appends the body to `dst`.
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error>;
+    /// Decodes one whole body.
+    fn decode_body(frame: BytesMut) -> Result<Self, MessageError>;
+}
+
+fn postcard_decode<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<(T, usize), MessageError> {
+    let (msg, rest) = postcard::take_from_bytes::<T>(frame).map_err(MessageError::Decode)?;
+    Ok((msg, frame.len() - rest.len()))
+}
+
+macro_rules! postcard_message {
+    ($($t:ty),*) => {$(
+        impl WireMessage for $t {
+            fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
+                dst.extend_from_slice(&postcard::to_stdvec(self)?);
+                Ok(())
+            }
+            fn decode_body(frame: BytesMut) -> Result<Self, MessageError> {
+                let (msg, used) = postcard_decode(&frame)?;
+                match frame.len() - used {
+                    0 => Ok(msg),
+                    n => Err(MessageError::TrailingBytes(n)),
+                }
+            }
+        }
+    )*};
+}
+
+postcard_message!(TrackerRequest, TrackerResponse, PeerRequest);
+
+impl WireMessage for PeerResponse {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
+        let header = match self {
+            PeerResponse::Welcome { have } => ResponseHeader::Welcome { have: have.clone() },
+            PeerResponse::Chunk { chunk, data } => {
+                let len = u32::try_from(data.len()).map_err(|_| postcard::Error::SerializeBufferFull)?;
+                ResponseHeader::Chunk { chunk: *chunk, len }
+            }
+            PeerResponse::DontHave { chunk } => ResponseHeader::DontHave { chunk: *chunk },
+            PeerResponse::Error(e) => ResponseHeader::Error(e.clone()),
+        };
+        dst.extend_from_slice(&postcard::to_stdvec(&header)?);
+        if let PeerResponse::Chunk { data, .. } = self {
+            dst.extend_from_slice(data);
+        }
+        Ok(())
+    }
+
+    fn decode_body(mut frame: BytesMut) -> Result<Self, MessageError> {
+        let (header, used) = postcard_decode::<ResponseHeader>(&frame)?;
+        let rest = frame.len() - used;
+        match header {
+            ResponseHeader::Chunk { chunk, len } => {
+                if rest != len as usize {
+                    return Err(MessageError::PayloadLength { announced: len, actual: rest });
+                }
+                // Zero-copy: the chunk keeps the frame's buffer.
+                let data = frame.split_off(used).freeze();
+                Ok(PeerResponse::Chunk { chunk, data })
+            }
+            _ if rest != 0 => Err(MessageError::TrailingBytes(rest)),
+            ResponseHeader::Welcome { have } => Ok(PeerResponse::Welcome { have }),
+            ResponseHeader::DontHave { chunk } => Ok(PeerResponse::DontHave { chunk }),
+            ResponseHeader::Error(e) => Ok(PeerResponse::Error(e)),
+        }
+    }
+}
+
+/// Decodes `In` messages and encodes `Out` messages, with a maximum frame length in both
+/// directions.
+#[derive(Debug)]
+pub struct Codec<In, Out> {
+    framing: LengthDelimitedCodec,
+    max_frame: usize,
+    _types: PhantomData<fn(Out) -> In>,
+}
+
+/// What a tracker uses.
+pub type TrackerServerCodec = Codec<TrackerRequest, TrackerResponse>;
+/// What a tracker client uses.
+pub type TrackerClientCodec = Codec<TrackerResponse, TrackerRequest>;
+/// What a serving peer uses.
+pub type PeerServerCodec = Codec<PeerRequest, PeerResponse>;
+/// What a downloading peer uses.
+pub type PeerClientCodec = Codec<PeerResponse, PeerRequest>;
+
+impl<In, Out> Codec<In, Out> {
+    /// A codec that accepts frames of at most `max_frame` body bytes.
+    pub fn new(max_frame: usize) -> Self {
+        let framing =
+            LengthDelimitedCodec::builder().length_field_length(LEN_PREFIX).max_frame_length(max_frame).new_codec();
+        Self { framing, max_frame, _types: PhantomData }
+    }
+
+    /// Changes the limit, e.g. from the small pre-handshake limit to the full one.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.framing.set_max_frame_length(max_frame);
+        self.max_frame = max_frame;
+    }
+
+    /// The current limit.
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+}
+
+impl<In: WireMessage, Out> Decoder for Codec<In, Out> {
+    type Item = Result<In, MessageError>;
+    type Error = CodecError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
+        match self.framing.decode(src) {
+            Ok(Some(frame)) => Ok(Some(In::decode_body(frame))),
+            Ok(None) => Ok(None),
+            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
+                let len = src.get(..LEN_PREFIX).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
+                Err(CodecError::FrameTooLarge { len, max: self.max_frame })
+            }
+            Err(e) => Err(CodecError::Io(e)),
+        }
+    }
+}
+
+impl<In, Out: WireMessage> Encoder<Out> for Codec<In, Out> {
+    type Error = CodecError;
+
+    fn encode(&mut self, item: Out, dst: &mut BytesMut) -> Result<(), CodecError> {
+        // Append in place: the length is patched in once the body is written, and nothing already
+        // buffered in `dst` is touched.
+        let start = dst.len();
+        dst.put_u32(0);
+        if let Err(e) = item.encode_body(dst) {
+            dst.truncate(start);
+            return Err(e.into());
+        }
+        let len = dst.len() - start - LEN_PREFIX;
+        if len > self.max_frame {
+            dst.truncate(start);
+            return Err(CodecError::FrameTooLarge { len, max: self.max_frame });
+        }
+        dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
+        Ok(())
+    }
+}

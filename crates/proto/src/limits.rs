@@ -1,0 +1,60 @@
+//! Protocol limits, as named constants. Each is a default that the tracker or peer may lower or
+//! raise through its configuration; each has a typed error where it is enforced.
+
+/// Largest frame body accepted after the handshake, in bytes (16 MiB). Holds a chunk of the
+/// largest size plus its header, or the metadata of a file of [`MAX_CHUNKS_PER_FILE`] chunks.
+pub const DEFAULT_MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Largest frame body accepted before the handshake completes (4 KiB): an unauthenticated
+/// connection cannot make the receiver buffer more than this.
+pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;
+
+/// Smallest chunk size (16 KiB). Chunk sizes are powers of two so that every chunk is a complete
+/// BLAKE3 subtree (see [`crate::meta`]).
+pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
+
+/// Largest chunk size (8 MiB): one chunk must fit in a frame with room to spare.
+pub const MAX_CHUNK_SIZE: u32 = 8 * 1024 * 1024;
+
+/// Default chunk size (1 MiB): large enough that per-chunk overhead (a request, a hash, a tracker
+/// Chunk Register) is negligible next to the transfer, small enough that a 100 MiB file still has
+/// 100 pieces to spread across a swarm.
+pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
+
+/// Most chunks one file may have (262,144): its hash list is 8 MiB, which fits in one frame.
+/// With the largest chunk size this allows files up to 2 TiB.
+pub const MAX_CHUNKS_PER_FILE: u32 = 1 << 18;
+
+/// Longest file name, in bytes.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Longest single path component of a file name, in bytes (the common file-system limit).
+pub const MAX_COMPONENT_LEN: usize = 255;
+
+/// Default cap on files in one Register request.
+pub const DEFAULT_MAX_FILES_PER_REGISTER: usize = 1024;
+
+/// Default cap on files one session may hold registered.
+pub const DEFAULT_MAX_FILES_PER_SESSION: usize = 100_000;
+
+/// Default cap on distinct files the tracker holds in total.
+pub const DEFAULT_MAX_FILES_TOTAL: usize = 1_000_000;
+
+/// Default cap on endpoints in one File Locations reply.
+pub const DEFAULT_MAX_LOCATIONS: usize = 64;
+
+/// Default number of entries in one File List page.
+pub const DEFAULT_LIST_PAGE: usize = 1000;
+
+/// Default cap on concurrent tracker connections.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default keep-alive interval the tracker asks of its clients, in milliseconds.
+pub const DEFAULT_KEEPALIVE_MS: u64 = 2_000;
+
+/// Default session expiry: a session from which nothing arrives for this long is removed, in
+/// milliseconds. Also bounds how long one frame may take to arrive.
+pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 6_000;
+
+/// Default deadline for the handshake of a new connection, in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;

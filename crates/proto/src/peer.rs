@@ -1,0 +1,96 @@
+//! The peer wire protocol, between a downloader (client) and a peer that serves chunks (server).
+//!
+//! The client opens with [`PeerRequest::Hello`], naming the file and its root hash; the server
+//! answers [`PeerResponse::Welcome`] with the chunks it holds, or an error. Then the client sends
+//! [`PeerRequest::GetChunk`] requests, several in flight (pipelined); the server answers each in
+//! order with the chunk's bytes or [`PeerResponse::DontHave`]. A chunk's bytes travel raw after a
+//! small postcard header, so they are neither copied nor re-encoded by the codec.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::bitmap::Have;
+use crate::handshake::{HandshakeError, Hello};
+use crate::meta::Hash;
+use crate::name::NameError;
+
+/// A request from a downloader to a serving peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Opens the connection for one file.
+    Hello {
+        /// Magic and version.
+        hello: Hello,
+        /// The file wanted.
+        name: String,
+        /// Its root hash: the server only serves this exact content.
+        root: Hash,
+    },
+    /// Asks for one chunk.
+    GetChunk {
+        /// The chunk index.
+        chunk: u32,
+    },
+}
+
+/// A reply from a serving peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerResponse {
+    /// The handshake succeeded; the chunks the server holds now.
+    Welcome {
+        /// Held chunks.
+        have: Have,
+    },
+    /// A chunk's bytes.
+    Chunk {
+        /// The chunk index.
+        chunk: u32,
+        /// Its bytes.
+        data: Bytes,
+    },
+    /// The server does not hold this chunk.
+    DontHave {
+        /// The chunk index.
+        chunk: u32,
+    },
+    /// The request failed.
+    Error(PeerError),
+}
+
+/// A typed error from a serving peer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum PeerError {
+    /// The handshake failed.
+    #[error("handshake refused: {0}")]
+    Handshake(HandshakeError),
+    /// The server does not share that file (or not with that root hash).
+    #[error("file not shared here")]
+    UnknownFile,
+    /// The name is invalid.
+    #[error("invalid name: {0}")]
+    InvalidName(NameError),
+    /// The chunk index is past the end of the file.
+    #[error("chunk {chunk} out of range")]
+    ChunkOutOfRange {
+        /// The index sent.
+        chunk: u32,
+    },
+    /// The server is at its upload cap; try later.
+    #[error("server busy")]
+    Busy,
+    /// The server failed to read the chunk.
+    #[error("server failed to read the chunk")]
+    Internal,
+    /// The frame held no valid request.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+}
+
+/// The header that [`PeerResponse`] is encoded as; `Chunk` is followed by `len` raw bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ResponseHeader {
+    Welcome { have: Have },
+    Chunk { chunk: u32, len: u32 },
+    DontHave { chunk: u32 },
+    Error(PeerError),
+}

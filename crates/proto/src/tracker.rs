@@ -1,0 +1,239 @@
+//! The tracker protocol: the seed's five request/reply pairs (Register, File List, File Locations,
+//! Chunk Register, Leave), plus the handshake, a metadata request and a keep-alive.
+//!
+//! One connection is one session. The client sends [`TrackerRequest::Hello`] first; after the
+//! [`TrackerResponse::Welcome`] it may send any other request, and the tracker answers every
+//! request with exactly one response, in order. Append-only: new variants go at the end.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::bitmap::Have;
+use crate::handshake::{HandshakeError, Hello};
+use crate::meta::{FileMeta, Hash, MetaError};
+use crate::name::NameError;
+
+/// A request from a peer to the tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerRequest {
+    /// Opens the session. Must be the first message.
+    Hello(Hello),
+    /// Announces the peer's endpoint and the files it shares (complete or in part). May be sent
+    /// several times; files accumulate. An empty file list just sets the endpoint.
+    Register(Register),
+    /// Asks for one page of the file list, starting after the given name.
+    FileList {
+        /// The last name of the previous page, or `None` for the first page.
+        after: Option<String>,
+    },
+    /// Asks for a file's full metadata (chunk hashes included).
+    FileMeta {
+        /// The file.
+        name: String,
+    },
+    /// Asks which endpoints hold which chunks of a file.
+    FileLocations {
+        /// The file.
+        name: String,
+    },
+    /// Tells the tracker this session's peer now holds one more chunk of a file.
+    ChunkRegister {
+        /// The file.
+        name: String,
+        /// The chunk index.
+        chunk: u32,
+    },
+    /// Removes this session's peer and everything it registered.
+    Leave,
+    /// Keeps an otherwise idle session alive.
+    KeepAlive,
+}
+
+/// The Register request's body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// Where the peer accepts connections. An unspecified IP (`0.0.0.0` or `::`) is replaced by the
+    /// address the tracker sees the session coming from.
+    pub listen: SocketAddr,
+    /// The files, each with the chunks held.
+    pub files: Vec<RegisterFile>,
+}
+
+/// One file in a Register request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegisterFile {
+    /// The file's metadata.
+    pub meta: FileMeta,
+    /// The chunks the peer holds.
+    pub have: Have,
+}
+
+/// A reply from the tracker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TrackerResponse {
+    /// The handshake succeeded.
+    Welcome(Welcome),
+    /// Register's reply: one result per file, in request order (the seed's per-file Boolean, with
+    /// a reason when false).
+    Registered {
+        /// Per-file outcome.
+        results: Vec<Result<(), RejectReason>>,
+    },
+    /// One page of the file list, sorted by name.
+    FileList {
+        /// The files on this page.
+        files: Vec<FileSummary>,
+        /// True when more files follow this page.
+        more: bool,
+    },
+    /// A file's metadata.
+    FileMeta(FileMeta),
+    /// A file's sources.
+    FileLocations(Locations),
+    /// Chunk Register succeeded.
+    ChunkRegistered,
+    /// Leave succeeded: the peer and its registrations are gone.
+    Left,
+    /// Reply to a keep-alive.
+    KeepAlive,
+    /// The request failed; nothing changed.
+    Error(RequestError),
+}
+
+/// Session parameters the tracker hands out in its welcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The tracker's protocol version.
+    pub version: u16,
+    /// How often the client should send something (a keep-alive if nothing else), in ms.
+    pub keepalive_ms: u64,
+    /// After this long without a message the session is removed, in ms.
+    pub session_timeout_ms: u64,
+    /// The address the tracker sees this session coming from.
+    pub observed: SocketAddr,
+}
+
+/// A file in the file list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileSummary {
+    /// Its name.
+    pub name: String,
+    /// Its length in bytes.
+    pub length: u64,
+    /// Its root hash.
+    pub root: Hash,
+    /// Its chunk size.
+    pub chunk_size: u32,
+    /// Peers holding at least one chunk.
+    pub sources: u32,
+    /// Peers holding every chunk.
+    pub complete_sources: u32,
+}
+
+/// File Locations' reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Locations {
+    /// Root hash of the file these locations are for, so a client can tell the file was not
+    /// replaced with other content since it fetched the metadata.
+    pub root: Hash,
+    /// Chunks in the file.
+    pub num_chunks: u32,
+    /// Peers holding at least one chunk in total (the reply may list fewer).
+    pub total_sources: u32,
+    /// A selection of sources (at most the tracker's cap), never including the caller.
+    pub sources: Vec<SourceInfo>,
+    /// Per chunk, how many peers hold it, counting every source (not only those listed).
+    pub availability: Vec<u32>,
+}
+
+/// One source of a file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SourceInfo {
+    /// Where the peer accepts connections.
+    pub addr: SocketAddr,
+    /// Which chunks it holds.
+    pub have: Have,
+}
+
+/// Why one file of a Register request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RejectReason {
+    /// The name is not a safe relative path.
+    #[error("invalid name: {0}")]
+    InvalidName(NameError),
+    /// The metadata is not self-consistent.
+    #[error("inconsistent metadata: {0}")]
+    InconsistentMeta(MetaError),
+    /// The name is registered with different content.
+    #[error("name already registered with different content (root {existing})")]
+    ContentConflict {
+        /// The root hash already registered under this name.
+        existing: Hash,
+    },
+    /// The same name appears twice in the request.
+    #[error("name appears twice in one request")]
+    Duplicate,
+    /// A partial bitmap's length does not match the file's chunk count.
+    #[error("bitmap has {got} bits, the file has {want} chunks")]
+    BitmapLength {
+        /// Chunks in the file.
+        want: u32,
+        /// Bits in the bitmap.
+        got: u32,
+    },
+    /// This session holds as many files as allowed.
+    #[error("session file quota of {max} reached")]
+    SessionQuota {
+        /// The quota.
+        max: usize,
+    },
+    /// The tracker holds as many files as allowed.
+    #[error("tracker file quota of {max} reached")]
+    GlobalQuota {
+        /// The quota.
+        max: usize,
+    },
+}
+
+/// A typed error reply. The request changed nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum RequestError {
+    /// The handshake failed.
+    #[error("handshake refused: {0}")]
+    Handshake(HandshakeError),
+    /// A second Hello on an open session.
+    #[error("session already open")]
+    AlreadyOpen,
+    /// The frame held no valid request.
+    #[error("malformed request: {0}")]
+    Malformed(String),
+    /// Register carried more files than allowed.
+    #[error("{got} files in one Register, limit {max}")]
+    TooManyFiles {
+        /// Files sent.
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The request needs a prior Register (it sets the endpoint).
+    #[error("register an endpoint first")]
+    NotRegistered,
+    /// No such file.
+    #[error("unknown file '{0}'")]
+    UnknownFile(String),
+    /// The chunk index is past the end of the file.
+    #[error("chunk {chunk} out of range: the file has {num_chunks} chunks")]
+    ChunkOutOfRange {
+        /// The index sent.
+        chunk: u32,
+        /// Chunks in the file.
+        num_chunks: u32,
+    },
+    /// The name is invalid.
+    #[error("invalid name: {0}")]
+    InvalidName(NameError),
+    /// The listen address cannot be used (port 0).
+    #[error("invalid listen address {0}")]
+    BadEndpoint(SocketAddr),
+}

@@ -1,0 +1,286 @@
+//! Codec tests: every message round-trips, frames split and merge correctly, and bad input of
+//! every kind gives a typed error, never a panic.
+
+#![allow(clippy::unwrap_used)]
+
+use bytes::{BufMut, Bytes, BytesMut};
+use proptest::prelude::*;
+use proto::bitmap::{Bitmap, Have};
+use proto::codec::LEN_PREFIX;
+use proto::limits::MIN_CHUNK_SIZE;
+use proto::peer::{PeerError, PeerRequest, PeerResponse};
+use proto::tracker::*;
+use proto::*;
+use tokio_util::codec::{Decoder, Encoder};
+
+fn meta() -> FileMeta {
+    let data: Vec<u8> = (0..3 * MIN_CHUNK_SIZE as usize + 11).map(|i| i as u8).collect();
+    FileMeta::from_bytes("dir/file.bin", MIN_CHUNK_SIZE, &data)
+}
+
+fn requests() -> Vec<TrackerRequest> {
+    let mut bm = Bitmap::new(4);
+    bm.set(2);
+    vec![
+        TrackerRequest::Hello(Hello::current()),
+        TrackerRequest::Register(Register {
+            listen: "10.0.0.1:7000".parse().unwrap(),
+            files: vec![
+                RegisterFile { meta: meta(), have: Have::Complete },
+                RegisterFile { meta: meta(), have: Have::Partial(bm) },
+            ],
+        }),
+        TrackerRequest::Register(Register { listen: "[::1]:1".parse().unwrap(), files: vec![] }),
+        TrackerRequest::FileList { after: None },
+        TrackerRequest::FileList { after: Some("a".into()) },
+        TrackerRequest::FileMeta { name: "x".into() },
+        TrackerRequest::FileLocations { name: "x".into() },
+        TrackerRequest::ChunkRegister { name: "x".into(), chunk: u32::MAX },
+        TrackerRequest::Leave,
+        TrackerRequest::KeepAlive,
+    ]
+}
+
+fn responses() -> Vec<TrackerResponse> {
+    let mut bm = Bitmap::new(4);
+    bm.set(0);
+    vec![
+        TrackerResponse::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            keepalive_ms: 1000,
+            session_timeout_ms: 3000,
+            observed: "127.0.0.1:5555".parse().unwrap(),
+        }),
+        TrackerResponse::Registered {
+            results: vec![
+                Ok(()),
+                Err(RejectReason::InvalidName(NameError::DotComponent)),
+                Err(RejectReason::InconsistentMeta(MetaError::RootMismatch)),
+                Err(RejectReason::ContentConflict { existing: meta().root }),
+                Err(RejectReason::SessionQuota { max: 3 }),
+            ],
+        },
+        TrackerResponse::FileList {
+            files: vec![FileSummary {
+                name: "a".into(),
+                length: 5,
+                root: meta().root,
+                chunk_size: MIN_CHUNK_SIZE,
+                sources: 2,
+                complete_sources: 1,
+            }],
+            more: true,
+        },
+        TrackerResponse::FileMeta(meta()),
+        TrackerResponse::FileLocations(Locations {
+            root: meta().root,
+            num_chunks: 4,
+            total_sources: 2,
+            sources: vec![
+                SourceInfo { addr: "1.2.3.4:5".parse().unwrap(), have: Have::Complete },
+                SourceInfo { addr: "1.2.3.5:5".parse().unwrap(), have: Have::Partial(bm) },
+            ],
+            availability: vec![2, 1, 1, 1],
+        }),
+        TrackerResponse::ChunkRegistered,
+        TrackerResponse::Left,
+        TrackerResponse::KeepAlive,
+        TrackerResponse::Error(RequestError::ChunkOutOfRange { chunk: 9, num_chunks: 4 }),
+        TrackerResponse::Error(RequestError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })),
+    ]
+}
+
+fn peer_responses() -> Vec<PeerResponse> {
+    vec![
+        PeerResponse::Welcome { have: Have::Partial(Bitmap::full(9)) },
+        PeerResponse::Chunk { chunk: 3, data: Bytes::from(vec![7u8; 1000]) },
+        PeerResponse::Chunk { chunk: 0, data: Bytes::new() },
+        PeerResponse::DontHave { chunk: 1 },
+        PeerResponse::Error(PeerError::UnknownFile),
+    ]
+}
+
+fn encode_all<T: WireMessage + Clone>(msgs: &[T]) -> BytesMut {
+    let mut codec = Codec::<T, T>::new(limits::DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::new();
+    for m in msgs {
+        codec.encode(m.clone(), &mut buf).unwrap();
+    }
+    buf
+}
+
+fn decode_all<T: WireMessage>(mut buf: BytesMut) -> Vec<T> {
+    let mut codec = Codec::<T, T>::new(limits::DEFAULT_MAX_FRAME);
+    let mut out = Vec::new();
+    while let Some(m) = codec.decode(&mut buf).unwrap() {
+        out.push(m.unwrap());
+    }
+    assert!(buf.is_empty());
+    out
+}
+
+/// All messages of one kind, encoded back to back into one buffer, decode to the same list:
+/// round-trip and several frames in one buffer at once.
+#[test]
+fn every_message_round_trips() {
+    let r = requests();
+    assert_eq!(decode_all::<TrackerRequest>(encode_all(&r)), r);
+    let r = responses();
+    assert_eq!(decode_all::<TrackerResponse>(encode_all(&r)), r);
+    let r = peer_responses();
+    assert_eq!(decode_all::<PeerResponse>(encode_all(&r)), r);
+    let r = vec![
+        PeerRequest::Hello { hello: Hello::current(), name: "f".into(), root: meta().root },
+        PeerRequest::GetChunk { chunk: 2 },
+    ];
+    assert_eq!(decode_all::<PeerRequest>(encode_all(&r)), r);
+}
+
+/// Every proper prefix of a frame decodes to "need more", and leaves the buffer intact.
+#[test]
+fn every_prefix_needs_more() {
+    let full = encode_all(&responses()[..5]);
+    let first_len = LEN_PREFIX + u32::from_be_bytes(full[..4].try_into().unwrap()) as usize;
+    for cut in 0..first_len {
+        let mut codec = TrackerClientCodec::new(limits::DEFAULT_MAX_FRAME);
+        let mut buf = BytesMut::from(&full[..cut]);
+        assert!(codec.decode(&mut buf).unwrap().is_none(), "prefix {cut}");
+    }
+}
+
+#[test]
+fn encoding_appends_without_touching_buffered_frames() {
+    let mut codec = TrackerServerCodec::new(limits::DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::new();
+    codec.encode(TrackerResponse::Left, &mut buf).unwrap();
+    let first = buf.clone();
+    codec.encode(TrackerResponse::KeepAlive, &mut buf).unwrap();
+    assert_eq!(&buf[..first.len()], &first[..]);
+}
+
+#[test]
+fn oversized_length_prefix_is_fatal() {
+    for len in [u32::MAX, 1025] {
+        let mut codec = TrackerServerCodec::new(1024);
+        let mut buf = BytesMut::new();
+        buf.put_u32(len);
+        buf.put_slice(&[0; 16]);
+        match codec.decode(&mut buf) {
+            Err(CodecError::FrameTooLarge { max: 1024, .. }) => {}
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+    }
+    // Exactly at the limit is fine (it is just an undecodable body).
+    let mut codec = TrackerServerCodec::new(1024);
+    let mut buf = BytesMut::new();
+    buf.put_u32(1024);
+    buf.put_slice(&[0xff; 1024]);
+    assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(MessageError::Decode(_))))));
+}
+
+#[test]
+fn encoding_an_oversized_message_fails_cleanly() {
+    let mut codec = PeerServerCodec::new(100);
+    let mut buf = BytesMut::new();
+    codec.encode(PeerResponse::DontHave { chunk: 1 }, &mut buf).unwrap();
+    let before = buf.clone();
+    let err = codec.encode(PeerResponse::Chunk { chunk: 0, data: Bytes::from(vec![0u8; 200]) }, &mut buf);
+    assert!(matches!(err, Err(CodecError::FrameTooLarge { max: 100, .. })));
+    assert_eq!(buf, before);
+}
+
+fn frame(body: &[u8]) -> BytesMut {
+    let mut buf = BytesMut::new();
+    buf.put_u32(body.len() as u32);
+    buf.put_slice(body);
+    buf
+}
+
+/// A garbage body is a per-message error: the next frame still decodes.
+#[test]
+fn garbage_body_is_recoverable() {
+    let mut codec = TrackerServerCodec::new(1024);
+    let mut buf = frame(&[0xff, 0xff, 0xff]);
+    buf.extend_from_slice(&frame(&[]));
+    buf.extend_from_slice(&encode_all(&[TrackerRequest::Leave]));
+    assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(MessageError::Decode(_))))));
+    assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(MessageError::Decode(_))))));
+    assert_eq!(codec.decode(&mut buf).unwrap().unwrap().unwrap(), TrackerRequest::Leave);
+}
+
+#[test]
+fn trailing_bytes_and_bad_payload_length_are_errors() {
+    let mut body = encode_all(&[TrackerRequest::Leave]).split_off(LEN_PREFIX).to_vec();
+    body.push(0);
+    let mut codec = TrackerServerCodec::new(1024);
+    assert_eq!(codec.decode(&mut frame(&body)).unwrap().unwrap(), Err(MessageError::TrailingBytes(1)));
+
+    let enc = encode_all(&[PeerResponse::Chunk { chunk: 1, data: Bytes::from_static(b"abcd") }]);
+    let mut short = enc[LEN_PREFIX..enc.len() - 1].to_vec();
+    let mut codec = PeerClientCodec::new(1024);
+    assert!(matches!(
+        codec.decode(&mut frame(&short)).unwrap().unwrap(),
+        Err(MessageError::PayloadLength { announced: 4, actual: 3 })
+    ));
+    short.extend_from_slice(b"xy");
+    assert!(matches!(codec.decode(&mut frame(&short)).unwrap().unwrap(), Err(MessageError::PayloadLength { .. })));
+}
+
+/// A body that claims a huge Vec or String inside a small frame fails without allocating it.
+#[test]
+fn length_bomb_inside_small_frame() {
+    // Variant 1 (Register), listen addr V4 (variant 0) 1.2.3.4:5, then a files Vec claiming 2^32-1 entries.
+    let mut body = vec![1u8, 0, 1, 2, 3, 4, 5];
+    body.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+    let mut codec = TrackerServerCodec::new(1024);
+    assert!(matches!(codec.decode(&mut frame(&body)), Ok(Some(Err(MessageError::Decode(_))))));
+    // FileMeta { name: String of 2^32-1 bytes }.
+    let body = [3u8, 0xff, 0xff, 0xff, 0xff, 0x0f, b'a'];
+    assert!(matches!(codec.decode(&mut frame(&body)), Ok(Some(Err(MessageError::Decode(_))))));
+}
+
+#[test]
+fn bitmaps_from_the_wire_are_validated() {
+    // FileLocations reply with a source whose bitmap has len 9 but 1 byte.
+    let good = TrackerResponse::FileLocations(Locations {
+        root: meta().root,
+        num_chunks: 9,
+        total_sources: 1,
+        sources: vec![SourceInfo { addr: "1.2.3.4:5".parse().unwrap(), have: Have::Partial(Bitmap::new(9)) }],
+        availability: vec![0; 9],
+    });
+    let enc = encode_all(&[good]);
+    let body = &enc[LEN_PREFIX..];
+    // The bitmap is encoded as len(9) then a 2-byte vec: [9, 2, 0, 0]. Find and shrink it.
+    let pos = body.windows(4).position(|w| w == [9, 2, 0, 0]).unwrap();
+    let mut bad = body[..pos].to_vec();
+    bad.extend_from_slice(&[9, 1, 0]);
+    bad.extend_from_slice(&body[pos + 4..]);
+    let mut codec = TrackerClientCodec::new(1 << 20);
+    assert!(matches!(codec.decode(&mut frame(&bad)), Ok(Some(Err(MessageError::Decode(_))))));
+}
+
+proptest! {
+    /// Arbitrary bytes never panic any decoder; they yield messages, errors or "need more".
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+        fn drain<T: WireMessage>(bytes: &[u8]) {
+            let mut codec = Codec::<T, T>::new(512);
+            let mut buf = BytesMut::from(bytes);
+            while let Ok(Some(_)) = codec.decode(&mut buf) {}
+        }
+        drain::<TrackerRequest>(&bytes);
+        drain::<TrackerResponse>(&bytes);
+        drain::<PeerRequest>(&bytes);
+        drain::<PeerResponse>(&bytes);
+    }
+
+    /// Arbitrary bodies inside valid frames never panic and never kill the stream.
+    #[test]
+    fn arbitrary_bodies_are_per_message_errors(body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let mut codec = TrackerServerCodec::new(512);
+        let mut buf = frame(&body);
+        prop_assert!(matches!(codec.decode(&mut buf), Ok(Some(_))));
+        prop_assert!(buf.is_empty());
+    }
+}

@@ -1,0 +1,1 @@
+//! Tracker (in progress).
