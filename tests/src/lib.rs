@@ -1,1 +1,124 @@
-//! Integration test helpers.
+//! Helpers for the integration tests: start a tracker in-process on port 0, talk to it with a raw
+//! protocol client, wait for conditions with a deadline (never a fixed sleep), make test files.
+
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use futures::{SinkExt, StreamExt};
+use proto::codec::TrackerClientCodec;
+use proto::limits::{DEFAULT_MAX_FRAME, MIN_CHUNK_SIZE};
+use proto::tracker::{Register, RegisterFile, TrackerRequest, TrackerResponse, Welcome};
+use proto::{FileMeta, Have, Hello};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio_util::codec::Framed;
+
+/// Every test body runs under this deadline.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn with_timeout<T>(fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(TEST_TIMEOUT, fut).await.expect("test timed out")
+}
+
+/// Polls `cond` until it holds, failing after `deadline`.
+pub async fn eventually(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < deadline, "condition not reached within {deadline:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Logs to the test output when RUST_LOG is set.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// A tracker on 127.0.0.1, port 0.
+pub async fn spawn_tracker(config: tracker::Config) -> tracker::Tracker {
+    init_logging();
+    tracker::Tracker::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config).await.unwrap()
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn test_data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Metadata of a test file of `chunks` small chunks (the last one a few bytes short).
+pub fn test_meta(name: &str, seed: u64, chunks: usize) -> FileMeta {
+    let len = (chunks * MIN_CHUNK_SIZE as usize).saturating_sub(3);
+    FileMeta::from_bytes(name, MIN_CHUNK_SIZE, &test_data(len, seed))
+}
+
+/// A bare tracker protocol client, for driving the tracker request by request.
+pub struct RawClient {
+    pub conn: Framed<TcpStream, TrackerClientCodec>,
+    pub welcome: Welcome,
+}
+
+impl RawClient {
+    /// Connects and completes the handshake.
+    pub async fn connect(addr: SocketAddr) -> RawClient {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let mut conn = Framed::new(stream, TrackerClientCodec::new(DEFAULT_MAX_FRAME));
+        conn.send(TrackerRequest::Hello(Hello::current())).await.unwrap();
+        match conn.next().await.unwrap().unwrap().unwrap() {
+            TrackerResponse::Welcome(welcome) => RawClient { conn, welcome },
+            other => panic!("expected welcome, got {other:?}"),
+        }
+    }
+
+    /// Sends a request and returns the reply.
+    pub async fn call(&mut self, req: TrackerRequest) -> TrackerResponse {
+        self.conn.send(req).await.unwrap();
+        self.recv().await.expect("connection closed")
+    }
+
+    /// The next reply, or `None` when the tracker closed the connection.
+    pub async fn recv(&mut self) -> Option<TrackerResponse> {
+        match self.conn.next().await {
+            Some(Ok(Ok(r))) => Some(r),
+            Some(Ok(Err(e))) => panic!("undecodable reply: {e}"),
+            Some(Err(_)) | None => None,
+        }
+    }
+
+    /// Registers files at a listen port; returns the per-file results.
+    pub async fn register(
+        &mut self,
+        port: u16,
+        files: Vec<(FileMeta, Have)>,
+    ) -> Vec<Result<(), proto::tracker::RejectReason>> {
+        let files = files.into_iter().map(|(meta, have)| RegisterFile { meta, have }).collect();
+        match self
+            .call(TrackerRequest::Register(Register { listen: SocketAddr::from(([127, 0, 0, 1], port)), files }))
+            .await
+        {
+            TrackerResponse::Registered { results } => results,
+            other => panic!("expected Registered, got {other:?}"),
+        }
+    }
+
+    /// Writes raw bytes to the socket, bypassing the codec.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        let mut buf = BytesMut::from(bytes);
+        self.conn.get_mut().write_all_buf(&mut buf).await.unwrap();
+    }
+}

@@ -236,4 +236,16 @@ pub enum RequestError {
     /// The listen address cannot be used (port 0).
     #[error("invalid listen address {0}")]
     BadEndpoint(SocketAddr),
+    /// A quota was reached.
+    #[error("{0}")]
+    Quota(RejectReason),
+    /// The tracker is at its connection cap; the connection closes.
+    #[error("tracker at its cap of {max} connections")]
+    TooManyConnections {
+        /// The cap.
+        max: usize,
+    },
+    /// The tracker is shutting down; the connection closes.
+    #[error("tracker shutting down")]
+    ShuttingDown,
 }

@@ -1,1 +1,14 @@
-//! Tracker (in progress).
+//! The tracker: the trusted registry of which files exist (with their BLAKE3 metadata), which
+//! peers are online, and which chunks each peer holds, served over TCP with the framed postcard
+//! protocol of the `proto` crate.
+//!
+//! One connection is one session; everything a session registers belongs to it and disappears
+//! when it leaves, disconnects or stops sending keep-alives.
+
+pub mod config;
+pub mod registry;
+pub mod server;
+
+pub use config::{Config, Limits};
+pub use registry::{PeerId, Registry, Stats};
+pub use server::{serve, Tracker};

@@ -1,0 +1,62 @@
+//! Tracker configuration: listen address, limits and timeouts, with the protocol's defaults.
+
+use std::time::Duration;
+
+use proto::limits;
+
+/// Limits the registry enforces.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Files in one Register request.
+    pub max_files_per_register: usize,
+    /// Files one session may hold registered.
+    pub max_files_per_session: usize,
+    /// Distinct files in the tracker.
+    pub max_files_total: usize,
+    /// Endpoints in one File Locations reply.
+    pub max_locations: usize,
+    /// Entries in one File List page.
+    pub list_page: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_files_per_register: limits::DEFAULT_MAX_FILES_PER_REGISTER,
+            max_files_per_session: limits::DEFAULT_MAX_FILES_PER_SESSION,
+            max_files_total: limits::DEFAULT_MAX_FILES_TOTAL,
+            max_locations: limits::DEFAULT_MAX_LOCATIONS,
+            list_page: limits::DEFAULT_LIST_PAGE,
+        }
+    }
+}
+
+/// Everything the server needs besides its listener.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Registry limits.
+    pub limits: Limits,
+    /// Largest frame accepted after the handshake.
+    pub max_frame: usize,
+    /// Concurrent connections; extras are told so and closed.
+    pub max_connections: usize,
+    /// Keep-alive interval asked of clients.
+    pub keepalive: Duration,
+    /// A session silent for this long is removed; also the deadline for any one frame.
+    pub session_timeout: Duration,
+    /// Deadline for the handshake of a new connection.
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            limits: Limits::default(),
+            max_frame: limits::DEFAULT_MAX_FRAME,
+            max_connections: limits::DEFAULT_MAX_CONNECTIONS,
+            keepalive: Duration::from_millis(limits::DEFAULT_KEEPALIVE_MS),
+            session_timeout: Duration::from_millis(limits::DEFAULT_SESSION_TIMEOUT_MS),
+            handshake_timeout: Duration::from_millis(limits::DEFAULT_HANDSHAKE_TIMEOUT_MS),
+        }
+    }
+}

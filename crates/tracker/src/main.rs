@@ -1,0 +1,107 @@
+//! The `tracker` binary: parses options, wires Ctrl-C and SIGTERM to a graceful shutdown, serves.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use proto::limits;
+use tracing_subscriber::EnvFilter;
+
+/// Tracker of the p2p file distribution system: keeps the registry of files, peers and the chunks
+/// each peer holds. Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=tracker=debug) for more.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:6969", env = "P2P_TRACKER_LISTEN")]
+    listen: SocketAddr,
+    /// Keep-alive interval asked of peers, in milliseconds.
+    #[arg(long, default_value_t = limits::DEFAULT_KEEPALIVE_MS)]
+    keepalive_ms: u64,
+    /// A session silent for this long is removed (and its files and chunks with it), in ms.
+    /// Also the deadline for any single frame to arrive.
+    #[arg(long, default_value_t = limits::DEFAULT_SESSION_TIMEOUT_MS)]
+    session_timeout_ms: u64,
+    /// Deadline for a new connection's handshake, in milliseconds.
+    #[arg(long, default_value_t = limits::DEFAULT_HANDSHAKE_TIMEOUT_MS)]
+    handshake_timeout_ms: u64,
+    /// Maximum concurrent connections; extra ones are told so and closed.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Largest frame accepted after the handshake, in bytes.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_FRAME)]
+    max_frame: usize,
+    /// Maximum files in one Register request.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_FILES_PER_REGISTER)]
+    max_files_per_register: usize,
+    /// Maximum files one session may register.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_FILES_PER_SESSION)]
+    max_files_per_session: usize,
+    /// Maximum distinct files in the tracker.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_FILES_TOTAL)]
+    max_files_total: usize,
+    /// Maximum endpoints in one File Locations reply.
+    #[arg(long, default_value_t = limits::DEFAULT_MAX_LOCATIONS)]
+    max_locations: usize,
+    /// Entries per File List page.
+    #[arg(long, default_value_t = limits::DEFAULT_LIST_PAGE)]
+    list_page: usize,
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()).await {
+        eprintln!("tracker: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let config = tracker::Config {
+        limits: tracker::Limits {
+            max_files_per_register: args.max_files_per_register,
+            max_files_per_session: args.max_files_per_session,
+            max_files_total: args.max_files_total,
+            max_locations: args.max_locations,
+            list_page: args.list_page,
+        },
+        max_frame: args.max_frame,
+        max_connections: args.max_connections,
+        keepalive: Duration::from_millis(args.keepalive_ms),
+        session_timeout: Duration::from_millis(args.session_timeout_ms),
+        handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+    };
+    let tracker = tracker::Tracker::bind(args.listen, config)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    eprintln!("tracker listening on {}", tracker.addr());
+    let token = tracker.shutdown_token();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        token.cancel();
+    });
+    tracker.wait().await.context("server failed")
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
