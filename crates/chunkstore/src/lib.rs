@@ -1,0 +1,48 @@
+//! Chunk store: scanning and hashing a share folder, serving chunks of complete files, and
+//! partial downloads with verify-then-write, crash-safe resume and atomic assembly.
+//!
+//! All of it is blocking, synchronous code (async callers use `spawn_blocking`); [`Store`] and
+//! [`Partial`] are cheap-to-clone, `Send + Sync` handles. No file is ever loaded whole into
+//! memory: chunks stream from and to disk with positioned reads and writes, one chunk-sized
+//! buffer per thread.
+//!
+//! # On-disk layout
+//!
+//! ```text
+//! <root>/                      the share folder: complete files under their names
+//! <root>/a/b.bin               file "a/b.bin" (names are relative, '/'-separated)
+//! <root>/.p2p/                 bookkeeping (proto::name::RESERVED_DIR); never scanned or served
+//! <root>/.p2p/hash-cache       postcard: (length, mtime ns, inode, chunk size) + FileMeta per name
+//! <root>/.p2p/partial/<id>.meta   postcard FileMeta of a download, written atomically first
+//! <root>/.p2p/partial/<id>.data   the file being assembled, full length, sparse until written
+//! <root>/.p2p/partial/<id>.have   the chunk bitmap's bytes (bit i%8 of byte i/8)
+//! ```
+//!
+//! `<id>` is the hex of the first 16 bytes of `blake3(name ++ 0u8 ++ root ++ chunk_size_le)`.
+//! Files ending in `.tmp` are atomic writes in progress; they and `.data`/`.have` files without a
+//! `.meta` are removed by [`Store::open`].
+//!
+//! # Guarantees
+//! - A chunk is written only after it matched its hash ([`StoreError::HashMismatch`] otherwise).
+//! - `kill -9` or power loss at any moment loses at most chunks in flight: reopening a download
+//!   re-verifies every chunk its bitmap claims, so a torn chunk is never trusted.
+//! - A file appears under its name only after the whole file read back from disk matched the root
+//!   hash, was fsynced, and was linked into place without replacing another file.
+//! - No name (see [`proto::validate_name`]) and no symlink in the share folder can make the store
+//!   read or write outside it.
+//! - Scanning hashes on all cores and caches results, so unchanged files are not re-hashed.
+
+mod error;
+mod hash;
+mod partial;
+mod scan;
+mod store;
+
+pub use error::StoreError;
+pub use hash::{choose_chunk_size, hash_file};
+pub use partial::Partial;
+pub use scan::ScanStats;
+pub use store::Store;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,439 @@
+//! A partial download: verify-then-write of chunks into a data file, a persisted bitmap of the
+//! chunks held, resume after a crash, and whole-file verification and atomic promotion.
+//!
+//! Invariants:
+//! - A bit is set in memory only after its chunk's bytes were verified against the chunk hash and
+//!   written to the data file; it is set on disk only after it is set in memory.
+//! - Nothing a bitmap on disk claims is trusted after a restart: [`open`] re-hashes every claimed
+//!   chunk and clears the bits whose bytes do not match. So chunks are never fsynced one by one:
+//!   a crash can lose the last chunks written or leave a bit set over torn bytes, and either way
+//!   the next open finds out and fetches those chunks again.
+//! - A file appears under its name only after every chunk was read back from disk and matched,
+//!   the data was fsynced, and it was linked into place without replacing anything.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use proto::meta::root_from_chunks;
+use proto::{Bitmap, ChunkIndex, FileMeta, Hash, MetaError};
+use rayon::prelude::*;
+use tracing::{debug, info, warn};
+
+use crate::error::{io_err, StoreError};
+use crate::hash::{chunk_span, hash_chunk_at, hash_file};
+use crate::scan::write_atomic;
+use crate::store::{lock, Store};
+
+/// A download in progress: a handle to its data file and chunk bitmap. Cheap to clone; all clones
+/// (and every [`Store::open_partial`] of the same metadata while one is alive) share one state.
+/// Every method is safe to call from many threads at once.
+#[derive(Clone)]
+pub struct Partial {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    store: Store,
+    meta: FileMeta,
+    id: String,
+    data_path: PathBuf,
+    meta_path: PathBuf,
+    have_path: PathBuf,
+    /// The data file, opened once for positioned reads and writes, which share no cursor and so
+    /// need no lock. After `finish` the same handle reads the file under its final name.
+    data: File,
+    /// The bitmap and its file: one lock so that two writers setting bits in the same byte never
+    /// persist a stale byte and lose the other's bit.
+    state: Mutex<State>,
+}
+
+struct State {
+    have: Bitmap,
+    have_file: File,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Open,
+    /// `finish` is verifying and promoting the file; the lock is not held meanwhile so readers
+    /// keep being served.
+    Finishing,
+    Finished,
+}
+
+/// The id a download is filed under: hex of the first 16 bytes of
+/// `blake3(name ++ 0 ++ root ++ chunk_size as u32 little-endian)`. The chunk size is included
+/// because the same content chunked differently has a different bitmap.
+pub(crate) fn partial_id(meta: &FileMeta) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(meta.name.as_bytes());
+    h.update(&[0]);
+    h.update(meta.root.as_bytes());
+    h.update(&meta.chunk_size.to_le_bytes());
+    h.finalize().to_hex()[..32].to_owned()
+}
+
+/// Reads and validates a `.meta` file.
+pub(crate) fn read_meta(path: &Path) -> Result<FileMeta, StoreError> {
+    let bytes = fs::read(path).map_err(io_err("read", path))?;
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
+    let meta: FileMeta = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    meta.validate().map_err(|e| corrupt(e.to_string()))?;
+    Ok(meta)
+}
+
+fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io_err("fsync folder", path))
+}
+
+/// See [`Store::open_partial`].
+pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError> {
+    meta.validate()?;
+    let id = partial_id(meta);
+    // Held while creating or resuming, so two callers cannot both create a handle for one
+    // download; resuming a large download re-hashes it, which delays other opens meanwhile.
+    let mut registry = lock(&store.inner.open);
+    registry.retain(|_, w| w.strong_count() > 0);
+    if let Some(inner) = registry.get(&id).and_then(|w| w.upgrade()) {
+        if inner.meta == *meta {
+            return Ok(Partial { inner });
+        }
+        // Same id, different metadata: only a BLAKE3 collision could get here.
+        return Err(StoreError::AlreadyExists { name: meta.name.clone() });
+    }
+
+    let dir = &store.inner.partial_dir;
+    let data_path = dir.join(format!("{id}.data"));
+    let meta_path = dir.join(format!("{id}.meta"));
+    let have_path = dir.join(format!("{id}.have"));
+
+    let resumed = match read_meta(&meta_path) {
+        Ok(m) if m == *meta => true,
+        Ok(_) => {
+            warn!(name = meta.name, "partial download on disk has other metadata; starting over");
+            false
+        }
+        Err(StoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => false,
+        Err(e) => {
+            warn!(name = meta.name, error = %e, "partial download on disk is unreadable; starting over");
+            false
+        }
+    };
+    if !resumed {
+        // The meta is written (atomically) before any data, so every data file on disk has a meta
+        // saying what it holds; stale data and bitmap files go first.
+        remove_if_exists(&data_path)?;
+        remove_if_exists(&have_path)?;
+        let bytes = postcard::to_stdvec(meta)
+            .map_err(|e| StoreError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
+        write_atomic(&meta_path, &bytes)?;
+    }
+
+    let data = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&data_path)
+        .map_err(io_err("open", &data_path))?;
+    let len = data.metadata().map_err(io_err("stat", &data_path))?.len();
+    if len != meta.length {
+        // Sparse: unwritten chunks are holes, so a large download takes no space up front.
+        data.set_len(meta.length).map_err(io_err("resize", &data_path))?;
+    }
+
+    let have_file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&have_path)
+        .map_err(io_err("open", &have_path))?;
+    let n = meta.num_chunks();
+    let mut have = if resumed {
+        let bytes = fs::read(&have_path).map_err(io_err("read", &have_path))?;
+        Bitmap::from_parts(n, bytes).unwrap_or_else(|e| {
+            warn!(name = meta.name, error = %e, "chunk bitmap on disk is corrupt; re-fetching every chunk");
+            Bitmap::new(n)
+        })
+    } else {
+        Bitmap::new(n)
+    };
+
+    // Re-verify every claimed chunk (see the module docs): a bit may have reached the disk
+    // before its data did.
+    let claimed: Vec<u32> = have.iter_ones().collect();
+    let bad: Vec<u32> = claimed
+        .par_iter()
+        .copied()
+        .filter(|&i| match hash_chunk_at(&data, meta.length, meta.chunk_size, n, i) {
+            Ok(h) => h != meta.chunk_hashes[i as usize],
+            Err(e) => {
+                warn!(name = meta.name, chunk = i, error = %e, "cannot re-read chunk; re-fetching it");
+                true
+            }
+        })
+        .collect();
+    for &i in &bad {
+        have.clear(i);
+    }
+    have_file.set_len(have.as_bytes().len() as u64).map_err(io_err("resize", &have_path))?;
+    have_file.write_all_at(have.as_bytes(), 0).map_err(io_err("write", &have_path))?;
+    if resumed {
+        info!(name = meta.name, held = have.count(), dropped = bad.len(), chunks = n, "resumed partial download");
+    } else {
+        debug!(name = meta.name, chunks = n, id, "started partial download");
+    }
+
+    let inner = Arc::new(Inner {
+        store: store.clone(),
+        meta: meta.clone(),
+        id: id.clone(),
+        data_path,
+        meta_path,
+        have_path,
+        data,
+        state: Mutex::new(State { have, have_file, phase: Phase::Open }),
+    });
+    registry.insert(id, Arc::downgrade(&inner));
+    Ok(Partial { inner })
+}
+
+impl Partial {
+    /// The metadata of the file being downloaded.
+    pub fn meta(&self) -> &FileMeta {
+        &self.inner.meta
+    }
+
+    /// A snapshot of the chunks held.
+    pub fn have(&self) -> Bitmap {
+        lock(&self.inner.state).have.clone()
+    }
+
+    /// Whether chunk `i` is held (false if out of range).
+    pub fn has(&self, i: u32) -> bool {
+        lock(&self.inner.state).have.get(i)
+    }
+
+    /// Bytes of the file held so far.
+    pub fn bytes_done(&self) -> u64 {
+        let meta = &self.inner.meta;
+        let st = lock(&self.inner.state);
+        let n = meta.num_chunks();
+        let mut done = u64::from(st.have.count()) * u64::from(meta.chunk_size);
+        if n > 0 && st.have.get(n - 1) {
+            // The last chunk may be short.
+            let (_, last) = chunk_span(meta.length, meta.chunk_size, n - 1);
+            done -= u64::from(meta.chunk_size) - last as u64;
+        }
+        done
+    }
+
+    /// Whether every chunk is held (true at once for an empty file).
+    pub fn is_complete(&self) -> bool {
+        lock(&self.inner.state).have.is_full()
+    }
+
+    /// Checks that `i` (which may come from another [`FileMeta`]) is in range for this file.
+    fn index(&self, i: ChunkIndex) -> Result<u32, StoreError> {
+        let n = self.inner.meta.num_chunks();
+        if i.get() < n {
+            Ok(i.get())
+        } else {
+            Err(StoreError::InvalidMeta(MetaError::ChunkOutOfRange { chunk: i.get(), num_chunks: n }))
+        }
+    }
+
+    /// Stores chunk `i`: verifies `data` against the chunk hash first ([`StoreError::HashMismatch`]
+    /// and nothing written if it does not match), writes it at its offset, then marks it held in
+    /// memory and on disk. Returns true if the chunk is newly stored, false if it was already held.
+    ///
+    /// There is no fsync per chunk: it would cost a disk flush per chunk, and it is not needed for
+    /// safety because a reopened download re-verifies every chunk its bitmap claims. Durability
+    /// comes once, in [`Partial::finish`].
+    pub fn write_chunk(&self, i: ChunkIndex, data: &[u8]) -> Result<bool, StoreError> {
+        let idx = self.index(i)?;
+        let inner = &*self.inner;
+        inner.meta.verify_chunk(i, data)?;
+        {
+            let st = lock(&inner.state);
+            if st.phase != Phase::Open {
+                return Err(StoreError::Finished { name: inner.meta.name.clone() });
+            }
+            if st.have.get(idx) {
+                return Ok(false);
+            }
+        }
+        // Written without the lock so writers of different chunks proceed in parallel. Two writers
+        // of the same chunk write the same verified bytes, so their overlap is harmless.
+        let (off, _) = inner.meta.chunk_range(i);
+        inner.data.write_all_at(data, off).map_err(io_err("write chunk to", &inner.data_path))?;
+
+        let mut st = lock(&inner.state);
+        if st.phase == Phase::Finished || !st.have.set(idx) {
+            return Ok(false);
+        }
+        let byte = (idx / 8) as usize;
+        let value = st.have.as_bytes()[byte];
+        if let Err(e) = st.have_file.write_all_at(&[value], byte as u64) {
+            // Keep memory equal to disk: the chunk will be fetched again.
+            st.have.clear(idx);
+            return Err(io_err("write", &inner.have_path)(e));
+        }
+        Ok(true)
+    }
+
+    /// Reads held chunk `i` ([`StoreError::NotHeld`] otherwise), so a downloader serves the
+    /// chunks it has to others while it downloads.
+    pub fn read_chunk(&self, i: ChunkIndex) -> Result<Bytes, StoreError> {
+        let idx = self.index(i)?;
+        let inner = &*self.inner;
+        if !lock(&inner.state).have.get(idx) {
+            return Err(StoreError::NotHeld { chunk: idx });
+        }
+        let (off, len) = inner.meta.chunk_range(i);
+        let mut buf = vec![0u8; len as usize];
+        inner.data.read_exact_at(&mut buf, off).map_err(io_err("read chunk of", &inner.data_path))?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Writes the whole bitmap to disk (after bits were cleared).
+    fn persist_all(&self, st: &State) -> Result<(), StoreError> {
+        st.have_file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))
+    }
+
+    /// Completes the download: checks every chunk is held ([`StoreError::Incomplete`]), reads the
+    /// whole data file back from disk and checks it hashes to the root hash
+    /// ([`StoreError::WholeFileMismatch`] otherwise: the bad chunks are marked missing and
+    /// nothing is put in place), fsyncs it, creates the parent folders, and moves it to its name
+    /// without replacing anything ([`StoreError::AlreadyExists`] if a different file is there; an
+    /// identical file there is kept and the download dropped). Then fsyncs the folder and deletes
+    /// the bookkeeping. Returns the file's path. A second call fails with
+    /// [`StoreError::Finished`].
+    pub fn finish(&self) -> Result<PathBuf, StoreError> {
+        let inner = &*self.inner;
+        let meta = &inner.meta;
+        {
+            let mut st = lock(&inner.state);
+            if st.phase != Phase::Open {
+                return Err(StoreError::Finished { name: meta.name.clone() });
+            }
+            if !st.have.is_full() {
+                return Err(StoreError::Incomplete {
+                    name: meta.name.clone(),
+                    have: st.have.count(),
+                    total: meta.num_chunks(),
+                });
+            }
+            st.phase = Phase::Finishing;
+        }
+        let result = self.verify_and_promote();
+        let mut st = lock(&inner.state);
+        if result.is_ok() {
+            st.phase = Phase::Finished;
+            lock(&inner.store.inner.open).remove(&inner.id);
+        } else {
+            // Nothing was put in place: the download stays open, to be fixed and finished again.
+            st.phase = Phase::Open;
+        }
+        result
+    }
+
+    fn verify_and_promote(&self) -> Result<PathBuf, StoreError> {
+        let inner = &*self.inner;
+        let meta = &inner.meta;
+        let data_path = &inner.data_path;
+        let len = inner.data.metadata().map_err(io_err("stat", data_path))?.len();
+        if len != meta.length {
+            // Someone extended or truncated the data file: restore its length, and let the hash
+            // below judge the content.
+            inner.data.set_len(meta.length).map_err(io_err("resize", data_path))?;
+        }
+        // The whole file, read back from disk and hashed on all cores. Hashing it chunk by chunk
+        // (each a BLAKE3 subtree) and merging gives exactly blake3(file) while reading through one
+        // buffer per core; hashing a memory map would grow resident memory to the file's size.
+        let n = meta.num_chunks();
+        let hashes: Vec<Hash> = (0..n)
+            .into_par_iter()
+            .map(|i| hash_chunk_at(&inner.data, meta.length, meta.chunk_size, n, i))
+            .collect::<Result<_, _>>()
+            .map_err(io_err("read back", data_path))?;
+        if root_from_chunks(meta.length, meta.chunk_size, &hashes) != meta.root {
+            // Mark the chunks that went bad on disk as missing, so the downloader fetches them
+            // again instead of starting over.
+            let mut st = lock(&inner.state);
+            let mut bad = 0;
+            for (i, (got, want)) in hashes.iter().zip(&meta.chunk_hashes).enumerate() {
+                if got != want {
+                    st.have.clear(i as u32);
+                    bad += 1;
+                }
+            }
+            self.persist_all(&st)?;
+            warn!(name = meta.name, bad_chunks = bad, "assembled file does not match its root hash");
+            return Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: bad });
+        }
+        inner.data.sync_all().map_err(io_err("fsync", data_path))?;
+
+        let store = &inner.store;
+        let dest = store.path_of(&meta.name)?;
+        let parent = dest.parent().unwrap_or(store.root()).to_path_buf();
+        fs::create_dir_all(&parent).map_err(io_err("create folder", &parent))?;
+        // Re-check now that the folders exist: none of them may be a symlink.
+        let dest = store.path_of(&meta.name)?;
+
+        // A hard link is an atomic "rename unless the name exists": it never replaces a file.
+        let placed = match fs::hard_link(data_path, &dest) {
+            Ok(()) => true,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
+            // Some file systems have no hard links: fall back to a rename after checking the name
+            // is free (not atomic with the check, but nothing else writes there).
+            Err(e) => match fs::symlink_metadata(&dest) {
+                Ok(_) => false,
+                Err(e2) if e2.kind() == ErrorKind::NotFound => {
+                    debug!(error = %e, "hard link failed; renaming instead");
+                    fs::rename(data_path, &dest).map_err(io_err("move into place", &dest))?;
+                    true
+                }
+                Err(e2) => return Err(io_err("examine", &dest)(e2)),
+            },
+        };
+        if placed {
+            fsync_dir(&parent)?;
+            info!(name = meta.name, bytes = meta.length, "download complete");
+        } else {
+            let identical = fs::symlink_metadata(&dest).is_ok_and(|md| md.is_file() && md.len() == meta.length)
+                && hash_file(&dest, &meta.name, meta.chunk_size).is_ok_and(|m| m.root == meta.root);
+            if !identical {
+                return Err(StoreError::AlreadyExists { name: meta.name.clone() });
+            }
+            info!(name = meta.name, "identical file already in place; dropping the download");
+        }
+        // The meta goes first: a crash part way leaves only orphans that `Store::open` sweeps,
+        // never a meta that would make the finished download look unfinished.
+        remove_if_exists(&inner.meta_path)?;
+        remove_if_exists(data_path)?;
+        remove_if_exists(&inner.have_path)?;
+        fsync_dir(&store.inner.partial_dir)?;
+        store.remember(&dest, meta);
+        Ok(dest)
+    }
+}
+
+impl std::fmt::Debug for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Partial").field("name", &self.inner.meta.name).field("have", &self.have()).finish()
+    }
+}

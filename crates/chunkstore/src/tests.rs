@@ -1,0 +1,433 @@
+//! Tests of the public API: assembly, rejection of bad data and names, crash resume, the hash
+//! cache, symlinks and concurrency. Small chunks ([`MIN_CHUNK_SIZE`]) keep them fast.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use proto::limits::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use proto::{FileMeta, Hash};
+use rand::seq::SliceRandom;
+
+use crate::{hash_file, Store, StoreError};
+
+const CS: u32 = MIN_CHUNK_SIZE;
+const CSU: usize = CS as usize;
+
+/// Deterministic pseudo-random bytes (xorshift), different for every seed, so chunks differ.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn chunk<'a>(meta: &FileMeta, data: &'a [u8], i: u32) -> &'a [u8] {
+    let (off, len) = meta.chunk_range(meta.chunk(i).unwrap());
+    &data[off as usize..off as usize + len as usize]
+}
+
+fn partial_file(store: &Store, ext: &str) -> PathBuf {
+    let dir = store.root().join(".p2p/partial");
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    assert_eq!(found.len(), 1, "one .{ext} file expected");
+    found.remove(0)
+}
+
+fn partial_dir_entries(store: &Store) -> usize {
+    fs::read_dir(store.root().join(".p2p/partial")).unwrap().count()
+}
+
+/// Writes every chunk of `data` in random order, then finishes; returns the final path.
+fn assemble(store: &Store, meta: &FileMeta, data: &[u8]) -> PathBuf {
+    let p = store.open_partial(meta).unwrap();
+    let mut order: Vec<u32> = (0..meta.num_chunks()).collect();
+    order.shuffle(&mut rand::rng());
+    for i in order {
+        assert!(p.write_chunk(meta.chunk(i).unwrap(), chunk(meta, data, i)).unwrap());
+    }
+    assert!(p.is_complete());
+    assert_eq!(p.bytes_done(), meta.length);
+    p.finish().unwrap()
+}
+
+#[test]
+fn assembles_chunks_written_in_random_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("share")).unwrap();
+    let d = data(7 * CSU + 123, 1);
+    let meta = FileMeta::from_bytes("dir/sub/f.bin", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    assert_eq!(store.partials().unwrap(), vec![meta.clone()]);
+    let mut order: Vec<u32> = (0..meta.num_chunks()).collect();
+    order.shuffle(&mut rand::rng());
+    for (n, &i) in order.iter().enumerate() {
+        let idx = meta.chunk(i).unwrap();
+        assert!(matches!(p.read_chunk(idx), Err(StoreError::NotHeld { chunk }) if chunk == i));
+        assert!(p.write_chunk(idx, chunk(&meta, &d, i)).unwrap());
+        assert!(!p.write_chunk(idx, chunk(&meta, &d, i)).unwrap(), "second write is not new");
+        assert_eq!(&p.read_chunk(idx).unwrap()[..], chunk(&meta, &d, i));
+        assert_eq!(p.have().count() as usize, n + 1);
+    }
+    assert!(p.is_complete());
+    assert_eq!(p.bytes_done(), meta.length);
+    let path = p.finish().unwrap();
+    assert_eq!(path, store.root().join("dir/sub/f.bin"));
+    assert_eq!(fs::read(&path).unwrap(), d);
+    // Bookkeeping is gone, a second finish is an error, and the handle still serves chunks.
+    assert!(store.partials().unwrap().is_empty());
+    assert_eq!(partial_dir_entries(&store), 0);
+    assert!(matches!(p.finish(), Err(StoreError::Finished { .. })));
+    assert!(matches!(p.write_chunk(meta.chunk(0).unwrap(), chunk(&meta, &d, 0)), Err(StoreError::Finished { .. })));
+    assert_eq!(&p.read_chunk(meta.chunk(2).unwrap()).unwrap()[..], chunk(&meta, &d, 2));
+    // Re-sharing keeps the downloaded chunk size (via the cache), without re-hashing.
+    let (metas, stats) = store.scan_with_stats().unwrap();
+    assert_eq!(metas, vec![meta]);
+    assert_eq!((stats.hashed, stats.cached), (0, 1));
+}
+
+#[test]
+fn wrong_chunk_is_rejected_and_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(4 * CSU, 2);
+    let meta = FileMeta::from_bytes("f", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    let c1 = meta.chunk(1).unwrap();
+    let mut bad = chunk(&meta, &d, 1).to_vec();
+    bad[100] ^= 0xff;
+    let cases: [&[u8]; 4] = [&bad, chunk(&meta, &d, 0), &chunk(&meta, &d, 1)[1..], &[]];
+    for case in cases {
+        assert!(matches!(p.write_chunk(c1, case), Err(StoreError::HashMismatch { chunk: 1 })));
+    }
+    assert_eq!(p.have().count(), 0);
+    assert_eq!(p.bytes_done(), 0);
+    assert!(!p.has(1));
+    assert!(matches!(p.read_chunk(c1), Err(StoreError::NotHeld { chunk: 1 })));
+    // The data file holds only zeros: nothing of the bad data reached it.
+    let on_disk = fs::read(partial_file(&store, "data")).unwrap();
+    assert!(on_disk.iter().all(|&b| b == 0));
+    assert!(fs::read(partial_file(&store, "have")).unwrap().iter().all(|&b| b == 0));
+    assert!(matches!(p.finish(), Err(StoreError::Incomplete { have: 0, total: 4, .. })));
+}
+
+#[test]
+fn resume_keeps_good_chunks_and_drops_torn_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(10 * CSU + 5, 3);
+    let meta = FileMeta::from_bytes("big.iso", CS, &d);
+    {
+        let p = store.open_partial(&meta).unwrap();
+        for i in [0, 1, 2, 3, 10] {
+            p.write_chunk(meta.chunk(i).unwrap(), chunk(&meta, &d, i)).unwrap();
+        }
+    } // dropped mid-download
+    assert_eq!(store.partials().unwrap(), vec![meta.clone()]);
+    assert!(store.scan().unwrap().is_empty(), "partials and the cache are never scanned");
+
+    // Simulate a crash: chunk 2 half-written (its bit reached the disk), chunk 3 overwritten with
+    // garbage, and chunk 5's bit set though its bytes never arrived.
+    let data_file = fs::OpenOptions::new().write(true).open(partial_file(&store, "data")).unwrap();
+    data_file.write_all_at(&vec![0u8; CSU / 2], 2 * CS as u64 + CS as u64 / 2).unwrap();
+    data_file.write_all_at(&data(CSU, 99), 3 * CS as u64).unwrap();
+    let have_path = partial_file(&store, "have");
+    let mut have = fs::read(&have_path).unwrap();
+    have[0] |= 1 << 5;
+    fs::write(&have_path, &have).unwrap();
+
+    let p = store.open_partial(&meta).unwrap();
+    let held: Vec<u32> = p.have().iter_ones().collect();
+    assert_eq!(held, vec![0, 1, 10]);
+    assert_eq!(p.bytes_done(), 2 * CS as u64 + 5);
+    // The cleared bits were persisted too.
+    drop(p);
+    let p = store.open_partial(&meta).unwrap();
+    assert_eq!(p.have().iter_ones().collect::<Vec<_>>(), vec![0, 1, 10]);
+    for i in 0..meta.num_chunks() {
+        let fresh = p.write_chunk(meta.chunk(i).unwrap(), chunk(&meta, &d, i)).unwrap();
+        assert_eq!(fresh, !held.contains(&i));
+    }
+    assert_eq!(fs::read(p.finish().unwrap()).unwrap(), d);
+}
+
+#[test]
+fn corrupt_bookkeeping_restarts_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(3 * CSU, 4);
+    let meta = FileMeta::from_bytes("f", CS, &d);
+    {
+        let p = store.open_partial(&meta).unwrap();
+        p.write_chunk(meta.chunk(0).unwrap(), chunk(&meta, &d, 0)).unwrap();
+    }
+    fs::write(partial_file(&store, "have"), [0xff, 0xff]).unwrap(); // wrong size
+    assert_eq!(store.open_partial(&meta).unwrap().have().count(), 0);
+    fs::write(partial_file(&store, "meta"), b"garbage").unwrap();
+    assert!(store.partials().unwrap().is_empty());
+    let p = store.open_partial(&meta).unwrap();
+    assert_eq!(p.have().count(), 0);
+    assert_eq!(store.partials().unwrap(), vec![meta]);
+}
+
+#[test]
+fn whole_file_mismatch_is_caught_before_promotion() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(6 * CSU + 1, 5);
+    let meta = FileMeta::from_bytes("out.bin", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    for i in 0..meta.num_chunks() {
+        p.write_chunk(meta.chunk(i).unwrap(), chunk(&meta, &d, i)).unwrap();
+    }
+    let data_file = fs::OpenOptions::new().write(true).open(partial_file(&store, "data")).unwrap();
+    data_file.write_all_at(b"rot", 3 * CS as u64 + 7).unwrap();
+    assert!(matches!(p.finish(), Err(StoreError::WholeFileMismatch { bad_chunks: 1, .. })));
+    assert!(!store.root().join("out.bin").exists());
+    assert!(!p.has(3), "the bad chunk is marked missing");
+    assert_eq!(p.have().count(), meta.num_chunks() - 1);
+    assert!(p.write_chunk(meta.chunk(3).unwrap(), chunk(&meta, &d, 3)).unwrap());
+    assert_eq!(fs::read(p.finish().unwrap()).unwrap(), d);
+}
+
+#[test]
+fn every_bad_name_is_invalid_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    fs::write(dir.path().join("ok"), b"x").unwrap();
+    let d = data(10, 6);
+    for name in ["../x", "/abs", "a//b", "x\0y", "", "a/../b", ".p2p/hash-cache", "a/", "..", "C:x", "a\\b"] {
+        let mut meta = FileMeta::from_bytes("ok", CS, &d);
+        meta.name = name.to_owned();
+        assert!(matches!(store.open_partial(&meta), Err(StoreError::InvalidName(_))), "{name:?}");
+        let i = meta.chunk(0).unwrap();
+        assert!(matches!(store.read_chunk(&meta, i), Err(StoreError::InvalidName(_))), "{name:?}");
+        assert!(matches!(hash_file(&dir.path().join("ok"), name, CS), Err(StoreError::InvalidName(_))));
+    }
+}
+
+#[test]
+fn symlinks_are_neither_scanned_nor_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let outside = dir.path().join("outside");
+    fs::create_dir(&outside).unwrap();
+    let secret = data(CSU + 3, 7);
+    fs::write(outside.join("secret"), &secret).unwrap();
+    let store = Store::open(dir.path().join("share")).unwrap();
+    let root = store.root().to_path_buf();
+    fs::write(root.join("real"), b"real").unwrap();
+    std::os::unix::fs::symlink(outside.join("secret"), root.join("link")).unwrap();
+    std::os::unix::fs::symlink(&outside, root.join("dirlink")).unwrap();
+
+    let names: Vec<String> = store.scan().unwrap().into_iter().map(|m| m.name).collect();
+    assert_eq!(names, vec!["real"]);
+
+    for name in ["link", "dirlink/secret"] {
+        let meta = FileMeta::from_bytes(name, CS, &secret);
+        let r = store.read_chunk(&meta, meta.chunk(0).unwrap());
+        assert!(matches!(r, Err(StoreError::Symlink { .. })), "{name}: {r:?}");
+    }
+    // A download cannot be placed through a symlinked folder either.
+    let d = data(100, 8);
+    let meta = FileMeta::from_bytes("dirlink/new", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    p.write_chunk(meta.chunk(0).unwrap(), &d).unwrap();
+    assert!(matches!(p.finish(), Err(StoreError::Symlink { .. })));
+    assert!(!outside.join("new").exists());
+}
+
+#[test]
+fn boundary_sizes_scan_and_assemble() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    // Scanning picks the default chunk size; the sizes straddle its boundaries.
+    let dcs = DEFAULT_CHUNK_SIZE as usize;
+    let scan_sizes = [0, 1, dcs - 1, dcs, dcs + 1, 3 * dcs + 5];
+    let mut want = Vec::new();
+    for (k, &len) in scan_sizes.iter().enumerate() {
+        let d = data(len, 10 + k as u64);
+        let name = format!("s/{len:08}");
+        fs::create_dir_all(store.root().join("s")).unwrap();
+        fs::write(store.root().join(&name), &d).unwrap();
+        let meta = FileMeta::from_bytes(&name, DEFAULT_CHUNK_SIZE, &d);
+        assert_eq!(meta.root, Hash::from(blake3::hash(&d)));
+        want.push(meta);
+    }
+    assert_eq!(store.scan().unwrap(), want);
+
+    // Assembling and serving at the small chunk size, empty file included.
+    for (k, len) in [0, 1, CSU - 1, CSU, CSU + 1, 5 * CSU + 9].into_iter().enumerate() {
+        let d = data(len, 20 + k as u64);
+        let name = format!("a/{len}");
+        let meta = FileMeta::from_bytes(&name, CS, &d);
+        let on_disk = dir.path().join(format!("src{len}"));
+        fs::write(&on_disk, &d).unwrap();
+        let hashed = hash_file(&on_disk, &name, CS).unwrap();
+        assert_eq!(hashed, meta, "len {len}");
+        assert_eq!(hashed.root, Hash::from(blake3::hash(&d)));
+        let path = assemble(&store, &meta, &d);
+        assert_eq!(fs::read(&path).unwrap(), d, "len {len}");
+        for i in meta.chunks() {
+            assert_eq!(&store.read_chunk(&meta, i).unwrap()[..], chunk(&meta, &d, i.get()));
+        }
+    }
+    assert_eq!(partial_dir_entries(&store), 0);
+}
+
+#[test]
+fn hash_cache_skips_unchanged_and_rehashes_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let root = store.root().to_path_buf();
+    fs::write(root.join("a"), data(3 * CSU, 30)).unwrap();
+    fs::create_dir(root.join("d")).unwrap();
+    fs::write(root.join("d/b"), data(CSU, 31)).unwrap();
+
+    let (first, s) = store.scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (2, 0));
+    let (second, s) = store.scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (0, 2));
+    assert_eq!(first, second);
+    // A fresh Store (a restart) uses the cache on disk.
+    let (_, s) = Store::open(dir.path()).unwrap().scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (0, 2));
+
+    // Different length.
+    fs::write(root.join("a"), data(3 * CSU + 1, 32)).unwrap();
+    let (metas, s) = store.scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (1, 1));
+    assert_eq!(metas[0], FileMeta::from_bytes("a", DEFAULT_CHUNK_SIZE, &data(3 * CSU + 1, 32)));
+
+    // Same length, new content, different mtime (set explicitly: timestamps can be coarse).
+    let new_b = data(CSU, 33);
+    let f = fs::OpenOptions::new().write(true).open(root.join("d/b")).unwrap();
+    f.write_all_at(&new_b, 0).unwrap();
+    f.set_modified(SystemTime::now() + Duration::from_secs(10)).unwrap();
+    drop(f);
+    let (metas, s) = store.scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (1, 1));
+    assert_eq!(metas[1], FileMeta::from_bytes("d/b", DEFAULT_CHUNK_SIZE, &new_b));
+
+    // A deleted file disappears; a corrupt cache is ignored, not an error.
+    fs::remove_file(root.join("a")).unwrap();
+    let (metas, s) = store.scan_with_stats().unwrap();
+    assert_eq!((metas.len(), s.hashed, s.cached), (1, 0, 1));
+    fs::write(root.join(".p2p/hash-cache"), b"not postcard").unwrap();
+    let (_, s) = store.scan_with_stats().unwrap();
+    assert_eq!((s.hashed, s.cached), (1, 0));
+}
+
+#[test]
+fn read_chunk_notices_changed_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(2 * CSU, 40);
+    fs::write(store.root().join("f"), &d).unwrap();
+    let meta = hash_file(&store.root().join("f"), "f", CS).unwrap();
+    let c1 = meta.chunk(1).unwrap();
+    assert_eq!(&store.read_chunk(&meta, c1).unwrap()[..], chunk(&meta, &d, 1));
+    fs::write(store.root().join("f"), &d[..CSU]).unwrap();
+    assert!(matches!(store.read_chunk(&meta, c1), Err(StoreError::FileChanged { .. })));
+    fs::remove_file(store.root().join("f")).unwrap();
+    assert!(matches!(store.read_chunk(&meta, c1), Err(StoreError::FileChanged { .. })));
+}
+
+#[test]
+fn concurrent_reads_and_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(16 * CSU + 77, 50);
+    let path: &Path = &store.root().join("f");
+    fs::write(path, &d).unwrap();
+    let meta = hash_file(path, "f", CS).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let (store, meta, d) = (store.clone(), &meta, &d);
+            s.spawn(move || {
+                for k in 0..meta.num_chunks() {
+                    let i = (k + t * 5) % meta.num_chunks();
+                    let got = store.read_chunk(meta, meta.chunk(i).unwrap()).unwrap();
+                    assert_eq!(&got[..], chunk(meta, d, i));
+                }
+            });
+        }
+    });
+
+    // Writers sharing bitmap bytes must not lose each other's bits, in memory or on disk.
+    let target = FileMeta::from_bytes("copy", CS, &d);
+    let p = store.open_partial(&target).unwrap();
+    std::thread::scope(|s| {
+        for t in 0..4u32 {
+            let (p, target, d) = (p.clone(), &target, &d);
+            s.spawn(move || {
+                for i in (t..target.num_chunks()).step_by(4) {
+                    assert!(p.write_chunk(target.chunk(i).unwrap(), chunk(target, d, i)).unwrap());
+                }
+            });
+        }
+    });
+    assert!(p.is_complete());
+    drop(p);
+    let p = store.open_partial(&target).unwrap();
+    assert!(p.is_complete(), "every bit reached the disk");
+    assert_eq!(fs::read(p.finish().unwrap()).unwrap(), d);
+}
+
+#[test]
+fn open_partial_twice_shares_one_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(2 * CSU, 60);
+    let meta = FileMeta::from_bytes("f", CS, &d);
+    let a = store.open_partial(&meta).unwrap();
+    let b = store.open_partial(&meta).unwrap();
+    a.write_chunk(meta.chunk(0).unwrap(), chunk(&meta, &d, 0)).unwrap();
+    assert!(b.has(0));
+    let mut bad = meta.clone();
+    bad.root = Hash([0; 32]);
+    assert!(matches!(store.open_partial(&bad), Err(StoreError::InvalidMeta(_))));
+}
+
+#[test]
+fn finish_refuses_to_replace_a_different_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(3 * CSU, 70);
+    let meta = FileMeta::from_bytes("f", CS, &d);
+    fs::write(store.root().join("f"), b"something else").unwrap();
+    let p = store.open_partial(&meta).unwrap();
+    for i in meta.chunks() {
+        p.write_chunk(i, chunk(&meta, &d, i.get())).unwrap();
+    }
+    assert!(matches!(p.finish(), Err(StoreError::AlreadyExists { .. })));
+    assert_eq!(fs::read(store.root().join("f")).unwrap(), b"something else");
+    assert_eq!(store.partials().unwrap(), vec![meta.clone()], "the download is kept");
+
+    // With an identical file in place, finishing just drops the download.
+    fs::write(store.root().join("f"), &d).unwrap();
+    assert_eq!(p.finish().unwrap(), store.root().join("f"));
+    assert_eq!(partial_dir_entries(&store), 0);
+}
+
+#[test]
+fn open_sweeps_orphaned_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let pd = store.root().join(".p2p/partial");
+    fs::write(pd.join("0123.data"), b"x").unwrap();
+    fs::write(pd.join("0123.have"), b"x").unwrap();
+    fs::write(pd.join("4567.meta.tmp"), b"x").unwrap();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(partial_dir_entries(&store), 0);
+}
