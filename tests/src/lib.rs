@@ -122,3 +122,63 @@ impl RawClient {
         self.conn.get_mut().write_all_buf(&mut buf).await.unwrap();
     }
 }
+
+/// A peer node on 127.0.0.1, port 0, sharing `dir`, with timeouts shortened for tests.
+pub async fn spawn_peer(
+    tracker: SocketAddr,
+    dir: &std::path::Path,
+    tweak: impl FnOnce(&mut peer::NodeConfig),
+) -> peer::Node {
+    init_logging();
+    let mut cfg = peer::NodeConfig::new(tracker, dir);
+    cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    cfg.download.poll_interval = Duration::from_millis(200);
+    cfg.download.stall_timeout = Duration::from_secs(3);
+    cfg.download.connect_timeout = Duration::from_secs(2);
+    cfg.request_timeout = Duration::from_secs(5);
+    tweak(&mut cfg);
+    peer::Node::start(cfg).await.unwrap()
+}
+
+/// Writes a file (creating folders) and returns its bytes.
+pub fn write_file(dir: &std::path::Path, name: &str, len: usize, seed: u64) -> Vec<u8> {
+    let data = test_data(len, seed);
+    let path = dir.join(name);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, &data).unwrap();
+    data
+}
+
+/// A fake source that completes the handshake for one file and then answers every chunk request
+/// with garbage of the right length.
+pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use proto::codec::PeerServerCodec;
+    use proto::peer::{PeerRequest, PeerResponse};
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let meta = meta.clone();
+            tokio::spawn(async move {
+                let mut conn = Framed::new(stream, PeerServerCodec::new(DEFAULT_MAX_FRAME));
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let reply = match req {
+                        PeerRequest::Hello { .. } => PeerResponse::Welcome { have: Have::Complete },
+                        PeerRequest::GetChunk { chunk } => {
+                            let Ok(idx) = meta.chunk(chunk) else { return };
+                            let (_, len) = meta.chunk_range(idx);
+                            PeerResponse::Chunk { chunk, data: bytes::Bytes::from(vec![0xAB; len as usize]) }
+                        }
+                    };
+                    if conn.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}

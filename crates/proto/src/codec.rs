@@ -134,6 +134,7 @@ impl WireMessage for PeerResponse {
 pub struct Codec<In, Out> {
     framing: LengthDelimitedCodec,
     max_frame: usize,
+    max_encode: usize,
     _types: PhantomData<fn(Out) -> In>,
 }
 
@@ -147,20 +148,26 @@ pub type PeerServerCodec = Codec<PeerRequest, PeerResponse>;
 pub type PeerClientCodec = Codec<PeerResponse, PeerRequest>;
 
 impl<In, Out> Codec<In, Out> {
-    /// A codec that accepts frames of at most `max_frame` body bytes.
+    /// A codec that accepts and sends frames of at most `max_frame` body bytes.
     pub fn new(max_frame: usize) -> Self {
-        let framing =
-            LengthDelimitedCodec::builder().length_field_length(LEN_PREFIX).max_frame_length(max_frame).new_codec();
-        Self { framing, max_frame, _types: PhantomData }
+        Self::with_limits(max_frame, max_frame)
     }
 
-    /// Changes the limit, e.g. from the small pre-handshake limit to the full one.
+    /// A codec with a limit per direction: a server that only ever receives small requests but
+    /// sends whole chunks accepts little and sends much.
+    pub fn with_limits(max_decode: usize, max_encode: usize) -> Self {
+        let framing =
+            LengthDelimitedCodec::builder().length_field_length(LEN_PREFIX).max_frame_length(max_decode).new_codec();
+        Self { framing, max_frame: max_decode, max_encode, _types: PhantomData }
+    }
+
+    /// Changes the receive limit, e.g. from the small pre-handshake limit to the full one.
     pub fn set_max_frame(&mut self, max_frame: usize) {
         self.framing.set_max_frame_length(max_frame);
         self.max_frame = max_frame;
     }
 
-    /// The current limit.
+    /// The current receive limit.
     pub fn max_frame(&self) -> usize {
         self.max_frame
     }
@@ -196,9 +203,9 @@ impl<In, Out: WireMessage> Encoder<Out> for Codec<In, Out> {
             return Err(e.into());
         }
         let len = dst.len() - start - LEN_PREFIX;
-        if len > self.max_frame {
+        if len > self.max_encode {
             dst.truncate(start);
-            return Err(CodecError::FrameTooLarge { len, max: self.max_frame });
+            return Err(CodecError::FrameTooLarge { len, max: self.max_encode });
         }
         dst[start..start + LEN_PREFIX].copy_from_slice(&(len as u32).to_be_bytes());
         Ok(())

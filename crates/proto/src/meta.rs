@@ -216,7 +216,7 @@ impl FileMeta {
     /// Byte offset and length of a chunk.
     pub fn chunk_range(&self, i: ChunkIndex) -> (u64, u32) {
         let off = u64::from(i.0) * u64::from(self.chunk_size);
-        let len = (self.length - off).min(u64::from(self.chunk_size)) as u32;
+        let len = self.length.saturating_sub(off).min(u64::from(self.chunk_size)) as u32;
         (off, len)
     }
 

@@ -156,7 +156,7 @@ async fn connection(
     registry: &Registry,
     shutdown: &CancellationToken,
 ) {
-    let mut conn = Framed::new(stream, TrackerServerCodec::new(HANDSHAKE_MAX_FRAME));
+    let mut conn = Framed::new(stream, TrackerServerCodec::with_limits(HANDSHAKE_MAX_FRAME, config.max_frame));
     // Handshake: the first frame must be a Hello, within the deadline and the small frame limit.
     let first = tokio::select! {
         _ = shutdown.cancelled() => return,

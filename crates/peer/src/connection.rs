@@ -1,0 +1,76 @@
+//! A downloader's connection to one source: handshake for a file, pipelined chunk requests, typed
+//! responses. Owns the framing; the download logic sees only typed messages.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use proto::codec::PeerClientCodec;
+use proto::peer::{PeerRequest, PeerResponse};
+use proto::{FileMeta, Have, Hello};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_util::codec::Framed;
+
+use crate::error::SourceError;
+
+/// Frame room beyond a chunk's bytes, for headers and the largest Welcome bitmap.
+const FRAME_SLACK: usize = 64 * 1024;
+
+/// An open connection to a source, for one file.
+pub struct PeerConn {
+    framed: Framed<TcpStream, PeerClientCodec>,
+}
+
+impl PeerConn {
+    /// Connects and completes the handshake; returns the chunks the source holds.
+    pub async fn open(addr: SocketAddr, meta: &FileMeta, deadline: Duration) -> Result<(PeerConn, Have), SourceError> {
+        let stream = match timeout(deadline, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(SourceError::Connect(e)),
+            Err(_) => return Err(SourceError::Stalled),
+        };
+        let _ = stream.set_nodelay(true);
+        let max_frame = meta.chunk_size as usize + FRAME_SLACK;
+        let mut framed = Framed::new(stream, PeerClientCodec::new(max_frame));
+        let hello = PeerRequest::Hello { hello: Hello::current(), name: meta.name.clone(), root: meta.root };
+        framed.send(hello).await.map_err(|e| SourceError::Lost(e.to_string()))?;
+        let mut conn = PeerConn { framed };
+        match timeout(deadline, conn.next()).await.map_err(|_| SourceError::Stalled)?? {
+            PeerResponse::Welcome { have } => {
+                if let Have::Partial(b) = &have {
+                    if b.len() != meta.num_chunks() {
+                        return Err(SourceError::Protocol(format!(
+                            "bitmap of {} bits for {} chunks",
+                            b.len(),
+                            meta.num_chunks()
+                        )));
+                    }
+                }
+                Ok((conn, have))
+            }
+            PeerResponse::Error(e) => Err(SourceError::Refused(e)),
+            other => Err(SourceError::Protocol(format!("expected welcome, got {other:?}"))),
+        }
+    }
+
+    /// Queues a chunk request without flushing.
+    pub async fn request(&mut self, chunk: u32) -> Result<(), SourceError> {
+        self.framed.feed(PeerRequest::GetChunk { chunk }).await.map_err(|e| SourceError::Lost(e.to_string()))
+    }
+
+    /// Sends queued requests.
+    pub async fn flush(&mut self) -> Result<(), SourceError> {
+        self.framed.flush().await.map_err(|e| SourceError::Lost(e.to_string()))
+    }
+
+    /// The next response.
+    pub async fn next(&mut self) -> Result<PeerResponse, SourceError> {
+        match self.framed.next().await {
+            Some(Ok(Ok(r))) => Ok(r),
+            Some(Ok(Err(e))) => Err(SourceError::Protocol(e.to_string())),
+            Some(Err(e)) => Err(SourceError::Lost(e.to_string())),
+            None => Err(SourceError::Lost("closed by the source".into())),
+        }
+    }
+}

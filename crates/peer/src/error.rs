@@ -1,0 +1,107 @@
+//! The peer crate's error type. Misbehaviour of a remote peer (bad data, protocol violations) is
+//! kept apart from local failures and from the tracker's typed refusals.
+
+use std::net::SocketAddr;
+
+use chunkstore::StoreError;
+use proto::tracker::RequestError;
+use proto::MetaError;
+
+/// Everything that can make a peer operation fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The tracker could not be reached or the handshake failed.
+    #[error("cannot reach tracker at {addr}: {reason}")]
+    TrackerUnreachable {
+        /// The tracker's address.
+        addr: SocketAddr,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The tracker refused the request.
+    #[error("tracker refused: {0}")]
+    Tracker(RequestError),
+    /// The tracker answered with a reply that does not fit the request.
+    #[error("unexpected reply from tracker: {0}")]
+    TrackerProtocol(String),
+    /// The connection to the tracker was lost during the request (it reconnects by itself).
+    #[error("connection to tracker lost")]
+    TrackerLost,
+    /// The tracker session has ended (the node is shutting down).
+    #[error("tracker session closed")]
+    SessionClosed,
+    /// The tracker's metadata for a file is inconsistent.
+    #[error("tracker sent invalid metadata for {name:?}: {reason}")]
+    BadMeta {
+        /// The file asked for.
+        name: String,
+        /// What is wrong.
+        reason: MetaError,
+    },
+    /// The chunk store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A local I/O operation failed.
+    #[error("cannot {action}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A chunk failed verification from every source that offered it, too many times.
+    #[error("chunk {chunk} failed verification {attempts} times (every source sent bad data); partial download kept")]
+    ChunkFailed {
+        /// The chunk.
+        chunk: u32,
+        /// Failed attempts.
+        attempts: u32,
+    },
+    /// The download deadline passed with chunks that no source could provide.
+    #[error("deadline passed with {missing} chunks missing (first: chunk {first}); partial download kept")]
+    Deadline {
+        /// Chunks still missing.
+        missing: u32,
+        /// The lowest missing chunk.
+        first: u32,
+    },
+    /// The file was replaced on the tracker by different content mid-download.
+    #[error("file {0:?} changed on the tracker during the download")]
+    ContentChanged(String),
+    /// A different file of that name is already in the share folder.
+    #[error("a different file named {0:?} already exists in the share folder")]
+    Conflict(String),
+    /// The operation was cancelled (shutdown or Ctrl-C).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Why one source of a download stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// Could not connect.
+    #[error("connect failed: {0}")]
+    Connect(std::io::Error),
+    /// The connection failed or closed.
+    #[error("connection lost: {0}")]
+    Lost(String),
+    /// The source refused or answered with an error.
+    #[error("refused: {0}")]
+    Refused(proto::peer::PeerError),
+    /// No data arrived within the stall timeout while requests were outstanding.
+    #[error("stalled")]
+    Stalled,
+    /// The source broke the protocol.
+    #[error("protocol violation: {0}")]
+    Protocol(String),
+    /// The source sent data that failed verification too often.
+    #[error("sent bad data {strikes} times")]
+    BadData {
+        /// Hash failures.
+        strikes: u32,
+    },
+    /// Writing a verified chunk failed locally: the whole download stops.
+    #[error("storage failed: {0}")]
+    Storage(StoreError),
+}

@@ -1,0 +1,2 @@
+//! peer binary (in progress)
+fn main() {}

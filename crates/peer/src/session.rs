@@ -1,0 +1,325 @@
+//! The peer's session with the tracker: one connection, owned by an actor task that serializes
+//! requests, sends keep-alives, and on loss reconnects with backoff and re-registers everything the
+//! peer holds (so a tracker restart costs the swarm only a few seconds).
+//!
+//! Callers hold a cheap [`TrackerSession`] handle and await typed replies.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use proto::codec::TrackerClientCodec;
+use proto::limits::DEFAULT_MAX_FRAME;
+use proto::tracker::{
+    FileSummary, Locations, Register, RegisterFile, RequestError, TrackerRequest, TrackerResponse, Welcome,
+};
+use proto::{FileMeta, Hello};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::{timeout, Instant};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::error::Error;
+use crate::shares::Shares;
+
+type Conn = Framed<TcpStream, TrackerClientCodec>;
+
+/// Most bytes of file metadata put in one Register request: well under the tracker's frame limit.
+const REGISTER_BATCH_BYTES: usize = DEFAULT_MAX_FRAME / 2;
+/// Most files in one Register request (the protocol's default cap).
+const REGISTER_BATCH_FILES: usize = proto::limits::DEFAULT_MAX_FILES_PER_REGISTER;
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// How to reach the tracker.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The tracker's address.
+    pub tracker: SocketAddr,
+    /// Deadline for connecting and for each request's reply.
+    pub request_timeout: Duration,
+}
+
+/// What the session registers on every (re)connect: the peer's endpoint and its files.
+#[derive(Clone)]
+pub struct Registration {
+    /// Where the peer serves.
+    pub listen: SocketAddr,
+    /// What it serves.
+    pub shares: Shares,
+}
+
+struct Call {
+    req: TrackerRequest,
+    reply: oneshot::Sender<Result<TrackerResponse, Error>>,
+}
+
+/// A handle to the session actor. Cheap to clone.
+#[derive(Clone)]
+pub struct TrackerSession {
+    calls: mpsc::Sender<Call>,
+}
+
+impl TrackerSession {
+    /// Connects, completes the handshake and the initial registration (if any), then hands the
+    /// connection to a background actor. Fails if the tracker cannot be reached now; later losses
+    /// are repaired by reconnecting.
+    pub async fn connect(
+        config: SessionConfig,
+        registration: Option<Registration>,
+        shutdown: CancellationToken,
+    ) -> Result<(TrackerSession, JoinHandle<()>), Error> {
+        let unreachable = |reason: String| Error::TrackerUnreachable { addr: config.tracker, reason };
+        let (mut conn, welcome) = open(&config).await.map_err(unreachable)?;
+        if let Some(reg) = &registration {
+            register_all(&mut conn, reg, config.request_timeout).await.map_err(unreachable)?;
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let actor = Actor { config, registration, calls: rx, shutdown };
+        let task = tokio::spawn(actor.run(conn, welcome));
+        Ok((TrackerSession { calls: tx }, task))
+    }
+
+    /// Sends one request and awaits its reply.
+    pub async fn call(&self, req: TrackerRequest) -> Result<TrackerResponse, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.calls.send(Call { req, reply: tx }).await.map_err(|_| Error::SessionClosed)?;
+        rx.await.map_err(|_| Error::SessionClosed)?
+    }
+
+    /// A file's metadata, checked for consistency.
+    pub async fn file_meta(&self, name: &str) -> Result<FileMeta, Error> {
+        match self.call(TrackerRequest::FileMeta { name: name.to_owned() }).await? {
+            TrackerResponse::FileMeta(meta) => {
+                // The tracker is trusted for metadata, but not to be free of bugs or tampering:
+                // a wrong name or hashes that do not add up to the root are refused here.
+                meta.validate().map_err(|reason| Error::BadMeta { name: name.to_owned(), reason })?;
+                if meta.name != name {
+                    return Err(Error::TrackerProtocol(format!(
+                        "asked for {name:?}, got metadata for {:?}",
+                        meta.name
+                    )));
+                }
+                Ok(meta)
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// A file's sources.
+    pub async fn locations(&self, name: &str) -> Result<Locations, Error> {
+        match self.call(TrackerRequest::FileLocations { name: name.to_owned() }).await? {
+            TrackerResponse::FileLocations(l) => Ok(l),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Every file on the tracker, all pages.
+    pub async fn list_all(&self) -> Result<Vec<FileSummary>, Error> {
+        let mut out: Vec<FileSummary> = Vec::new();
+        loop {
+            let after = out.last().map(|f| f.name.clone());
+            match self.call(TrackerRequest::FileList { after }).await? {
+                TrackerResponse::FileList { files, more } => {
+                    let empty = files.is_empty();
+                    out.extend(files);
+                    if !more || empty {
+                        return Ok(out);
+                    }
+                }
+                other => return Err(unexpected(other)),
+            }
+        }
+    }
+
+    /// Registers one chunk as held.
+    pub async fn chunk_register(&self, name: &str, chunk: u32) -> Result<(), Error> {
+        match self.call(TrackerRequest::ChunkRegister { name: name.to_owned(), chunk }).await? {
+            TrackerResponse::ChunkRegistered => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Registers files (with the chunks held) at the given endpoint.
+    pub async fn register(&self, listen: SocketAddr, files: Vec<RegisterFile>) -> Result<(), Error> {
+        match self.call(TrackerRequest::Register(Register { listen, files })).await? {
+            TrackerResponse::Registered { results } => {
+                log_rejections(&results);
+                Ok(())
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+}
+
+fn unexpected(r: TrackerResponse) -> Error {
+    match r {
+        TrackerResponse::Error(e) => Error::Tracker(e),
+        other => Error::TrackerProtocol(format!("{other:?}")),
+    }
+}
+
+fn log_rejections(results: &[Result<(), proto::tracker::RejectReason>]) {
+    for r in results {
+        if let Err(reason) = r {
+            warn!(%reason, "tracker refused a file");
+        }
+    }
+}
+
+async fn open(config: &SessionConfig) -> Result<(Conn, Welcome), String> {
+    let t = config.request_timeout;
+    let stream = match timeout(t, TcpStream::connect(config.tracker)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".into()),
+    };
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, TrackerClientCodec::new(DEFAULT_MAX_FRAME));
+    match roundtrip(&mut conn, TrackerRequest::Hello(Hello::current()), t).await {
+        Ok(TrackerResponse::Welcome(w)) => Ok((conn, w)),
+        Ok(TrackerResponse::Error(e)) => Err(e.to_string()),
+        Ok(other) => Err(format!("unexpected handshake reply {other:?}")),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<TrackerResponse, Error> {
+    let r = timeout(t, async {
+        conn.send(req).await.map_err(|_| Error::TrackerLost)?;
+        match conn.next().await {
+            // The tracker says goodbye before closing: treat it as the loss it is.
+            Some(Ok(Ok(TrackerResponse::Error(RequestError::ShuttingDown)))) => Err(Error::TrackerLost),
+            Some(Ok(Ok(resp))) => Ok(resp),
+            Some(Ok(Err(e))) => Err(Error::TrackerProtocol(e.to_string())),
+            Some(Err(_)) | None => Err(Error::TrackerLost),
+        }
+    })
+    .await;
+    r.unwrap_or(Err(Error::TrackerLost))
+}
+
+async fn register_all(conn: &mut Conn, reg: &Registration, t: Duration) -> Result<(), String> {
+    let files = reg.shares.snapshot();
+    let mut batches: Vec<Vec<RegisterFile>> = vec![Vec::new()];
+    let mut bytes = 0;
+    for f in files {
+        let size = 128 + f.meta.name.len() + 32 * f.meta.chunk_hashes.len();
+        let full = batches
+            .last()
+            .is_some_and(|b| b.len() >= REGISTER_BATCH_FILES || (bytes + size > REGISTER_BATCH_BYTES && !b.is_empty()));
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += size;
+        if let Some(b) = batches.last_mut() {
+            b.push(f);
+        }
+    }
+    for files in batches {
+        let n = files.len();
+        match roundtrip(conn, TrackerRequest::Register(Register { listen: reg.listen, files }), t).await {
+            Ok(TrackerResponse::Registered { results }) => {
+                log_rejections(&results);
+                debug!(files = n, "registered");
+            }
+            Ok(other) => return Err(format!("register failed: {other:?}")),
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+    Ok(())
+}
+
+struct Actor {
+    config: SessionConfig,
+    registration: Option<Registration>,
+    calls: mpsc::Receiver<Call>,
+    /// Cancelled when the node shuts down: the actor says Leave and ends.
+    shutdown: CancellationToken,
+}
+
+enum Exit {
+    Shutdown,
+    Lost,
+}
+
+impl Actor {
+    async fn run(mut self, conn: Conn, welcome: Welcome) {
+        let mut current = Some((conn, welcome));
+        loop {
+            let (mut conn, welcome) = match current.take() {
+                Some(c) => c,
+                None => match self.reconnect().await {
+                    Some(c) => c,
+                    None => return,
+                },
+            };
+            let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
+            match self.serve(&mut conn, keepalive).await {
+                Exit::Shutdown => {
+                    // Goodbye under a timeout: a dead tracker must not hold up shutdown.
+                    let _ = roundtrip(&mut conn, TrackerRequest::Leave, Duration::from_secs(1)).await;
+                    return;
+                }
+                Exit::Lost => warn!(tracker = %self.config.tracker, "lost the tracker; reconnecting"),
+            }
+        }
+    }
+
+    async fn serve(&mut self, conn: &mut Conn, keepalive: Duration) -> Exit {
+        let mut last = Instant::now();
+        loop {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Exit::Shutdown,
+                call = self.calls.recv() => {
+                    let Some(call) = call else { return Exit::Shutdown };
+                    let r = roundtrip(conn, call.req, self.config.request_timeout).await;
+                    last = Instant::now();
+                    let lost = matches!(r, Err(Error::TrackerLost));
+                    let _ = call.reply.send(r);
+                    if lost {
+                        return Exit::Lost;
+                    }
+                }
+                _ = tokio::time::sleep_until(last + keepalive) => {
+                    if roundtrip(conn, TrackerRequest::KeepAlive, self.config.request_timeout).await.is_err() {
+                        return Exit::Lost;
+                    }
+                    last = Instant::now();
+                }
+            }
+        }
+    }
+
+    /// Reconnects with jittered exponential backoff and re-registers; `None` on shutdown.
+    async fn reconnect(&mut self) -> Option<(Conn, Welcome)> {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let jitter = rand::rng().random_range(0.5..1.5);
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            let attempt = async {
+                let (mut conn, welcome) = open(&self.config).await?;
+                if let Some(reg) = &self.registration {
+                    register_all(&mut conn, reg, self.config.request_timeout).await?;
+                }
+                Ok::<_, String>((conn, welcome))
+            };
+            match attempt.await {
+                Ok(c) => {
+                    info!(tracker = %self.config.tracker, "reconnected to the tracker and re-registered");
+                    return Some(c);
+                }
+                Err(e) => debug!(error = %e, "reconnect failed"),
+            }
+        }
+    }
+}
