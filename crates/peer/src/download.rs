@@ -65,7 +65,7 @@ impl Default for DownloadConfig {
             max_sources: 32,
             stall_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
-            poll_interval: Duration::from_secs(1),
+            poll_interval: Duration::from_millis(500),
             max_chunk_failures: 6,
             bad_data_strikes: 2,
         }
@@ -259,7 +259,9 @@ pub(crate) async fn download(
     let mut fetched = 0u32;
 
     let outcome: Result<(), Error> = loop {
-        if shared.sched().is_done() {
+        // Done when every chunk's Stored event has been handled (not merely when the scheduler
+        // says so): each event carries attribution and the chunk's registration with the tracker.
+        if progress.chunks_done == n {
             break Ok(());
         }
         tokio::select! {
@@ -517,9 +519,10 @@ async fn receive_loop(
     let cfg = &shared.config;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut inflight: VecDeque<u32> = VecDeque::new();
+    let mut window = Window::new(cfg.pipeline, shared.meta.chunk_size);
     loop {
         let mut sent = false;
-        while inflight.len() < cfg.pipeline {
+        while inflight.len() < window.depth() {
             let Some(c) = shared.sched().pick(id, &mut rng) else { break };
             conn.request(c).await?;
             inflight.push_back(c);
@@ -544,6 +547,7 @@ async fn receive_loop(
         match resp {
             PeerResponse::Chunk { chunk, data } => {
                 expect_front(&mut inflight, chunk)?;
+                window.arrived(data.len());
                 shared.limiter.acquire(data.len()).await;
                 if to_writer.send((chunk, data)).await.is_err() {
                     // The writer stopped with an error; try_join reports it.
@@ -558,6 +562,41 @@ async fn receive_loop(
             PeerResponse::Error(e) => return Err(SourceError::Refused(e)),
             PeerResponse::Welcome { .. } => return Err(SourceError::Protocol("unexpected welcome".into())),
         }
+    }
+}
+
+/// How many requests to keep in flight to one source: enough to cover [`PIPELINE_WINDOW`] of its
+/// measured rate (so a fast source saturates the link), at least 2, at most the configured
+/// pipeline. A slow source is therefore not handed chunks it would take seconds to deliver while
+/// faster peers could have served them: this is what lets downloaders trade rather than all queue
+/// on the seed.
+struct Window {
+    max: usize,
+    chunk_size: f64,
+    /// Bytes per second, smoothed; `None` until the first chunk arrives.
+    rate: Option<f64>,
+    last: Instant,
+}
+
+/// Time worth of data kept requested from each source.
+const PIPELINE_WINDOW: f64 = 0.3;
+
+impl Window {
+    fn new(max: usize, chunk_size: u32) -> Self {
+        Self { max: max.max(1), chunk_size: f64::from(chunk_size.max(1)), rate: None, last: Instant::now() }
+    }
+
+    fn depth(&self) -> usize {
+        let want = self.rate.map_or(2.0, |r| (r * PIPELINE_WINDOW / self.chunk_size).ceil());
+        (want as usize).clamp(2.min(self.max), self.max)
+    }
+
+    fn arrived(&mut self, bytes: usize) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64().max(1e-6);
+        self.last = now;
+        let sample = bytes as f64 / dt;
+        self.rate = Some(self.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
     }
 }
 

@@ -20,9 +20,31 @@ use serde::{Deserialize, Serialize};
 use crate::limits::{MAX_CHUNKS_PER_FILE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use crate::name::{validate_name, NameError};
 
-/// A 32-byte BLAKE3 hash or chaining value.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A 32-byte BLAKE3 hash or chaining value. On the wire: 32 raw bytes; in human-readable formats
+/// (JSON output): a hex string.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Hash(pub [u8; 32]);
+
+impl Serialize for Hash {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if s.is_human_readable() {
+            s.serialize_str(&self.to_string())
+        } else {
+            self.0.serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Hash {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        if d.is_human_readable() {
+            let s = String::deserialize(d)?;
+            s.parse().map_err(serde::de::Error::custom)
+        } else {
+            <[u8; 32]>::deserialize(d).map(Hash)
+        }
+    }
+}
 
 impl Hash {
     /// The raw bytes.
