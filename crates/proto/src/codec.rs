@@ -1,6 +1,11 @@
 //! The one codec: a 4-byte big-endian length prefix (not counting itself) followed by the body,
-//! framed by `tokio_util`'s `LengthDelimitedCodec` with an explicit maximum frame length. Bodies
-//! are postcard; a chunk's bytes follow their header raw.
+//! with an explicit maximum frame length. Bodies are postcard; a chunk's bytes follow their header
+//! raw.
+//!
+//! The framing is done here rather than by `tokio_util`'s `LengthDelimitedCodec` (the layout is the
+//! same) because that codec reserves the whole announced frame as soon as it reads a length: a
+//! client announcing a near-maximum frame and trickling its body would pin that much memory per
+//! connection. Here at most [`RESERVE_AHEAD`] is reserved beyond what has arrived.
 //!
 //! Two kinds of failure are kept apart. A frame that cannot be framed (too large, I/O) is a
 //! [`CodecError`]: the stream cannot be trusted past it and the connection must close. A frame that
@@ -10,14 +15,18 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{BufMut, BytesMut};
-use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, LengthDelimitedCodecError};
+use bytes::{Buf, BufMut, BytesMut};
+use tokio_util::codec::{Decoder, Encoder};
 
 use crate::peer::{PeerRequest, PeerResponse, ResponseHeader};
 use crate::tracker::{TrackerRequest, TrackerResponse};
 
 /// Bytes of the length prefix.
 pub const LEN_PREFIX: usize = 4;
+
+/// Most bytes reserved for a frame beyond those received: a whole default-size chunk frame in one
+/// allocation, but never the full announced length of a large frame before its bytes arrive.
+pub const RESERVE_AHEAD: usize = 1024 * 1024 + 64 * 1024;
 
 /// A fatal framing failure: close the connection.
 #[derive(Debug, thiserror::Error)]
@@ -132,7 +141,6 @@ impl WireMessage for PeerResponse {
 /// directions.
 #[derive(Debug)]
 pub struct Codec<In, Out> {
-    framing: LengthDelimitedCodec,
     max_frame: usize,
     max_encode: usize,
     _types: PhantomData<fn(Out) -> In>,
@@ -156,14 +164,11 @@ impl<In, Out> Codec<In, Out> {
     /// A codec with a limit per direction: a server that only ever receives small requests but
     /// sends whole chunks accepts little and sends much.
     pub fn with_limits(max_decode: usize, max_encode: usize) -> Self {
-        let framing =
-            LengthDelimitedCodec::builder().length_field_length(LEN_PREFIX).max_frame_length(max_decode).new_codec();
-        Self { framing, max_frame: max_decode, max_encode, _types: PhantomData }
+        Self { max_frame: max_decode, max_encode, _types: PhantomData }
     }
 
     /// Changes the receive limit, e.g. from the small pre-handshake limit to the full one.
     pub fn set_max_frame(&mut self, max_frame: usize) {
-        self.framing.set_max_frame_length(max_frame);
         self.max_frame = max_frame;
     }
 
@@ -178,15 +183,19 @@ impl<In: WireMessage, Out> Decoder for Codec<In, Out> {
     type Error = CodecError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Self::Item>, CodecError> {
-        match self.framing.decode(src) {
-            Ok(Some(frame)) => Ok(Some(In::decode_body(frame))),
-            Ok(None) => Ok(None),
-            Err(e) if e.get_ref().is_some_and(|inner| inner.is::<LengthDelimitedCodecError>()) => {
-                let len = src.get(..LEN_PREFIX).map_or(0, |b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize);
-                Err(CodecError::FrameTooLarge { len, max: self.max_frame })
-            }
-            Err(e) => Err(CodecError::Io(e)),
+        let Some(head) = src.get(..LEN_PREFIX) else { return Ok(None) };
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        if len > self.max_frame {
+            return Err(CodecError::FrameTooLarge { len, max: self.max_frame });
         }
+        let missing = (LEN_PREFIX + len).saturating_sub(src.len());
+        if missing > 0 {
+            src.reserve(missing.min(RESERVE_AHEAD));
+            return Ok(None);
+        }
+        src.advance(LEN_PREFIX);
+        let frame = src.split_to(len);
+        Ok(Some(In::decode_body(frame)))
     }
 }
 

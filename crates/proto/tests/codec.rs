@@ -284,3 +284,18 @@ proptest! {
         prop_assert!(buf.is_empty());
     }
 }
+
+/// A client announcing a huge frame gets at most RESERVE_AHEAD reserved until its bytes arrive.
+#[test]
+fn announced_frames_are_not_reserved_up_front() {
+    let mut codec = TrackerServerCodec::new(16 << 20);
+    let mut buf = BytesMut::new();
+    buf.put_u32((16 << 20) - 1);
+    buf.put_u8(0);
+    assert!(codec.decode(&mut buf).unwrap().is_none());
+    assert!(buf.capacity() <= proto::codec::RESERVE_AHEAD + 64, "reserved {}", buf.capacity());
+    // As the body arrives the frame still decodes.
+    buf.extend_from_slice(&vec![0u8; (16 << 20) - 2]);
+    assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(MessageError::TrailingBytes(_))))));
+    assert!(buf.is_empty());
+}
