@@ -182,3 +182,33 @@ pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::J
     });
     (addr, task)
 }
+
+/// This process's resident set size in bytes (Linux; 0 elsewhere).
+pub fn rss_bytes() -> u64 {
+    proc_status_kib("VmRSS:") * 1024
+}
+
+/// File descriptors this process has open (Linux; 0 elsewhere).
+pub fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0)
+}
+
+fn proc_status_kib(key: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// Reads from the socket until the peer closes it; returns how long that took.
+pub async fn time_until_closed(stream: &mut TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt;
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return start.elapsed(),
+            Ok(_) => {}
+        }
+    }
+}
