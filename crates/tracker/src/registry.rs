@@ -8,8 +8,12 @@
 //! - a file is present iff at least one peer holds it (registered or chunk-registered);
 //! - `peers[p].files` contains `f` iff `files[f].holders` contains `p`;
 //! - `files[f].availability[i]` equals the number of holders that have chunk `i`;
-//! - `files[f].complete` equals the number of holders whose holding is `Complete`, and a partial
-//!   holding is never full (it is promoted to `Complete`).
+//! - a partial holding is never full (it is promoted to `Complete`);
+//! - `files[f].complete` lists exactly the holders whose holding is `Complete`, and
+//!   `files[f].partial` exactly those with a partial holding of at least one chunk; each holding's
+//!   `slot` is its index in that list (or `NO_SLOT` for an empty partial holding). These lists make
+//!   File Locations and File List cost O(reply), not O(holders): a popular file may have
+//!   thousands of holders.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -18,7 +22,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use proto::tracker::{FileSummary, Locations, RegisterFile, RejectReason, RequestError, SourceInfo};
 use proto::{validate_name, Bitmap, FileMeta, Have};
-use rand::seq::{IndexedRandom, SliceRandom};
+use rand::seq::{index, SliceRandom};
 
 use crate::config::Limits;
 
@@ -43,9 +47,40 @@ struct State {
 #[derive(Debug)]
 struct FileEntry {
     meta: Arc<FileMeta>,
-    holders: HashMap<PeerId, Have>,
+    holders: HashMap<PeerId, Holding>,
+    /// Holders with every chunk (see the module invariants).
+    complete: Vec<PeerId>,
+    /// Holders with some chunks but not all.
+    partial: Vec<PeerId>,
     availability: Vec<u32>,
-    complete: u32,
+}
+
+/// One peer's holding of one file.
+#[derive(Debug)]
+struct Holding {
+    have: Have,
+    /// Index in `complete` or `partial` (which one follows from `have`), or [`NO_SLOT`].
+    slot: usize,
+}
+
+const NO_SLOT: usize = usize::MAX;
+
+/// Which list of a [`FileEntry`] a holding is in.
+#[derive(Debug, Clone, Copy)]
+enum Group {
+    Complete,
+    Partial,
+}
+
+impl Group {
+    /// The group of a holding; `None` for a partial holding of no chunk (not a source).
+    fn of(have: &Have) -> Option<Group> {
+        match have {
+            Have::Complete => Some(Group::Complete),
+            Have::Partial(b) if b.count() > 0 => Some(Group::Partial),
+            Have::Partial(_) => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -71,7 +106,39 @@ pub struct Stats {
 impl FileEntry {
     fn new(meta: Arc<FileMeta>) -> Self {
         let n = meta.num_chunks() as usize;
-        Self { meta, holders: HashMap::new(), availability: vec![0; n], complete: 0 }
+        Self { meta, holders: HashMap::new(), complete: Vec::new(), partial: Vec::new(), availability: vec![0; n] }
+    }
+
+    fn list_mut(&mut self, group: Group) -> &mut Vec<PeerId> {
+        match group {
+            Group::Complete => &mut self.complete,
+            Group::Partial => &mut self.partial,
+        }
+    }
+
+    /// Puts `peer`'s holding into the list its `have` calls for.
+    fn place(&mut self, peer: PeerId) {
+        let Some(group) = self.holders.get(&peer).and_then(|h| Group::of(&h.have)) else { return };
+        let list = self.list_mut(group);
+        list.push(peer);
+        let slot = list.len() - 1;
+        if let Some(h) = self.holders.get_mut(&peer) {
+            h.slot = slot;
+        }
+    }
+
+    /// Takes `peer`'s holding out of its list (swap-remove, fixing the moved holder's slot).
+    fn unplace(&mut self, peer: PeerId) {
+        let Some(h) = self.holders.get_mut(&peer) else { return };
+        let (slot, group) = (std::mem::replace(&mut h.slot, NO_SLOT), Group::of(&h.have));
+        let Some(group) = group.filter(|_| slot != NO_SLOT) else { return };
+        let list = self.list_mut(group);
+        list.swap_remove(slot);
+        if let Some(moved) = list.get(slot).copied() {
+            if let Some(h) = self.holders.get_mut(&moved) {
+                h.slot = slot;
+            }
+        }
     }
 
     fn add(&mut self, peer: PeerId, have: Have) {
@@ -82,21 +149,17 @@ impl FileEntry {
             h => h,
         };
         match &have {
-            Have::Complete => {
-                self.complete += 1;
-                self.availability.iter_mut().for_each(|a| *a += 1);
-            }
+            Have::Complete => self.availability.iter_mut().for_each(|a| *a += 1),
             Have::Partial(b) => b.iter_ones().filter(|&i| i < n).for_each(|i| self.availability[i as usize] += 1),
         }
-        self.holders.insert(peer, have);
+        self.holders.insert(peer, Holding { have, slot: NO_SLOT });
+        self.place(peer);
     }
 
     fn remove(&mut self, peer: PeerId) {
-        match self.holders.remove(&peer) {
-            Some(Have::Complete) => {
-                self.complete -= 1;
-                self.availability.iter_mut().for_each(|a| *a -= 1);
-            }
+        self.unplace(peer);
+        match self.holders.remove(&peer).map(|h| h.have) {
+            Some(Have::Complete) => self.availability.iter_mut().for_each(|a| *a -= 1),
             Some(Have::Partial(b)) => b.iter_ones().for_each(|i| self.availability[i as usize] -= 1),
             None => {}
         }
@@ -105,25 +168,38 @@ impl FileEntry {
     /// Marks one chunk held; promotes a partial holding that became full.
     fn add_chunk(&mut self, peer: PeerId, chunk: u32) {
         let n = self.meta.num_chunks();
-        let holding = self.holders.entry(peer).or_insert_with(|| Have::Partial(Bitmap::new(n)));
-        if let Have::Partial(b) = holding {
-            if b.set(chunk) {
-                self.availability[chunk as usize] += 1;
+        let holding = self.holders.entry(peer).or_insert_with(|| Holding { have: Have::Partial(Bitmap::new(n)), slot: NO_SLOT });
+        let Have::Partial(b) = &mut holding.have else { return };
+        if !b.set(chunk) {
+            return;
+        }
+        self.availability[chunk as usize] += 1;
+        let (first, full) = (b.count() == 1, b.is_full());
+        if full {
+            self.unplace(peer);
+            if let Some(h) = self.holders.get_mut(&peer) {
+                h.have = Have::Complete;
             }
-            if b.is_full() {
-                *holding = Have::Complete;
-                self.complete += 1;
-            }
+            self.place(peer);
+        } else if first {
+            self.place(peer);
         }
     }
 
     /// Holders with at least one chunk.
     fn sources(&self) -> u32 {
-        self.holders
-            .values()
-            .filter(|h| matches!(h, Have::Complete) || matches!(h, Have::Partial(b) if b.count() > 0))
-            .count() as u32
+        (self.complete.len() + self.partial.len()) as u32
     }
+}
+
+/// Up to `k` holders from `list`, chosen uniformly at random, never `exclude`. O(k).
+fn sample(list: &[PeerId], k: usize, exclude: Option<PeerId>, rng: &mut impl rand::Rng) -> Vec<PeerId> {
+    // One extra, in case the excluded peer is drawn.
+    let draw = (k + usize::from(exclude.is_some())).min(list.len());
+    let mut out: Vec<PeerId> =
+        index::sample(rng, list.len(), draw).into_iter().map(|i| list[i]).filter(|&p| Some(p) != exclude).collect();
+    out.truncate(k);
+    out
 }
 
 impl Registry {
@@ -177,8 +253,15 @@ impl Registry {
         if listen.port() == 0 {
             return Err(RequestError::BadEndpoint(listen));
         }
-        // Metadata validation hashes up to 2^18 chunk hashes per file: do it before taking the lock.
-        let checked: Vec<Result<RegisterFile, RejectReason>> = files.into_iter().map(check_file).collect();
+        // Validating metadata merges up to 2^18 chunk hashes per file: it is done before taking the
+        // write lock, and skipped for metadata identical to a file already registered (checked when
+        // it was first registered), so a swarm re-registering a popular file costs a comparison.
+        let known: Vec<bool> = {
+            let st = self.read();
+            files.iter().map(|f| st.files.get(f.meta.name.as_str()).is_some_and(|e| *e.meta == f.meta)).collect()
+        };
+        let checked: Vec<Result<Checked, RejectReason>> =
+            files.into_iter().zip(known).map(|(f, known)| check_file(f, !known)).collect();
 
         let mut guard = self.write();
         let st = &mut *guard;
@@ -191,7 +274,7 @@ impl Registry {
         let mut results = Vec::with_capacity(checked.len());
         for file in checked {
             let result = file.and_then(|f| {
-                if !seen.insert(f.meta.name.clone()) {
+                if !seen.insert(f.file.meta.name.clone()) {
                     return Err(RejectReason::Duplicate);
                 }
                 st.add_file(peer, f, &self.limits)
@@ -245,7 +328,7 @@ impl Registry {
                 root: f.meta.root,
                 chunk_size: f.meta.chunk_size,
                 sources: f.sources(),
-                complete_sources: f.complete,
+                complete_sources: f.complete.len() as u32,
             })
             .collect();
         let more = it.next().is_some();
@@ -259,57 +342,38 @@ impl Registry {
     }
 
     /// File Locations for `caller`: up to the cap of sources other than the caller, chosen at
-    /// random with complete and partial sources mixed, so load spreads across the swarm.
+    /// random with complete and partial sources mixed, so load spreads across the swarm. O(cap).
     pub fn locations(&self, caller: PeerId, name: &str) -> Result<Locations, RequestError> {
         validate_name(name).map_err(RequestError::InvalidName)?;
         let st = self.read();
         let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
         let n = file.meta.num_chunks();
-        let usable = |(p, h): (&PeerId, &Have)| -> Option<(SocketAddr, bool)> {
-            if *p == caller {
-                return None;
-            }
-            let addr = st.peers.get(p)?.listen?;
-            match h {
-                Have::Complete => Some((addr, true)),
-                Have::Partial(b) if b.count() > 0 => Some((addr, false)),
-                Have::Partial(_) => None,
-            }
+        // The caller is not its own source: leave it out of the counts and the draw.
+        let caller_in = |list: &[PeerId]| {
+            file.holders.get(&caller).is_some_and(|h| h.slot != NO_SLOT && list.get(h.slot) == Some(&caller))
         };
-        let (complete, partial): (Vec<_>, Vec<_>) = file
-            .holders
-            .iter()
-            .filter_map(|e| usable(e).map(|(addr, full)| (addr, full, e.0)))
-            .partition(|&(_, full, _)| full);
-        let total = (complete.len() + partial.len()) as u32;
+        let complete_n = file.complete.len() - usize::from(caller_in(&file.complete));
+        let partial_n = file.partial.len() - usize::from(caller_in(&file.partial));
         let cap = self.limits.max_locations;
+        // Half from each group when both have enough, the rest from whichever has more.
+        let from_complete = complete_n.min(cap.div_ceil(2).max(cap.saturating_sub(partial_n)));
+        let from_partial = partial_n.min(cap - from_complete);
         let mut rng = rand::rng();
-        let mut chosen: Vec<_> = if complete.len() + partial.len() <= cap {
-            complete.iter().chain(partial.iter()).collect()
-        } else {
-            // Half from each group, the rest from whichever group has more.
-            let from_complete = complete.len().min(cap.div_ceil(2).max(cap.saturating_sub(partial.len())));
-            let from_partial = cap - from_complete;
-            let mut v: Vec<_> = complete.choose_multiple(&mut rng, from_complete).collect();
-            v.extend(partial.choose_multiple(&mut rng, from_partial));
-            v
-        };
+        let mut chosen = sample(&file.complete, from_complete, Some(caller), &mut rng);
+        chosen.extend(sample(&file.partial, from_partial, Some(caller), &mut rng));
         chosen.shuffle(&mut rng);
         let sources = chosen
             .into_iter()
-            .map(|&(addr, full, p)| SourceInfo {
-                addr,
-                have: if full {
-                    Have::Complete
-                } else {
-                    file.holders.get(p).cloned().unwrap_or(Have::Partial(Bitmap::new(n)))
-                },
+            .filter_map(|p| {
+                let addr = st.peers.get(&p)?.listen?;
+                let have = file.holders.get(&p)?.have.clone();
+                Some(SourceInfo { addr, have })
             })
             .collect();
         Ok(Locations {
             root: file.meta.root,
             num_chunks: n,
-            total_sources: total,
+            total_sources: (complete_n + partial_n) as u32,
             sources,
             availability: file.availability.clone(),
         })
@@ -325,27 +389,43 @@ impl Registry {
         }
     }
 
-    #[cfg(test)]
-    fn check_invariants(&self) {
+    /// Checks every invariant of the module docs, panicking on the first that is broken. For tests
+    /// and fuzzing: it walks the whole registry.
+    pub fn check_invariants(&self) {
         self.read().check_invariants();
     }
 }
 
-fn check_file(f: RegisterFile) -> Result<RegisterFile, RejectReason> {
+/// A Register file that passed the checks done outside the lock.
+struct Checked {
+    file: RegisterFile,
+    /// Whether `meta.validate()` ran; if not, the metadata was identical to a registered file's.
+    validated: bool,
+}
+
+fn check_file(f: RegisterFile, validate: bool) -> Result<Checked, RejectReason> {
     validate_name(&f.meta.name).map_err(RejectReason::InvalidName)?;
-    f.meta.validate().map_err(RejectReason::InconsistentMeta)?;
+    if validate {
+        f.meta.validate().map_err(RejectReason::InconsistentMeta)?;
+    }
     if let Have::Partial(b) = &f.have {
         if b.len() != f.meta.num_chunks() {
             return Err(RejectReason::BitmapLength { want: f.meta.num_chunks(), got: b.len() });
         }
     }
-    Ok(f)
+    Ok(Checked { file: f, validated: validate })
 }
 
 impl State {
-    fn add_file(&mut self, peer: PeerId, f: RegisterFile, limits: &Limits) -> Result<(), RejectReason> {
+    fn add_file(&mut self, peer: PeerId, checked: Checked, limits: &Limits) -> Result<(), RejectReason> {
+        let Checked { file: f, validated } = checked;
         let Some(entry) = self.peers.get_mut(&peer) else { return Err(RejectReason::SessionQuota { max: 0 }) };
         let name: &str = &f.meta.name;
+        let identical = self.files.get(name).is_some_and(|e| e.meta.same_content(&f.meta));
+        if !identical && !validated {
+            // The identical file it was compared with has gone meanwhile: check it now (rare).
+            f.meta.validate().map_err(RejectReason::InconsistentMeta)?;
+        }
         match self.files.get(name) {
             Some(existing) if !existing.meta.same_content(&f.meta) => {
                 return Err(RejectReason::ContentConflict { existing: existing.meta.root })
@@ -386,28 +466,35 @@ impl State {
         }
     }
 
-    #[cfg(test)]
     fn check_invariants(&self) {
         for (name, f) in &self.files {
             assert!(!f.holders.is_empty(), "{name} has no holders");
             let n = f.meta.num_chunks();
             let mut avail = vec![0u32; n as usize];
-            let mut complete = 0;
+            let (mut complete, mut partial) = (0, 0);
             for (p, h) in &f.holders {
                 assert!(self.peers[p].files.contains(name));
-                match h {
+                assert!(self.peers[p].listen.is_some(), "a holder has an endpoint");
+                match &h.have {
                     Have::Complete => {
                         complete += 1;
+                        assert_eq!(f.complete[h.slot], *p, "{name} complete slot");
                         avail.iter_mut().for_each(|a| *a += 1);
                     }
                     Have::Partial(b) => {
                         assert!(!b.is_full() || n == 0);
+                        if b.count() > 0 {
+                            partial += 1;
+                            assert_eq!(f.partial[h.slot], *p, "{name} partial slot");
+                        } else {
+                            assert_eq!(h.slot, NO_SLOT);
+                        }
                         b.iter_ones().for_each(|i| avail[i as usize] += 1);
                     }
                 }
             }
             assert_eq!(avail, f.availability, "{name} availability");
-            assert_eq!(complete, f.complete, "{name} complete count");
+            assert_eq!((complete, partial), (f.complete.len(), f.partial.len()), "{name} lists");
         }
         for (p, e) in &self.peers {
             for name in &e.files {
@@ -605,5 +692,88 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.locations(b, "f").unwrap().sources[0].addr, SocketAddr::from(([10, 1, 2, 3], 7000)));
+    }
+
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Open,
+        Close(usize),
+        Register(usize, Vec<(usize, usize, Option<u8>)>),
+        ChunkRegister(usize, usize, u32),
+        Leave(usize),
+        Locations(usize, usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        // Files: index 0..3, content variant 0..2; a bitmap byte (None: complete).
+        let file = (0..3usize, 0..2usize, proptest::option::of(any::<u8>()));
+        prop_oneof![
+            1 => Just(Op::Open),
+            1 => (0..6usize).prop_map(Op::Close),
+            6 => (0..6usize, proptest::collection::vec(file, 0..4)).prop_map(|(p, f)| Op::Register(p, f)),
+            6 => (0..6usize, 0..3usize, 0..6u32).prop_map(|(p, f, c)| Op::ChunkRegister(p, f, c)),
+            1 => (0..6usize).prop_map(Op::Leave),
+            2 => (0..6usize, 0..3usize).prop_map(|(p, f)| Op::Locations(p, f)),
+        ]
+    }
+
+    proptest! {
+        /// Arbitrary sequences of operations from several sessions keep every invariant, and
+        /// File Locations never lists the caller nor more than the cap.
+        #[test]
+        fn operation_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..60)) {
+            let r = Registry::new(Limits { max_locations: 2, max_files_per_session: 2, ..Limits::default() });
+            // File i has i+1 chunks; variant v changes its content.
+            let metas: Vec<Vec<FileMeta>> =
+                (0..3).map(|i| (0..2).map(|v| meta(&format!("f{i}"), v as u8 + 1, i + 1)).collect()).collect();
+            // Each session with the port it registers, unique for the whole run.
+            let mut peers: Vec<(PeerId, u16)> = Vec::new();
+            let mut next_port = 1000;
+            for op in std::iter::repeat_n(Op::Open, 4).chain(ops) {
+                match op {
+                    Op::Open => {
+                        next_port += 1;
+                        peers.push((r.open_session(addr(next_port)), next_port));
+                    }
+                    Op::Close(i) if i < peers.len() => r.close_session(peers.remove(i).0),
+                    Op::Register(i, files) if i < peers.len() => {
+                        let files = files
+                            .into_iter()
+                            .map(|(f, v, bits)| {
+                                let meta = metas[f][v].clone();
+                                let n = meta.num_chunks();
+                                let have = match bits {
+                                    None => Have::Complete,
+                                    Some(b) => {
+                                        let mut bm = Bitmap::new(n);
+                                        (0..n).filter(|c| b & (1 << c) != 0).for_each(|c| { bm.set(c); });
+                                        Have::Partial(bm)
+                                    }
+                                };
+                                RegisterFile { meta, have }
+                            })
+                            .collect();
+                        let (peer, port) = peers[i];
+                        r.register(peer, addr(port), files).unwrap();
+                    }
+                    Op::ChunkRegister(i, f, c) if i < peers.len() => {
+                        let _ = r.chunk_register(peers[i].0, &format!("f{f}"), c);
+                    }
+                    Op::Leave(i) if i < peers.len() => r.leave(peers[i].0),
+                    Op::Locations(i, f) if i < peers.len() => {
+                        let (peer, port) = peers[i];
+                        if let Ok(loc) = r.locations(peer, &format!("f{f}")) {
+                            prop_assert!(loc.sources.len() <= 2);
+                            prop_assert!(loc.sources.len() as u32 <= loc.total_sources);
+                            prop_assert!(loc.sources.iter().all(|s| s.addr.port() != port), "caller listed");
+                        }
+                    }
+                    _ => {}
+                }
+                r.check_invariants();
+            }
+        }
     }
 }
