@@ -459,3 +459,88 @@ async fn locations_reply_size_for_10k_chunks_100_sources() {
     })
     .await;
 }
+
+/// A reply that would exceed the frame limit is a typed error and the session carries on; a File
+/// List page shrinks to fit the frame instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_never_exceed_the_frame_limit() {
+    with_timeout(async {
+        let mut config = cfg();
+        config.max_frame = 16 * 1024;
+        config.limits.max_locations = 1000;
+        let t = spawn_tracker(config).await;
+        let addr = t.addr();
+        // 300 partial sources of a 400-chunk file: each Register fits, their locations do not.
+        let meta = test_meta("wide", 9, 400);
+        let mut tasks = tokio::task::JoinSet::new();
+        for i in 0..300u16 {
+            let meta = meta.clone();
+            tasks.spawn(async move {
+                let mut c = RawClient::connect(addr).await;
+                let mut b = Bitmap::new(400);
+                b.set(u32::from(i) % 400);
+                assert_eq!(c.register(9000 + i, vec![(meta, Have::Partial(b))]).await, vec![Ok(())]);
+                c
+            });
+        }
+        let mut clients = Vec::new();
+        while let Some(c) = tasks.join_next().await {
+            clients.push(c.unwrap());
+        }
+        let c = &mut clients[0];
+        match c.call(TrackerRequest::FileLocations { name: "wide".into() }).await {
+            TrackerResponse::Error(RequestError::ReplyTooLarge { len, max }) => assert!(len > max && max == 16 * 1024),
+            other => panic!("expected ReplyTooLarge, got {other:?}"),
+        }
+        assert_eq!(c.call(TrackerRequest::KeepAlive).await, TrackerResponse::KeepAlive);
+
+        // 60 files with 200-byte names: a default 1000-entry page would be ~15 KiB of names.
+        let files: Vec<_> = (0..60).map(|i| (test_meta(&format!("{i:0>200}"), i, 1), Have::Complete)).collect();
+        for chunk in files.chunks(20) {
+            assert!(c.register(9999, chunk.to_vec()).await.iter().all(Result::is_ok));
+        }
+        let (mut pages, mut names, mut after) = (0, 0, None);
+        loop {
+            let TrackerResponse::FileList { files, more } = c.call(TrackerRequest::FileList { after }).await else {
+                panic!("expected a file list")
+            };
+            pages += 1;
+            names += files.len();
+            after = files.last().map(|f| f.name.clone());
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(names, 61);
+        assert!(pages > 1, "the list was cut into pages by size");
+        t.shutdown().await.unwrap();
+    })
+    .await;
+}
+
+/// Pipelined requests are all answered, in order (the server batches its replies).
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    with_timeout(async {
+        let t = spawn_tracker(cfg()).await;
+        let mut c = RawClient::connect(t.addr()).await;
+        c.register(7001, vec![(test_meta("f", 1, 4), Have::Partial(Bitmap::new(4)))]).await;
+        for chunk in 0..4 {
+            c.conn.feed(TrackerRequest::ChunkRegister { name: "f".into(), chunk }).await.unwrap();
+            c.conn.feed(TrackerRequest::KeepAlive).await.unwrap();
+        }
+        c.conn.feed(TrackerRequest::ChunkRegister { name: "f".into(), chunk: 4 }).await.unwrap();
+        c.conn.flush().await.unwrap();
+        for _ in 0..4 {
+            assert_eq!(c.recv().await, Some(TrackerResponse::ChunkRegistered));
+            assert_eq!(c.recv().await, Some(TrackerResponse::KeepAlive));
+        }
+        assert_eq!(
+            c.recv().await,
+            Some(TrackerResponse::Error(RequestError::ChunkOutOfRange { chunk: 4, num_chunks: 4 }))
+        );
+        assert_eq!(t.registry().list(None).0[0].complete_sources, 1);
+        t.shutdown().await.unwrap();
+    })
+    .await;
+}

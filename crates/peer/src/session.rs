@@ -13,7 +13,7 @@ use proto::limits::DEFAULT_MAX_FRAME;
 use proto::tracker::{
     FileSummary, Locations, Register, RegisterFile, RequestError, TrackerRequest, TrackerResponse, Welcome,
 };
-use proto::{FileMeta, Hello};
+use proto::{FileMeta, Have, Hello};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -28,10 +28,8 @@ use crate::shares::Shares;
 
 type Conn = Framed<TcpStream, TrackerClientCodec>;
 
-/// Most bytes of file metadata put in one Register request: well under the tracker's frame limit.
-const REGISTER_BATCH_BYTES: usize = DEFAULT_MAX_FRAME / 2;
-/// Most files in one Register request (the protocol's default cap).
-const REGISTER_BATCH_FILES: usize = proto::limits::DEFAULT_MAX_FILES_PER_REGISTER;
+/// Room left in a Register frame for what the size estimate of [`register_batches`] leaves out.
+const REGISTER_FRAME_SLACK: usize = 4096;
 /// Longest wait between reconnect attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
@@ -76,7 +74,7 @@ impl TrackerSession {
         let unreachable = |reason: String| Error::TrackerUnreachable { addr: config.tracker, reason };
         let (mut conn, welcome) = open(&config).await.map_err(unreachable)?;
         if let Some(reg) = &registration {
-            register_all(&mut conn, reg, config.request_timeout).await.map_err(unreachable)?;
+            register_all(&mut conn, &welcome, reg, config.request_timeout).await.map_err(unreachable)?;
         }
         let (tx, rx) = mpsc::channel(1024);
         let actor = Actor { config, registration, calls: rx, shutdown };
@@ -203,23 +201,38 @@ async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<
     r.unwrap_or(Err(Error::TrackerLost))
 }
 
-async fn register_all(conn: &mut Conn, reg: &Registration, t: Duration) -> Result<(), String> {
-    let files = reg.shares.snapshot();
-    let mut batches: Vec<Vec<RegisterFile>> = vec![Vec::new()];
+/// Splits files into Register requests that fit the tracker's limits (from its welcome): at most
+/// its file cap each, and an encoded size under its frame limit. A single file too large for any
+/// frame goes alone; the tracker refuses it and the others still register.
+fn register_batches(files: Vec<RegisterFile>, welcome: &Welcome) -> Vec<Vec<RegisterFile>> {
+    let max_files = (welcome.max_files_per_register as usize).max(1);
+    let max_bytes = (welcome.max_frame as usize).saturating_sub(REGISTER_FRAME_SLACK).max(1);
+    let mut batches: Vec<Vec<RegisterFile>> = Vec::new();
     let mut bytes = 0;
     for f in files {
-        let size = 128 + f.meta.name.len() + 32 * f.meta.chunk_hashes.len();
-        let full = batches
-            .last()
-            .is_some_and(|b| b.len() >= REGISTER_BATCH_FILES || (bytes + size > REGISTER_BATCH_BYTES && !b.is_empty()));
-        if full {
-            batches.push(Vec::new());
-            bytes = 0;
+        // Postcard size, over-estimated: a hash is 32 bytes, varints and a bitmap are small.
+        let bitmap = match &f.have {
+            Have::Complete => 0,
+            Have::Partial(b) => b.as_bytes().len(),
+        };
+        let size = 64 + f.meta.name.len() + 32 * f.meta.chunk_hashes.len() + bitmap;
+        match batches.last_mut() {
+            Some(b) if b.len() < max_files && bytes + size <= max_bytes => b.push(f),
+            _ => {
+                batches.push(vec![f]);
+                bytes = 0;
+            }
         }
         bytes += size;
-        if let Some(b) = batches.last_mut() {
-            b.push(f);
-        }
+    }
+    batches
+}
+
+async fn register_all(conn: &mut Conn, welcome: &Welcome, reg: &Registration, t: Duration) -> Result<(), String> {
+    let mut batches = register_batches(reg.shares.snapshot(), welcome);
+    if batches.is_empty() {
+        // Sets the endpoint, so the peer can chunk-register what it downloads.
+        batches.push(Vec::new());
     }
     for files in batches {
         let n = files.len();
@@ -309,7 +322,7 @@ impl Actor {
             let attempt = async {
                 let (mut conn, welcome) = open(&self.config).await?;
                 if let Some(reg) = &self.registration {
-                    register_all(&mut conn, reg, self.config.request_timeout).await?;
+                    register_all(&mut conn, &welcome, reg, self.config.request_timeout).await?;
                 }
                 Ok::<_, String>((conn, welcome))
             };
@@ -320,6 +333,54 @@ impl Actor {
                 }
                 Err(e) => debug!(error = %e, "reconnect failed"),
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::limits::MIN_CHUNK_SIZE;
+
+    fn welcome(max_frame: u32, max_files: u32) -> Welcome {
+        Welcome {
+            version: proto::PROTOCOL_VERSION,
+            keepalive_ms: 1000,
+            session_timeout_ms: 3000,
+            observed: SocketAddr::from(([127, 0, 0, 1], 1)),
+            max_frame,
+            max_files_per_register: max_files,
+        }
+    }
+
+    fn files(n: usize, chunks: usize) -> Vec<RegisterFile> {
+        (0..n)
+            .map(|i| RegisterFile {
+                meta: FileMeta::from_bytes(
+                    &format!("f{i}"),
+                    MIN_CHUNK_SIZE,
+                    &vec![i as u8; chunks * MIN_CHUNK_SIZE as usize],
+                ),
+                have: Have::Complete,
+            })
+            .collect()
+    }
+
+    /// Batches respect the tracker's file cap and frame limit, and every batch really encodes
+    /// under the frame limit.
+    #[test]
+    fn register_batches_fit_the_trackers_limits() {
+        let w = welcome(64 * 1024, 3);
+        let batches = register_batches(files(10, 1), &w);
+        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+
+        let w = welcome(16 * 1024, 1000);
+        let batches = register_batches(files(20, 40), &w);
+        assert!(batches.len() > 1);
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 20);
+        for b in batches {
+            let req = TrackerRequest::Register(Register { listen: SocketAddr::from(([127, 0, 0, 1], 9)), files: b });
+            assert!(postcard::to_stdvec(&req).unwrap().len() <= 16 * 1024);
         }
     }
 }

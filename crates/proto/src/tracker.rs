@@ -112,6 +112,11 @@ pub struct Welcome {
     pub session_timeout_ms: u64,
     /// The address the tracker sees this session coming from.
     pub observed: SocketAddr,
+    /// The largest request frame the tracker accepts, in bytes: a client splits its Register
+    /// requests to fit.
+    pub max_frame: u32,
+    /// The most files the tracker accepts in one Register.
+    pub max_files_per_register: u32,
 }
 
 /// A file in the file list.
@@ -248,4 +253,13 @@ pub enum RequestError {
     /// The tracker is shutting down; the connection closes.
     #[error("tracker shutting down")]
     ShuttingDown,
+    /// The reply would exceed the frame limit (e.g. metadata of a huge file on a tracker with a
+    /// lowered `max_frame`); nothing else is wrong with the session.
+    #[error("reply of {len} bytes exceeds the frame limit of {max}")]
+    ReplyTooLarge {
+        /// The reply's size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }

@@ -50,6 +50,8 @@ fn responses() -> Vec<TrackerResponse> {
             keepalive_ms: 1000,
             session_timeout_ms: 3000,
             observed: "127.0.0.1:5555".parse().unwrap(),
+            max_frame: 1 << 24,
+            max_files_per_register: 1024,
         }),
         TrackerResponse::Registered {
             results: vec![
@@ -87,6 +89,7 @@ fn responses() -> Vec<TrackerResponse> {
         TrackerResponse::KeepAlive,
         TrackerResponse::Error(RequestError::ChunkOutOfRange { chunk: 9, num_chunks: 4 }),
         TrackerResponse::Error(RequestError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })),
+        TrackerResponse::Error(RequestError::ReplyTooLarge { len: 1 << 25, max: 1 << 24 }),
     ]
 }
 

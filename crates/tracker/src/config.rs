@@ -17,6 +17,8 @@ pub struct Limits {
     pub max_locations: usize,
     /// Entries in one File List page.
     pub list_page: usize,
+    /// Bytes in one File List page, about; [`crate::Tracker`] keeps it under half the frame limit.
+    pub list_page_bytes: usize,
 }
 
 impl Default for Limits {
@@ -27,6 +29,7 @@ impl Default for Limits {
             max_files_total: limits::DEFAULT_MAX_FILES_TOTAL,
             max_locations: limits::DEFAULT_MAX_LOCATIONS,
             list_page: limits::DEFAULT_LIST_PAGE,
+            list_page_bytes: limits::DEFAULT_MAX_FRAME / 2,
         }
     }
 }

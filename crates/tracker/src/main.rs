@@ -70,6 +70,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_files_total: args.max_files_total,
             max_locations: args.max_locations,
             list_page: args.list_page,
+            list_page_bytes: args.max_frame / 2,
         },
         max_frame: args.max_frame,
         max_connections: args.max_connections,

@@ -168,7 +168,8 @@ impl FileEntry {
     /// Marks one chunk held; promotes a partial holding that became full.
     fn add_chunk(&mut self, peer: PeerId, chunk: u32) {
         let n = self.meta.num_chunks();
-        let holding = self.holders.entry(peer).or_insert_with(|| Holding { have: Have::Partial(Bitmap::new(n)), slot: NO_SLOT });
+        let holding =
+            self.holders.entry(peer).or_insert_with(|| Holding { have: Have::Partial(Bitmap::new(n)), slot: NO_SLOT });
         let Have::Partial(b) = &mut holding.have else { return };
         if !b.set(chunk) {
             return;
@@ -315,23 +316,29 @@ impl Registry {
     }
 
     /// One page of the file list, sorted by name, starting after `after`.
+    /// A page holds at most `list_page` entries and about `list_page_bytes` bytes (at least one
+    /// entry, so paging always advances).
     pub fn list(&self, after: Option<&str>) -> (Vec<FileSummary>, bool) {
         let st = self.read();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut it = st.files.range::<str, _>((start, Bound::Unbounded));
-        let page: Vec<FileSummary> = it
-            .by_ref()
-            .take(self.limits.list_page)
-            .map(|(name, f)| FileSummary {
+        let mut it = st.files.range::<str, _>((start, Bound::Unbounded)).peekable();
+        let mut bytes = 0;
+        let mut page = Vec::new();
+        while let Some((name, f)) = it.next_if(|(name, _)| {
+            page.is_empty()
+                || (page.len() < self.limits.list_page && bytes + summary_size(name) <= self.limits.list_page_bytes)
+        }) {
+            bytes += summary_size(name);
+            page.push(FileSummary {
                 name: name.to_string(),
                 length: f.meta.length,
                 root: f.meta.root,
                 chunk_size: f.meta.chunk_size,
                 sources: f.sources(),
                 complete_sources: f.complete.len() as u32,
-            })
-            .collect();
-        let more = it.next().is_some();
+            });
+        }
+        let more = it.peek().is_some();
         (page, more)
     }
 
@@ -394,6 +401,11 @@ impl Registry {
     pub fn check_invariants(&self) {
         self.read().check_invariants();
     }
+}
+
+/// An upper bound of a [`FileSummary`]'s encoded size: the name, a hash, and six varints.
+fn summary_size(name: &str) -> usize {
+    name.len() + 32 + 6 * 10
 }
 
 /// A Register file that passed the checks done outside the lock.
@@ -648,6 +660,16 @@ mod tests {
         assert_eq!((page.len(), more), (2, true));
         let (page, more) = r.list(Some("b"));
         assert_eq!((page[0].name.as_str(), more), ("c", false));
+
+        // Pages also stop at a byte budget, but always hold at least one entry.
+        let r = Registry::new(Limits { list_page_bytes: 2 * summary_size("a"), ..Limits::default() });
+        let p = r.open_session(addr(1));
+        reg(&r, p, 1, ["a", "b", "c"].iter().map(|n| (meta(n, 1, 1), Have::Complete)).collect());
+        assert_eq!(r.list(None).0.len(), 2);
+        let r = Registry::new(Limits { list_page_bytes: 1, ..Limits::default() });
+        let p = r.open_session(addr(1));
+        reg(&r, p, 1, ["a", "b"].iter().map(|n| (meta(n, 1, 1), Have::Complete)).collect());
+        assert_eq!(r.list(None), (vec![r.list(None).0[0].clone()], true));
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use bytes::BytesMut;
+use futures::{FutureExt, SinkExt, StreamExt};
 use proto::codec::{CodecError, TrackerServerCodec};
 use proto::limits::HANDSHAKE_MAX_FRAME;
 use proto::tracker::{RequestError, TrackerRequest, TrackerResponse, Welcome};
@@ -48,7 +49,10 @@ impl Tracker {
     /// Starts serving on an already-bound listener.
     pub fn start(listener: TcpListener, config: Config) -> Tracker {
         let addr = listener.local_addr().unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-        let registry = Registry::new(config.limits.clone());
+        let mut limits = config.limits.clone();
+        // A list page must fit in a frame whatever the names on it.
+        limits.list_page_bytes = limits.list_page_bytes.min(config.max_frame / 2);
+        let registry = Registry::new(limits);
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(serve(listener, config, registry.clone(), shutdown.clone()));
         Tracker { addr, registry, shutdown, task }
@@ -181,6 +185,8 @@ async fn connection(
         keepalive_ms: config.keepalive.as_millis() as u64,
         session_timeout_ms: config.session_timeout.as_millis() as u64,
         observed: remote,
+        max_frame: u32::try_from(config.max_frame).unwrap_or(u32::MAX),
+        max_files_per_register: u32::try_from(config.limits.max_files_per_register).unwrap_or(u32::MAX),
     });
     if !matches!(timeout(config.session_timeout, conn.send(welcome)).await, Ok(Ok(()))) {
         return;
@@ -208,10 +214,22 @@ async fn session(
     shutdown: &CancellationToken,
 ) -> End {
     loop {
-        // The session timeout bounds both silence and how long any one frame may take to arrive.
-        let next = tokio::select! {
-            _ = shutdown.cancelled() => return End::Shutdown,
-            r = timeout(config.session_timeout, conn.next()) => r,
+        // Requests already buffered are answered before anything is flushed, so a client that
+        // pipelines gets its replies in one write; the flush happens only when the next request
+        // is not there yet.
+        let next = match conn.next().now_or_never() {
+            Some(r) => Ok(r),
+            None => {
+                if !matches!(timeout(config.session_timeout, conn.flush()).await, Ok(Ok(()))) {
+                    return End::SendFailed;
+                }
+                shrink_buffers(conn);
+                // The session timeout bounds both silence and how long any one frame may take.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return End::Shutdown,
+                    r = timeout(config.session_timeout, conn.next()) => r,
+                }
+            }
         };
         let reply = match next {
             Err(_) => return End::Expired,
@@ -220,9 +238,31 @@ async fn session(
             Ok(Some(Ok(Err(e)))) => TrackerResponse::Error(RequestError::Malformed(e.to_string())),
             Ok(Some(Ok(Ok(req)))) => handle(registry, peer, req),
         };
-        if !matches!(timeout(config.session_timeout, conn.send(reply)).await, Ok(Ok(()))) {
-            return End::SendFailed;
+        match timeout(config.session_timeout, conn.feed(reply)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(CodecError::FrameTooLarge { len, max })) => {
+                // Nothing was written: say so instead of leaving the client waiting.
+                warn!(len, max, "reply exceeds the frame limit");
+                let err = TrackerResponse::Error(RequestError::ReplyTooLarge { len, max });
+                if !matches!(timeout(config.session_timeout, conn.feed(err)).await, Ok(Ok(()))) {
+                    return End::SendFailed;
+                }
+            }
+            Ok(Err(_)) | Err(_) => return End::SendFailed,
         }
+    }
+}
+
+/// Buffers above this capacity are released once empty: one large Register must not pin its
+/// frame's worth of memory for the rest of a long, mostly idle session.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+fn shrink_buffers(conn: &mut Conn) {
+    if conn.read_buffer().is_empty() && conn.read_buffer().capacity() > KEEP_BUFFER {
+        *conn.read_buffer_mut() = BytesMut::new();
+    }
+    if conn.write_buffer().is_empty() && conn.write_buffer().capacity() > KEEP_BUFFER {
+        *conn.write_buffer_mut() = BytesMut::new();
     }
 }
 
