@@ -15,6 +15,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -49,7 +50,20 @@ pub(crate) struct Inner {
     /// The bitmap and its file: one lock so that two writers setting bits in the same byte never
     /// persist a stale byte and lose the other's bit.
     state: Mutex<State>,
+    /// Bytes written since the last flush-behind started (see [`Partial::flush_behind`]).
+    unflushed: AtomicU64,
+    /// A flush-behind is running; at most one at a time.
+    flushing: AtomicBool,
+    /// The error of a failed flush-behind. Linux reports a writeback error to one fsync only, so
+    /// it is kept here for `finish`, which must not put the file in place after it.
+    flush_error: Mutex<Option<std::io::Error>>,
 }
+
+/// Written bytes after which the data file's writeback is started in the background, so the disk
+/// writes while the network delivers and the final fsync has little left to do. Without it the
+/// kernel starts writing only at its dirty-memory threshold (gigabytes on a large machine), and a
+/// download would cost network time plus disk time instead of the larger of the two.
+const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
 
 struct State {
     have: Bitmap,
@@ -206,6 +220,9 @@ pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError
         have_path,
         data,
         state: Mutex::new(State { have, have_file, phase: Phase::Open }),
+        unflushed: AtomicU64::new(0),
+        flushing: AtomicBool::new(false),
+        flush_error: Mutex::new(None),
     });
     registry.insert(id, Arc::downgrade(&inner));
     Ok(Partial { inner })
@@ -292,21 +309,53 @@ impl Partial {
             st.have.clear(idx);
             return Err(io_err("write", &inner.have_path)(e));
         }
+        drop(st);
+        self.flush_behind(data.len() as u64);
         Ok(true)
+    }
+
+    /// Starts writeback of the data file on a background thread once [`FLUSH_BEHIND`] bytes were
+    /// written since the last one started (see there for why).
+    fn flush_behind(&self, written: u64) {
+        let inner = &self.inner;
+        if inner.unflushed.fetch_add(written, Ordering::Relaxed) + written < FLUSH_BEHIND
+            || inner.flushing.swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        inner.unflushed.store(0, Ordering::Relaxed);
+        let flusher = self.inner.clone();
+        let spawned = std::thread::Builder::new().name("p2p-flush".into()).spawn(move || {
+            if let Err(e) = flusher.data.sync_data() {
+                warn!(name = flusher.meta.name, error = %e, "background flush of a download failed");
+                lock(&flusher.flush_error).get_or_insert(e);
+            }
+            flusher.flushing.store(false, Ordering::Release);
+        });
+        if spawned.is_err() {
+            // No thread to spare: the final fsync does all the work, as it would without this.
+            inner.flushing.store(false, Ordering::Release);
+        }
     }
 
     /// Reads held chunk `i` ([`StoreError::NotHeld`] otherwise), so a downloader serves the
     /// chunks it has to others while it downloads.
     pub fn read_chunk(&self, i: ChunkIndex) -> Result<Bytes, StoreError> {
+        let mut buf = Vec::new();
+        self.read_chunk_into(i, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// [`Partial::read_chunk`] into `buf` (resized to the chunk's length).
+    pub fn read_chunk_into(&self, i: ChunkIndex, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         let idx = self.index(i)?;
         let inner = &*self.inner;
         if !lock(&inner.state).have.get(idx) {
             return Err(StoreError::NotHeld { chunk: idx });
         }
         let (off, len) = inner.meta.chunk_range(i);
-        let mut buf = vec![0u8; len as usize];
-        inner.data.read_exact_at(&mut buf, off).map_err(io_err("read chunk of", &inner.data_path))?;
-        Ok(Bytes::from(buf))
+        buf.resize(len as usize, 0);
+        inner.data.read_exact_at(buf, off).map_err(io_err("read chunk of", &inner.data_path))
     }
 
     /// Writes the whole bitmap to disk (after bits were cleared).
@@ -364,12 +413,18 @@ impl Partial {
         // The whole file, read back from disk and hashed on all cores. Hashing it chunk by chunk
         // (each a BLAKE3 subtree) and merging gives exactly blake3(file) while reading through one
         // buffer per core; hashing a memory map would grow resident memory to the file's size.
+        // The fsync runs meanwhile on its own thread: both must succeed before the file is put in
+        // place, and on a disk the flush takes longer than the hash, which it then hides.
         let n = meta.num_chunks();
-        let hashes: Vec<Hash> = (0..n)
-            .into_par_iter()
-            .map(|i| hash_chunk_at(&inner.data, meta.length, meta.chunk_size, n, i))
-            .collect::<Result<_, _>>()
-            .map_err(io_err("read back", data_path))?;
+        let (hashes, synced) = std::thread::scope(|s| {
+            let sync = s.spawn(|| inner.data.sync_all());
+            let hashes: std::io::Result<Vec<Hash>> = (0..n)
+                .into_par_iter()
+                .map(|i| hash_chunk_at(&inner.data, meta.length, meta.chunk_size, n, i))
+                .collect();
+            (hashes, sync.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked"))))
+        });
+        let hashes = hashes.map_err(io_err("read back", data_path))?;
         if root_from_chunks(meta.length, meta.chunk_size, &hashes) != meta.root {
             // Mark the chunks that went bad on disk as missing, so the downloader fetches them
             // again instead of starting over.
@@ -385,7 +440,11 @@ impl Partial {
             warn!(name = meta.name, bad_chunks = bad, "assembled file does not match its root hash");
             return Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: bad });
         }
-        inner.data.sync_all().map_err(io_err("fsync", data_path))?;
+        synced.map_err(io_err("fsync", data_path))?;
+        if let Some(e) = lock(&inner.flush_error).take() {
+            // Data written earlier may not have reached the disk: this copy cannot be trusted.
+            return Err(io_err("flush", data_path)(e));
+        }
 
         let store = &inner.store;
         let dest = store.path_of(&meta.name)?;

@@ -166,6 +166,14 @@ impl Store {
     /// vanished or its length differs from `meta.length`. It does not re-hash the chunk: the
     /// downloader verifies every chunk it receives. Safe to call from many threads at once.
     pub fn read_chunk(&self, meta: &FileMeta, i: ChunkIndex) -> Result<Bytes, StoreError> {
+        let mut buf = Vec::new();
+        self.read_chunk_into(meta, i, &mut buf)?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// [`Store::read_chunk`] into `buf` (resized to the chunk's length), so a server reuses one
+    /// buffer for every chunk it sends instead of allocating each.
+    pub fn read_chunk_into(&self, meta: &FileMeta, i: ChunkIndex, buf: &mut Vec<u8>) -> Result<(), StoreError> {
         check_chunk_size(meta.chunk_size)?;
         // `i` may come from another meta: check it against this one before computing offsets.
         if i.get() >= meta.num_chunks() || chunk_count(meta.length, meta.chunk_size) != u64::from(meta.num_chunks()) {
@@ -189,15 +197,14 @@ impl Store {
             return Err(changed());
         }
         let (off, len) = chunk_span(meta.length, meta.chunk_size, i.get());
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, off).map_err(|e| {
+        buf.resize(len, 0);
+        file.read_exact_at(buf, off).map_err(|e| {
             if e.kind() == ErrorKind::UnexpectedEof {
                 changed()
             } else {
                 io_err("read chunk of", &path)(e)
             }
-        })?;
-        Ok(Bytes::from(buf))
+        })
     }
 
     /// Metadata of the partial downloads present on disk, sorted by name, so a restarted peer can
