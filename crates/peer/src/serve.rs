@@ -1,20 +1,24 @@
 //! The upload server: accepts downloaders under a cap, and answers each connection's pipelined
 //! chunk requests in order, reading chunks from disk by offset (complete files) or from the
-//! verified chunks of partial downloads. Memory per connection is one chunk plus small buffers.
+//! verified chunks of partial downloads. Memory per connection is one chunk buffer, reused, plus
+//! small buffers; chunk bytes go from that buffer to the socket without another copy.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use proto::codec::PeerServerCodec;
+use bytes::{Buf, BytesMut};
+use futures::StreamExt;
+use proto::codec::{chunk_frame_header, PeerServerCodec};
 use proto::limits::{DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{validate_name, FileMeta};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::timeout;
-use tokio_util::codec::Framed;
+use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn, Instrument};
@@ -24,7 +28,8 @@ use chunkstore::{Store, StoreError};
 use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares};
 
-type Conn = Framed<TcpStream, PeerServerCodec>;
+/// Largest request frame after the handshake: requests are a few bytes.
+const REQUEST_MAX_FRAME: usize = 1024;
 
 /// Upload server settings.
 #[derive(Debug, Clone)]
@@ -66,7 +71,7 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
             },
         };
         let _ = stream.set_nodelay(true);
-        let mut conn = Framed::new(stream, PeerServerCodec::with_limits(HANDSHAKE_MAX_FRAME, DEFAULT_MAX_FRAME));
+        let mut conn = Conn::new(stream);
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
                 let (up, shutdown) = (up.clone(), shutdown.clone());
@@ -83,7 +88,7 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
             }
             Err(_) => {
                 tasks.spawn(async move {
-                    let _ = timeout(Duration::from_secs(1), conn.send(PeerResponse::Error(PeerError::Busy))).await;
+                    let _ = conn.send(PeerResponse::Error(PeerError::Busy), Duration::from_secs(1)).await;
                 });
             }
         }
@@ -95,81 +100,135 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
 
 async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
     let idle = up.config.idle_timeout;
-    let (name, root) = match timeout(idle, conn.next()).await {
+    let (name, root) = match timeout(idle, conn.requests.next()).await {
         Ok(Some(Ok(Ok(PeerRequest::Hello { hello, name, root })))) => match hello.check() {
             Ok(()) => (name, root),
-            Err(e) => return refuse(conn, PeerError::Handshake(e)).await,
+            Err(e) => return conn.refuse(PeerError::Handshake(e)).await,
         },
-        Ok(Some(Ok(Ok(_)))) => return refuse(conn, PeerError::Handshake(proto::HandshakeError::Expected)).await,
-        Ok(Some(Ok(Err(e)))) => return refuse(conn, PeerError::Malformed(e.to_string())).await,
+        Ok(Some(Ok(Ok(_)))) => return conn.refuse(PeerError::Handshake(proto::HandshakeError::Expected)).await,
+        Ok(Some(Ok(Err(e)))) => return conn.refuse(PeerError::Malformed(e.to_string())).await,
         Ok(Some(Err(e))) => return Err(e.to_string()),
         Ok(None) | Err(_) => return Ok(()),
     };
     if let Err(e) = validate_name(&name) {
-        return refuse(conn, PeerError::InvalidName(e)).await;
+        return conn.refuse(PeerError::InvalidName(e)).await;
     }
     let Some(shared) = up.shares.get(&name).filter(|s| s.meta().root == root) else {
-        return refuse(conn, PeerError::UnknownFile).await;
+        return conn.refuse(PeerError::UnknownFile).await;
     };
-    send(conn, PeerResponse::Welcome { have: shared.have() }, idle).await?;
+    conn.send(PeerResponse::Welcome { have: shared.have() }, idle).await?;
+    conn.requests.decoder_mut().set_max_frame(REQUEST_MAX_FRAME);
+    // One buffer for every chunk this connection sends: no allocation per chunk.
+    let mut buf = Vec::new();
     loop {
-        let chunk = match timeout(idle, conn.next()).await {
+        let chunk = match timeout(idle, conn.requests.next()).await {
             Err(_) | Ok(None) => return Ok(()),
             Ok(Some(Err(e))) => return Err(e.to_string()),
             Ok(Some(Ok(Err(e)))) => {
-                send(conn, PeerResponse::Error(PeerError::Malformed(e.to_string())), idle).await?;
+                conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), idle).await?;
                 continue;
             }
             Ok(Some(Ok(Ok(PeerRequest::GetChunk { chunk })))) => chunk,
             Ok(Some(Ok(Ok(PeerRequest::Hello { .. })))) => {
-                send(conn, PeerResponse::Error(PeerError::Malformed("second hello".into())), idle).await?;
+                conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), idle).await?;
                 continue;
             }
         };
         // Look the file up again: a partial download may have been promoted to a complete file.
         let current = up.shares.get(&name).filter(|s| s.meta().root == root).unwrap_or_else(|| shared.clone());
-        let reply = read_chunk(up, current, chunk).await;
-        if let PeerResponse::Chunk { data, .. } = &reply {
-            up.limiter.acquire(data.len()).await;
-            up.uploaded.fetch_add(data.len() as u64, Ordering::Relaxed);
+        let (read, returned) = read_chunk(up, current, chunk, buf).await;
+        buf = returned;
+        match read {
+            Ok(()) => {
+                up.limiter.acquire(buf.len()).await;
+                conn.send_chunk(chunk, &buf, idle).await?;
+                up.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+            }
+            Err(reply) => conn.send(reply, idle).await?,
         }
-        send(conn, reply, idle).await?;
     }
 }
 
-async fn read_chunk(up: &Uploader, shared: Shared, chunk: u32) -> PeerResponse {
+/// Reads chunk `chunk` of `shared` into `buf` on a blocking thread; returns the buffer either way,
+/// and on failure the reply to send instead.
+async fn read_chunk(
+    up: &Uploader,
+    shared: Shared,
+    chunk: u32,
+    mut buf: Vec<u8>,
+) -> (Result<(), PeerResponse>, Vec<u8>) {
     let meta: &FileMeta = shared.meta();
-    let Ok(idx) = meta.chunk(chunk) else { return PeerResponse::Error(PeerError::ChunkOutOfRange { chunk }) };
+    let Ok(idx) = meta.chunk(chunk) else {
+        return (Err(PeerResponse::Error(PeerError::ChunkOutOfRange { chunk })), buf);
+    };
     let store = up.store.clone();
-    let read = tokio::task::spawn_blocking(move || match &shared {
-        Shared::Complete(meta) => store.read_chunk(meta, idx),
-        Shared::Partial(p) => p.read_chunk(idx),
+    let read = tokio::task::spawn_blocking(move || {
+        let r = match &shared {
+            Shared::Complete(meta) => store.read_chunk_into(meta, idx, &mut buf),
+            Shared::Partial(p) => p.read_chunk_into(idx, &mut buf),
+        };
+        (r, buf)
     })
     .await;
     match read {
-        Ok(Ok(data)) => PeerResponse::Chunk { chunk, data },
-        Ok(Err(StoreError::NotHeld { .. })) => PeerResponse::DontHave { chunk },
-        Ok(Err(e)) => {
+        Ok((Ok(()), buf)) => (Ok(()), buf),
+        Ok((Err(StoreError::NotHeld { .. }), buf)) => (Err(PeerResponse::DontHave { chunk }), buf),
+        Ok((Err(e), buf)) => {
             warn!(chunk, error = %e, "cannot read chunk for upload");
-            PeerResponse::Error(PeerError::Internal)
+            (Err(PeerResponse::Error(PeerError::Internal)), buf)
         }
         Err(e) => {
             warn!(chunk, error = %e, "chunk read task failed");
-            PeerResponse::Error(PeerError::Internal)
+            (Err(PeerResponse::Error(PeerError::Internal)), Vec::new())
         }
     }
 }
 
-async fn send(conn: &mut Conn, msg: PeerResponse, deadline: Duration) -> Result<(), String> {
-    match timeout(deadline, conn.send(msg)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("send timed out".into()),
-    }
+/// One downloader's connection: requests arrive through the codec; replies are encoded into a
+/// small buffer, except chunk bytes, which are written straight from the chunk's buffer after
+/// their header (one vectored write, no copy into a frame).
+struct Conn {
+    requests: FramedRead<OwnedReadHalf, PeerServerCodec>,
+    out: OwnedWriteHalf,
+    codec: PeerServerCodec,
+    buf: BytesMut,
 }
 
-async fn refuse(conn: &mut Conn, e: PeerError) -> Result<(), String> {
-    debug!(error = %e, "refusing downloader");
-    let _ = timeout(Duration::from_secs(1), conn.send(PeerResponse::Error(e))).await;
-    Ok(())
+impl Conn {
+    fn new(stream: TcpStream) -> Self {
+        let (rd, wr) = stream.into_split();
+        Conn {
+            requests: FramedRead::new(rd, PeerServerCodec::new(HANDSHAKE_MAX_FRAME)),
+            out: wr,
+            codec: PeerServerCodec::with_limits(HANDSHAKE_MAX_FRAME, DEFAULT_MAX_FRAME),
+            buf: BytesMut::new(),
+        }
+    }
+
+    async fn send(&mut self, msg: PeerResponse, deadline: Duration) -> Result<(), String> {
+        self.buf.clear();
+        self.codec.encode(msg, &mut self.buf).map_err(|e| e.to_string())?;
+        match timeout(deadline, self.out.write_all(&self.buf)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("send timed out".into()),
+        }
+    }
+
+    async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), String> {
+        let len = u32::try_from(data.len()).map_err(|_| "chunk too large".to_owned())?;
+        let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
+        let mut frame = header.chain(data);
+        match timeout(deadline, self.out.write_all_buf(&mut frame)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("send timed out".into()),
+        }
+    }
+
+    async fn refuse(&mut self, e: PeerError) -> Result<(), String> {
+        debug!(error = %e, "refusing downloader");
+        let _ = self.send(PeerResponse::Error(e), Duration::from_secs(1)).await;
+        Ok(())
+    }
 }

@@ -137,6 +137,23 @@ impl WireMessage for PeerResponse {
     }
 }
 
+/// The start of a [`PeerResponse::Chunk`] frame of `len` data bytes: the length prefix and the
+/// postcard header, exactly as the encoder writes them, to be followed by the chunk's bytes. A
+/// server that writes this and the data from their own buffers (one vectored write) sends a chunk
+/// without copying it into a frame buffer. Fails like the encoder if the frame would exceed
+/// `max_frame`.
+pub fn chunk_frame_header(chunk: u32, len: u32, max_frame: usize) -> Result<BytesMut, CodecError> {
+    let header = postcard::to_stdvec(&ResponseHeader::Chunk { chunk, len })?;
+    let body = header.len() + len as usize;
+    if body > max_frame {
+        return Err(CodecError::FrameTooLarge { len: body, max: max_frame });
+    }
+    let mut out = BytesMut::with_capacity(LEN_PREFIX + header.len());
+    out.put_u32(body as u32);
+    out.extend_from_slice(&header);
+    Ok(out)
+}
+
 /// Decodes `In` messages and encodes `Out` messages, with a maximum frame length in both
 /// directions.
 #[derive(Debug)]

@@ -302,3 +302,19 @@ fn announced_frames_are_not_reserved_up_front() {
     assert!(matches!(codec.decode(&mut buf), Ok(Some(Err(MessageError::TrailingBytes(_))))));
     assert!(buf.is_empty());
 }
+
+/// The separately written chunk header plus the data is byte for byte the encoder's frame.
+#[test]
+fn chunk_frame_header_matches_the_encoder() {
+    for len in [0usize, 1, 1000, 70_000] {
+        let data = Bytes::from(vec![9u8; len]);
+        let mut framed = BytesMut::new();
+        PeerServerCodec::new(1 << 20)
+            .encode(PeerResponse::Chunk { chunk: 300, data: data.clone() }, &mut framed)
+            .unwrap();
+        let mut split = proto::codec::chunk_frame_header(300, len as u32, 1 << 20).unwrap();
+        split.extend_from_slice(&data);
+        assert_eq!(split, framed);
+    }
+    assert!(matches!(proto::codec::chunk_frame_header(1, 2000, 1000), Err(proto::CodecError::FrameTooLarge { .. })));
+}
