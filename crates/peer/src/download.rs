@@ -1,16 +1,22 @@
 //! The downloader: one file, from many sources at once.
 //!
 //! A coordinator owns a `JoinSet` of per-source tasks that share one [`Scheduler`]. Each source
-//! task keeps up to `pipeline` requests in flight on its connection and hands received chunks to a
-//! writer stage, which verifies them (BLAKE3, in the chunk store) and writes them while the next
-//! chunks arrive. Every stored chunk is announced to the tracker at once and is served to others
+//! task keeps a window of requests in flight on its connection and hands every chunk it receives
+//! to the download's writer stage, which verifies chunks (BLAKE3, in the chunk store) and writes
+//! them on as many threads as there are cores while the sources keep receiving. The writer's
+//! queue is bounded, so a download holds a bounded number of chunks in memory however many
+//! sources it has. Every stored chunk is announced to the tracker at once and is served to others
 //! by the upload server from the same partial file.
 //!
-//! The coordinator polls the tracker for locations every `poll_interval` (about a second), which
-//! brings in new sources and new chunks of known ones, and refreshes swarm-wide availability for
-//! rarest-first. It handles the ends of source tasks: chunks of a source that disconnected or
-//! stalled go back to the pool; a source that sent bad data `bad_data_strikes` times is banned for
-//! this download; others are retried after a backoff.
+//! A poller asks the tracker for locations every `poll_interval`, which brings in new sources and
+//! new chunks of known ones, and refreshes swarm-wide availability for rarest-first; it runs in its
+//! own task so that a tracker outage never stalls the download itself. The coordinator handles the
+//! ends of source tasks: chunks of a source that disconnected or stalled go back to the pool; a
+//! source that sent bad data `bad_data_strikes` times is dropped for this download; others are
+//! retried after a backoff.
+//!
+//! When every chunk is stored, the file is verified whole and put in place. Should that check fail
+//! (the disk changed a chunk after it was verified), the chunks found bad are fetched again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
@@ -19,7 +25,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use chunkstore::{Partial, Store, StoreError};
+use chunkstore::{Partial, StoreError};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
 use proto::peer::PeerResponse;
 use proto::tracker::{Locations, RegisterFile};
 use proto::{FileMeta, Have};
@@ -34,15 +42,18 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::connection::PeerConn;
 use crate::error::{Error, SourceError};
+use crate::node::Context;
 use crate::ratelimit::RateLimiter;
 use crate::scheduler::{Completion, Scheduler, SourceId};
 use crate::session::TrackerSession;
-use crate::shares::{Shared, Shares};
+use crate::shares::Shared;
 
 /// Downloader settings.
 #[derive(Debug, Clone)]
 pub struct DownloadConfig {
-    /// Requests in flight per source.
+    /// Most requests in flight per source. The window adapts to each source's rate between 2 and
+    /// this, so a fast source saturates the link and a slow one is not handed chunks that faster
+    /// peers could deliver sooner.
     pub pipeline: usize,
     /// Sources downloaded from at once.
     pub max_sources: usize,
@@ -75,7 +86,7 @@ impl Default for DownloadConfig {
 /// Per-download options.
 #[derive(Debug, Default)]
 pub struct DownloadOptions {
-    /// Give up when chunks are still missing after this long (otherwise wait for sources).
+    /// Give up if chunks are still missing after this long (otherwise wait for sources).
     pub deadline: Option<Duration>,
     /// Receives progress updates.
     pub progress: Option<watch::Sender<Progress>>,
@@ -109,7 +120,8 @@ pub struct SourceReport {
     pub chunks: u32,
     /// Chunks from it that failed verification.
     pub bad_chunks: u32,
-    /// Bytes of those chunks.
+    /// Bytes from it that were not used: chunks that failed verification, and chunks that
+    /// arrived after it was dropped for bad data (discarded unverified).
     pub wasted_bytes: u64,
     /// Bytes of valid chunks that arrived after another source's copy (endgame).
     pub duplicate_bytes: u64,
@@ -138,7 +150,7 @@ pub struct DownloadReport {
     pub fetched_chunks: u32,
     /// Chunks fetched more than once because a copy failed verification.
     pub refetched_chunks: u32,
-    /// Bytes received that failed verification.
+    /// Bytes received that were not used (see [`SourceReport::wasted_bytes`]).
     pub wasted_bytes: u64,
     /// Bytes of valid duplicate copies (endgame).
     pub duplicate_bytes: u64,
@@ -146,24 +158,28 @@ pub struct DownloadReport {
     pub sources: Vec<SourceReport>,
 }
 
-/// What a download needs from its node.
-#[derive(Clone)]
-pub(crate) struct Context {
-    pub(crate) session: TrackerSession,
-    pub(crate) store: Store,
-    pub(crate) shares: Shares,
-    pub(crate) listen: SocketAddr,
-    pub(crate) limiter: Arc<RateLimiter>,
-    pub(crate) config: DownloadConfig,
+/// A chunk received from a source, on its way to verification and storage.
+struct Arrived {
+    source: SourceId,
+    chunk: u32,
+    data: Bytes,
 }
 
+/// What the writer stage tells the coordinator.
 enum Event {
-    Stored { source: SourceId, bytes: usize },
+    /// The first valid copy of a chunk was stored.
+    Stored { source: SourceId, chunk: u32, bytes: usize },
+    /// A valid copy arrived after another source's (endgame).
     Duplicate { source: SourceId, bytes: usize },
+    /// A copy failed verification and was discarded.
     Bad { source: SourceId, chunk: u32, bytes: usize },
+    /// A copy from a source already dropped for bad data was discarded unverified.
+    Discarded { source: SourceId, bytes: usize },
+    /// Storing failed locally: the download cannot go on.
+    Failed(Error),
 }
 
-/// State shared by the coordinator and its source tasks.
+/// State shared by the coordinator, its source tasks and the writer.
 struct DownloadState {
     meta: Arc<FileMeta>,
     partial: Partial,
@@ -171,9 +187,11 @@ struct DownloadState {
     sched: Mutex<Scheduler>,
     /// Wakes idle source tasks when chunks are released or sources learn new chunks.
     work: Notify,
-    events: mpsc::UnboundedSender<(Event, u32)>,
-    limiter: Arc<RateLimiter>,
+    /// Into the writer stage; bounded, so sources slow down when storage lags.
+    arrived: mpsc::Sender<Arrived>,
+    events: mpsc::UnboundedSender<Event>,
     config: DownloadConfig,
+    limiter: Arc<RateLimiter>,
 }
 
 impl DownloadState {
@@ -182,12 +200,16 @@ impl DownloadState {
     }
 }
 
+/// What the coordinator knows of one source across its connections.
 struct Record {
     report: SourceReport,
     active: bool,
     failures: u32,
     retry_at: Option<Instant>,
 }
+
+/// Tries at assembling a file whose whole-file check keeps failing before giving up.
+const MAX_FINISH_ATTEMPTS: u32 = 3;
 
 /// Downloads `name` into the share folder. See the module docs.
 pub(crate) async fn download(
@@ -198,10 +220,9 @@ pub(crate) async fn download(
 ) -> Result<DownloadReport, Error> {
     let start = Instant::now();
     let meta = Arc::new(ctx.session.file_meta(name).await?);
-    let n = meta.num_chunks();
     match ctx.shares.get(name) {
         Some(Shared::Complete(m)) if m.same_content(&meta) => {
-            return Ok(report(&meta, ctx.store.root().join(name), start, true, 0, Vec::new(), 0));
+            return Ok(report(&meta, ctx.store.root().join(name), start, true, 0, 0, Vec::new()));
         }
         Some(Shared::Complete(_)) => return Err(Error::Conflict(name.to_owned())),
         _ => {}
@@ -222,162 +243,22 @@ pub(crate) async fn download(
         }
     }
 
-    let (events_tx, mut events) = mpsc::unbounded_channel();
-    let shared = Arc::new(DownloadState {
-        meta: meta.clone(),
-        partial: partial.clone(),
-        sched: Mutex::new(Scheduler::new(n, &have)),
-        work: Notify::new(),
-        events: events_tx,
-        limiter: ctx.limiter.clone(),
-        config: ctx.config.clone(),
-    });
+    let mut dl = Download::start(ctx, meta.clone(), partial.clone(), &have, &opts, cancel);
+    let result = dl.run(ctx, &opts, start).await;
+    let (records, fetched) = dl.stop().await;
+    let path = result?;
 
-    // Chunk registrations go through their own task so a slow tracker never holds up data.
-    let (announce, mut to_announce) = mpsc::unbounded_channel::<u32>();
-    let announcer = tokio::spawn({
-        let (session, name) = (ctx.session.clone(), name.to_owned());
-        async move {
-            while let Some(chunk) = to_announce.recv().await {
-                if let Err(e) = session.chunk_register(&name, chunk).await {
-                    debug!(chunk, error = %e, "chunk register failed; re-registered on reconnect");
-                }
-            }
-        }
-    });
-
-    let tasks_cancel = cancel.child_token();
-    let mut tasks: JoinSet<(SourceId, Result<(), SourceError>)> = JoinSet::new();
-    let mut records: HashMap<SourceId, Record> = HashMap::new();
-    let mut by_addr: HashMap<SocketAddr, SourceId> = HashMap::new();
-    let mut banned: HashSet<SocketAddr> = HashSet::new();
-    let mut poll = tokio::time::interval(ctx.config.poll_interval);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut progress = Progress { total: meta.length, num_chunks: n, ..Progress::default() };
-    progress.chunks_done = resumed;
-    progress.bytes_done = partial.bytes_done();
-    let mut fetched = 0u32;
-
-    let outcome: Result<(), Error> = loop {
-        // Done when every chunk's Stored event has been handled (not merely when the scheduler
-        // says so): each event carries attribution and the chunk's registration with the tracker.
-        if progress.chunks_done == n {
-            break Ok(());
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break Err(Error::Cancelled),
-            _ = poll.tick() => {
-                let loc = match ctx.session.locations(name).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        debug!(error = %e, "locations request failed");
-                        continue;
-                    }
-                };
-                if loc.root != meta.root {
-                    break Err(Error::ContentChanged(name.to_owned()));
-                }
-                spawn_sources(ctx, &shared, &loc, &mut tasks, &tasks_cancel, &mut records, &mut by_addr, &banned);
-                let waiting = shared.sched().unavailable();
-                progress.waiting_chunks = waiting.len() as u32;
-                progress.active_sources = tasks.len();
-                if let Some(e) = check_stuck(&shared, &loc, &waiting, &banned) {
-                    break Err(e);
-                }
-                if let (Some(deadline), Some(&first)) = (opts.deadline, waiting.first()) {
-                    if start.elapsed() >= deadline {
-                        break Err(Error::Deadline { missing: n - shared.sched().have_count(), first });
-                    }
-                }
-                if !waiting.is_empty() {
-                    debug!(waiting = waiting.len(), "waiting for sources of some chunks");
-                }
-            }
-            Some((event, chunk)) = events.recv() => {
-                match event {
-                    Event::Stored { source, bytes } => {
-                        fetched += 1;
-                        progress.chunks_done += 1;
-                        progress.bytes_done += bytes as u64;
-                        if let Some(r) = records.get_mut(&source) {
-                            r.report.bytes += bytes as u64;
-                            r.report.chunks += 1;
-                        }
-                        let _ = announce.send(chunk);
-                    }
-                    Event::Duplicate { source, bytes } => {
-                        if let Some(r) = records.get_mut(&source) {
-                            r.report.duplicate_bytes += bytes as u64;
-                        }
-                    }
-                    Event::Bad { source, chunk, bytes } => {
-                        if let Some(r) = records.get_mut(&source) {
-                            r.report.bad_chunks += 1;
-                            r.report.wasted_bytes += bytes as u64;
-                            warn!(chunk, source = %r.report.addr, "chunk failed verification; discarded");
-                        }
-                        let attempts = shared.sched().failures(chunk);
-                        if attempts >= ctx.config.max_chunk_failures {
-                            break Err(Error::ChunkFailed { chunk, attempts });
-                        }
-                    }
-                }
-            }
-            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                let Ok((id, result)) = joined else { continue };
-                shared.sched().remove_source(id);
-                shared.work.notify_waiters();
-                let Some(rec) = records.get_mut(&id) else { continue };
-                rec.active = false;
-                match result {
-                    Ok(()) => {}
-                    Err(SourceError::Storage(e)) => break Err(Error::Store(e)),
-                    Err(e @ SourceError::BadData { .. }) => {
-                        warn!(source = %rec.report.addr, error = %e, "dropping source for this download");
-                        rec.report.dropped = Some(e.to_string());
-                        banned.insert(rec.report.addr);
-                    }
-                    Err(e) => {
-                        rec.failures += 1;
-                        let backoff = Duration::from_millis(250) * 2u32.pow(rec.failures.min(5));
-                        rec.retry_at = Some(Instant::now() + backoff);
-                        debug!(source = %rec.report.addr, error = %e, ?backoff, "source ended");
-                    }
-                }
-                progress.active_sources = tasks.len();
-            }
-        }
-        if let Some(p) = &opts.progress {
-            let _ = p.send(progress.clone());
-        }
-    };
-
-    tasks_cancel.cancel();
-    tasks.shutdown().await;
-    // Registrations already queued still reach the tracker, within a bound.
-    drop(announce);
-    drop(shared);
-    let _ = timeout(Duration::from_secs(5), announcer).await;
-    outcome?;
-
-    let path = blocking({
-        let partial = partial.clone();
-        move || partial.finish()
-    })
-    .await?;
     ctx.shares.insert(Shared::Complete(meta.clone()));
     if let Some(p) = &opts.progress {
-        progress.active_sources = 0;
-        let _ = p.send(progress);
+        p.send_modify(|p| p.active_sources = 0);
     }
     let sources = records
         .into_values()
         .map(|r| r.report)
         .filter(|r| r.bytes > 0 || r.bad_chunks > 0 || r.dropped.is_some())
         .collect();
-    let mut rep = report(&meta, path, start, false, resumed, sources, fetched);
+    let rep = report(&meta, path, start, false, resumed, fetched, sources);
     info!(name, bytes = meta.length, secs = rep.elapsed_secs, sources = rep.sources.len(), "download complete");
-    rep.sources.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     Ok(rep)
 }
 
@@ -387,11 +268,10 @@ fn report(
     start: Instant,
     already: bool,
     resumed: u32,
-    sources: Vec<SourceReport>,
     fetched: u32,
+    mut sources: Vec<SourceReport>,
 ) -> DownloadReport {
-    let wasted_bytes = sources.iter().map(|s| s.wasted_bytes).sum();
-    let refetched = sources.iter().map(|s| s.bad_chunks).sum();
+    sources.sort_by_key(|s| std::cmp::Reverse(s.bytes));
     DownloadReport {
         name: meta.name.clone(),
         root: meta.root.to_string(),
@@ -401,8 +281,8 @@ fn report(
         already_complete: already,
         resumed_chunks: resumed,
         fetched_chunks: fetched,
-        refetched_chunks: refetched,
-        wasted_bytes,
+        refetched_chunks: sources.iter().map(|s| s.bad_chunks).sum(),
+        wasted_bytes: sources.iter().map(|s| s.wasted_bytes).sum(),
         duplicate_bytes: sources.iter().map(|s| s.duplicate_bytes).sum(),
         sources,
     }
@@ -415,112 +295,439 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, StoreError> +
     }
 }
 
-/// Starts tasks for listed sources not yet connected (up to the cap, after their backoff) and
-/// refreshes what connected sources hold.
-#[allow(clippy::too_many_arguments)]
-fn spawn_sources(
-    ctx: &Context,
-    shared: &Arc<DownloadState>,
-    loc: &Locations,
-    tasks: &mut JoinSet<(SourceId, Result<(), SourceError>)>,
-    cancel: &CancellationToken,
-    records: &mut HashMap<SourceId, Record>,
-    by_addr: &mut HashMap<SocketAddr, SourceId>,
-    banned: &HashSet<SocketAddr>,
-) {
-    let mut sched = shared.sched();
-    sched.set_availability(loc.availability.clone());
-    let now = Instant::now();
-    for src in &loc.sources {
-        if src.addr == ctx.listen || banned.contains(&src.addr) {
-            continue;
-        }
-        let next_id = by_addr.len() as SourceId + 1;
-        let id = *by_addr.entry(src.addr).or_insert(next_id);
-        let rec = records.entry(id).or_insert_with(|| Record {
-            report: SourceReport {
-                addr: src.addr,
-                bytes: 0,
-                chunks: 0,
-                bad_chunks: 0,
-                wasted_bytes: 0,
-                duplicate_bytes: 0,
-                dropped: None,
-            },
-            active: false,
-            failures: 0,
-            retry_at: None,
-        });
-        if rec.active {
-            sched.update_source(id, &src.have);
-            continue;
-        }
-        if tasks.len() >= ctx.config.max_sources || rec.retry_at.is_some_and(|t| t > now) {
-            continue;
-        }
-        rec.active = true;
-        let (shared, cancel, addr) = (shared.clone(), cancel.clone(), src.addr);
-        tasks.spawn(
-            async move {
-                let r = tokio::select! {
-                    _ = cancel.cancelled() => Ok(()),
-                    r = source_task(&shared, id, addr) => r,
-                };
-                (id, r)
-            }
-            .instrument(tracing::debug_span!("source", %addr)),
-        );
-    }
-    drop(sched);
-    shared.work.notify_waiters();
+/// One download in progress: the coordinator's state and the tasks it owns.
+struct Download {
+    shared: Arc<DownloadState>,
+    /// Source tasks; each ends with its id and why it stopped.
+    tasks: JoinSet<(SourceId, Result<(), SourceError>)>,
+    /// The writer stage, the tracker poller and the chunk announcer.
+    helpers: JoinSet<()>,
+    /// Cancels every task of this download (a child of the caller's token).
+    stop: CancellationToken,
+    events: mpsc::UnboundedReceiver<Event>,
+    locations: mpsc::Receiver<Result<Locations, Error>>,
+    /// Chunks to register with the tracker, in the order they were stored.
+    announce: mpsc::UnboundedSender<u32>,
+    records: HashMap<SourceId, Record>,
+    by_addr: HashMap<SocketAddr, SourceId>,
+    banned: HashSet<SocketAddr>,
+    progress: Progress,
+    fetched: u32,
 }
 
-/// An error if some missing chunk can never arrive: every listed holder of it was dropped for
-/// sending bad data.
-fn check_stuck(
-    shared: &DownloadState,
-    loc: &Locations,
-    waiting: &[u32],
-    banned: &HashSet<SocketAddr>,
-) -> Option<Error> {
-    let n = loc.num_chunks;
-    for &c in waiting {
-        let holders = loc.sources.iter().filter(|s| s.have.has(c, n));
-        let (mut any, mut all_banned) = (false, true);
-        for h in holders {
-            any = true;
-            all_banned &= banned.contains(&h.addr);
+impl Download {
+    fn start(
+        ctx: &Context,
+        meta: Arc<FileMeta>,
+        partial: Partial,
+        have: &proto::Bitmap,
+        opts: &DownloadOptions,
+        cancel: CancellationToken,
+    ) -> Download {
+        let n = meta.num_chunks();
+        let stop = cancel.child_token();
+        let parallel = std::thread::available_parallelism().map_or(2, |p| p.get()).max(2);
+        let (arrived_tx, arrived_rx) = mpsc::channel(parallel);
+        let (events_tx, events) = mpsc::unbounded_channel();
+        let progress = Progress {
+            total: meta.length,
+            num_chunks: n,
+            chunks_done: have.count(),
+            bytes_done: partial.bytes_done(),
+            ..Progress::default()
+        };
+        if let Some(p) = &opts.progress {
+            let _ = p.send(progress.clone());
         }
-        if any && all_banned {
-            return Some(Error::ChunkFailed { chunk: c, attempts: shared.sched().failures(c) });
+        let shared = Arc::new(DownloadState {
+            meta: meta.clone(),
+            partial,
+            sched: Mutex::new(Scheduler::new(n, have)),
+            work: Notify::new(),
+            arrived: arrived_tx,
+            events: events_tx,
+            config: ctx.config.clone(),
+            limiter: ctx.limiter.clone(),
+        });
+
+        let mut helpers = JoinSet::new();
+        helpers.spawn(until(stop.clone(), writer(shared.clone(), arrived_rx, parallel)));
+        let (locations_tx, locations) = mpsc::channel(1);
+        let poller = poll_locations(ctx.session.clone(), meta.name.clone(), ctx.config.poll_interval, locations_tx);
+        helpers.spawn(until(stop.clone(), poller));
+        // Registrations go through their own task so a slow tracker never holds up data. It is
+        // not cancelled with the others: what is queued still reaches the tracker (see `stop`).
+        let (announce, mut to_announce) = mpsc::unbounded_channel::<u32>();
+        let (session, name) = (ctx.session.clone(), meta.name.clone());
+        helpers.spawn(async move {
+            while let Some(chunk) = to_announce.recv().await {
+                if let Err(e) = session.chunk_register(&name, chunk).await {
+                    debug!(chunk, error = %e, "chunk register failed; re-registered on reconnect");
+                }
+            }
+        });
+        Download {
+            shared,
+            tasks: JoinSet::new(),
+            helpers,
+            stop,
+            events,
+            locations,
+            announce,
+            records: HashMap::new(),
+            by_addr: HashMap::new(),
+            banned: HashSet::new(),
+            progress,
+            fetched: 0,
         }
     }
-    None
+
+    /// Fetches every missing chunk and puts the file in place; returns its path.
+    async fn run(&mut self, ctx: &Context, opts: &DownloadOptions, start: Instant) -> Result<PathBuf, Error> {
+        let deadline = opts.deadline.map(|d| start + d);
+        for attempt in 1..=MAX_FINISH_ATTEMPTS {
+            self.fetch(ctx, opts, deadline).await?;
+            let partial = self.shared.partial.clone();
+            match blocking(move || partial.finish()).await {
+                Ok(path) => return Ok(path),
+                Err(Error::Store(StoreError::WholeFileMismatch { bad_chunks, .. }))
+                    if attempt < MAX_FINISH_ATTEMPTS =>
+                {
+                    warn!(bad_chunks, "chunks changed on disk after they were verified; fetching them again");
+                    let have = self.shared.partial.have();
+                    let mut sched = self.shared.sched();
+                    for c in 0..self.shared.meta.num_chunks() {
+                        if !have.get(c) && sched.has(c) {
+                            sched.lost(c);
+                            self.progress.chunks_done -= 1;
+                        }
+                    }
+                    self.progress.bytes_done = self.shared.partial.bytes_done();
+                    drop(sched);
+                    self.shared.work.notify_waiters();
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::Store(StoreError::Incomplete {
+            name: self.shared.meta.name.clone(),
+            have: self.shared.partial.have().count(),
+            total: self.shared.meta.num_chunks(),
+        }))
+    }
+
+    /// Runs the swarm until every chunk is stored: the coordinator loop.
+    async fn fetch(&mut self, ctx: &Context, opts: &DownloadOptions, deadline: Option<Instant>) -> Result<(), Error> {
+        let n = self.shared.meta.num_chunks();
+        // Done when every chunk's Stored event has been handled (not merely when the scheduler
+        // says so): each event carries attribution and the chunk's registration with the tracker.
+        while self.progress.chunks_done < n {
+            tokio::select! {
+                _ = self.stop.cancelled() => return Err(Error::Cancelled),
+                _ = sleep_until(deadline) => {
+                    let sched = self.shared.sched();
+                    return Err(Error::Deadline {
+                        missing: n - sched.have_count(),
+                        first: sched.first_missing().unwrap_or(0),
+                    });
+                }
+                Some(loc) = self.locations.recv() => match loc {
+                    Ok(loc) => self.on_locations(ctx, &loc)?,
+                    Err(e) => debug!(error = %e, "locations request failed"),
+                },
+                Some(event) = self.events.recv() => self.on_event(event)?,
+                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    if let Ok((id, result)) = joined {
+                        self.on_source_end(id, result)?;
+                    }
+                }
+            }
+            if let Some(p) = &opts.progress {
+                let _ = p.send(self.progress.clone());
+            }
+        }
+        Ok(())
+    }
+
+    /// New locations from the tracker: availability for rarest-first, new sources, and news of
+    /// known ones.
+    fn on_locations(&mut self, ctx: &Context, loc: &Locations) -> Result<(), Error> {
+        if loc.root != self.shared.meta.root {
+            return Err(Error::ContentChanged(self.shared.meta.name.clone()));
+        }
+        self.spawn_sources(ctx, loc);
+        let waiting = self.shared.sched().unavailable();
+        self.progress.waiting_chunks = waiting.len() as u32;
+        self.progress.active_sources = self.tasks.len();
+        if !waiting.is_empty() {
+            debug!(waiting = waiting.len(), "waiting for sources of some chunks");
+        }
+        match self.stuck(loc, &waiting) {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    fn on_event(&mut self, event: Event) -> Result<(), Error> {
+        match event {
+            Event::Stored { source, chunk, bytes } => {
+                self.fetched += 1;
+                self.progress.chunks_done += 1;
+                self.progress.bytes_done += bytes as u64;
+                if let Some(r) = self.records.get_mut(&source) {
+                    r.report.bytes += bytes as u64;
+                    r.report.chunks += 1;
+                }
+                let _ = self.announce.send(chunk);
+            }
+            Event::Duplicate { source, bytes } => {
+                if let Some(r) = self.records.get_mut(&source) {
+                    r.report.duplicate_bytes += bytes as u64;
+                }
+            }
+            Event::Discarded { source, bytes } => {
+                if let Some(r) = self.records.get_mut(&source) {
+                    r.report.wasted_bytes += bytes as u64;
+                }
+            }
+            Event::Bad { source, chunk, bytes } => {
+                if let Some(r) = self.records.get_mut(&source) {
+                    r.report.bad_chunks += 1;
+                    r.report.wasted_bytes += bytes as u64;
+                    warn!(chunk, source = %r.report.addr, "chunk failed verification; discarded");
+                }
+                let attempts = self.shared.sched().failures(chunk);
+                if attempts >= self.shared.config.max_chunk_failures {
+                    return Err(Error::ChunkFailed { chunk, attempts });
+                }
+            }
+            Event::Failed(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn on_source_end(&mut self, id: SourceId, result: Result<(), SourceError>) -> Result<(), Error> {
+        self.shared.sched().remove_source(id);
+        self.shared.work.notify_waiters();
+        self.progress.active_sources = self.tasks.len();
+        let Some(rec) = self.records.get_mut(&id) else { return Ok(()) };
+        rec.active = false;
+        match result {
+            Ok(()) => {}
+            Err(e @ SourceError::BadData { .. }) => {
+                warn!(source = %rec.report.addr, error = %e, "dropping source for this download");
+                rec.report.dropped = Some(e.to_string());
+                self.banned.insert(rec.report.addr);
+            }
+            Err(e) => {
+                rec.failures += 1;
+                let backoff = Duration::from_millis(250) * 2u32.pow(rec.failures.min(5));
+                rec.retry_at = Some(Instant::now() + backoff);
+                debug!(source = %rec.report.addr, error = %e, ?backoff, "source ended");
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts tasks for listed sources not yet connected (up to the cap, after their backoff) and
+    /// adds what connected sources are now known to hold.
+    fn spawn_sources(&mut self, ctx: &Context, loc: &Locations) {
+        let mut sched = self.shared.sched();
+        sched.set_availability(loc.availability.clone());
+        let now = Instant::now();
+        for src in &loc.sources {
+            if src.addr == ctx.listen || self.banned.contains(&src.addr) {
+                continue;
+            }
+            let next_id = self.by_addr.len() as SourceId + 1;
+            let id = *self.by_addr.entry(src.addr).or_insert(next_id);
+            let rec = self.records.entry(id).or_insert_with(|| Record {
+                report: SourceReport {
+                    addr: src.addr,
+                    bytes: 0,
+                    chunks: 0,
+                    bad_chunks: 0,
+                    wasted_bytes: 0,
+                    duplicate_bytes: 0,
+                    dropped: None,
+                },
+                active: false,
+                failures: 0,
+                retry_at: None,
+            });
+            if rec.active {
+                sched.update_source(id, &src.have);
+                continue;
+            }
+            if self.tasks.len() >= ctx.config.max_sources || rec.retry_at.is_some_and(|t| t > now) {
+                continue;
+            }
+            rec.active = true;
+            let (shared, stop, addr) = (self.shared.clone(), self.stop.clone(), src.addr);
+            self.tasks.spawn(
+                async move {
+                    let r = tokio::select! {
+                        _ = stop.cancelled() => Ok(()),
+                        r = source_task(&shared, id, addr) => r,
+                    };
+                    (id, r)
+                }
+                .instrument(tracing::debug_span!("source", %addr)),
+            );
+        }
+        drop(sched);
+        self.shared.work.notify_waiters();
+    }
+
+    /// An error if some missing chunk can never arrive: every holder of it was dropped for sending
+    /// bad data. Only judged from a reply that lists every source (not a capped selection).
+    fn stuck(&self, loc: &Locations, waiting: &[u32]) -> Option<Error> {
+        if loc.sources.len() < loc.total_sources as usize {
+            return None;
+        }
+        let n = loc.num_chunks;
+        for &c in waiting {
+            let mut holders = loc.sources.iter().filter(|s| s.have.has(c, n)).peekable();
+            if holders.peek().is_some() && holders.all(|h| self.banned.contains(&h.addr)) {
+                return Some(Error::ChunkFailed { chunk: c, attempts: self.shared.sched().failures(c) });
+            }
+        }
+        None
+    }
+
+    /// Stops every task of the download and returns what the coordinator recorded. Chunk
+    /// registrations already queued still reach the tracker, within a bound.
+    async fn stop(mut self) -> (HashMap<SourceId, Record>, u32) {
+        self.stop.cancel();
+        self.tasks.shutdown().await;
+        drop(self.announce);
+        // The writer and poller end at once (cancelled); the announcer drains its queue.
+        let drained = timeout(Duration::from_secs(5), async { while self.helpers.join_next().await.is_some() {} });
+        if drained.await.is_err() {
+            debug!("chunk registrations still queued after 5 s; dropped (re-registered on reconnect)");
+            self.helpers.shutdown().await;
+        }
+        (self.records, self.fetched)
+    }
+}
+
+/// Runs `fut` until `stop` is cancelled.
+async fn until(stop: CancellationToken, fut: impl std::future::Future<Output = ()>) {
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        () = fut => {}
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Asks the tracker for the file's locations at once and then every `interval`, forwarding each
+/// answer. A slow or unreachable tracker delays only this task.
+async fn poll_locations(
+    session: TrackerSession,
+    name: String,
+    interval: Duration,
+    out: mpsc::Sender<Result<Locations, Error>>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if out.send(session.locations(&name).await).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The writer stage: verifies and stores arriving chunks, up to `parallel` at once.
+async fn writer(shared: Arc<DownloadState>, mut arrived: mpsc::Receiver<Arrived>, parallel: usize) {
+    let mut storing = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            Some(()) = storing.next(), if !storing.is_empty() => {}
+            a = arrived.recv(), if storing.len() < parallel => match a {
+                Some(a) => storing.push(store(&shared, a)),
+                None => break,
+            },
+        }
+    }
+    while storing.next().await.is_some() {}
+}
+
+/// Verifies and writes one chunk (in the chunk store, on a blocking thread), then tells the
+/// scheduler and the coordinator what became of it.
+async fn store(shared: &DownloadState, a: Arrived) {
+    let Arrived { source, chunk, data } = a;
+    // Chunks come only from requests the scheduler made, so the index is in range.
+    let Ok(idx) = shared.meta.chunk(chunk) else { return };
+    let bytes = data.len();
+    let struck_out = |sched: &Scheduler| sched.strikes(source) >= shared.config.bad_data_strikes;
+    if struck_out(&shared.sched()) {
+        // Its source is being dropped: nothing it sent is worth a hash.
+        discard(shared, source, chunk, bytes);
+        return;
+    }
+    let partial = shared.partial.clone();
+    let written = tokio::task::spawn_blocking(move || partial.write_chunk(idx, &data)).await;
+    let event = match written {
+        Ok(Ok(_)) => match shared.sched().complete(chunk, source) {
+            Completion::New => Event::Stored { source, chunk, bytes },
+            Completion::Duplicate => Event::Duplicate { source, bytes },
+        },
+        Ok(Err(StoreError::HashMismatch { .. })) => {
+            let mut sched = shared.sched();
+            // Copies verified in parallel may fail after their source struck out: those count as
+            // discarded, so a source is charged exactly `bad_data_strikes` bad chunks.
+            if struck_out(&sched) {
+                drop(sched);
+                discard(shared, source, chunk, bytes);
+                return;
+            }
+            sched.failed(chunk, source);
+            drop(sched);
+            shared.work.notify_waiters();
+            Event::Bad { source, chunk, bytes }
+        }
+        // The download finished while this copy was queued.
+        Ok(Err(StoreError::Finished { .. })) => return,
+        Ok(Err(e)) => Event::Failed(Error::Store(e)),
+        Err(e) => Event::Failed(Error::Io { action: "run storage task", source: std::io::Error::other(e) }),
+    };
+    let _ = shared.events.send(event);
+}
+
+/// Drops a copy from a source that struck out, releasing its chunk for others.
+fn discard(shared: &DownloadState, source: SourceId, chunk: u32, bytes: usize) {
+    shared.sched().release(chunk, source, false);
+    shared.work.notify_waiters();
+    let _ = shared.events.send(Event::Discarded { source, bytes });
 }
 
 async fn source_task(shared: &Arc<DownloadState>, id: SourceId, addr: SocketAddr) -> Result<(), SourceError> {
     let cfg = &shared.config;
     let (mut conn, have) = PeerConn::open(addr, &shared.meta, cfg.connect_timeout).await?;
     shared.sched().update_source(id, &have);
+    shared.work.notify_waiters();
     debug!(chunks = have.to_bitmap(shared.meta.num_chunks()).count(), "connected to source");
-    let (to_writer, from_receiver) = mpsc::channel::<(u32, Bytes)>(2);
-    let receive = receive_loop(shared, id, &mut conn, to_writer);
-    let write = write_loop(shared, id, from_receiver);
-    tokio::try_join!(receive, write).map(|_| ())
+    receive_loop(shared, id, &mut conn).await
 }
 
 /// Keeps the pipeline full and passes each received chunk to the writer.
-async fn receive_loop(
-    shared: &DownloadState,
-    id: SourceId,
-    conn: &mut PeerConn,
-    to_writer: mpsc::Sender<(u32, Bytes)>,
-) -> Result<(), SourceError> {
+async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn) -> Result<(), SourceError> {
     let cfg = &shared.config;
     let mut rng = StdRng::from_rng(&mut rand::rng());
     let mut inflight: VecDeque<u32> = VecDeque::new();
     let mut window = Window::new(cfg.pipeline, shared.meta.chunk_size);
     loop {
+        let strikes = shared.sched().strikes(id);
+        if strikes >= cfg.bad_data_strikes {
+            return Err(SourceError::BadData { strikes });
+        }
         let mut sent = false;
         while inflight.len() < window.depth() {
             let Some(c) = shared.sched().pick(id, &mut rng) else { break };
@@ -549,8 +756,8 @@ async fn receive_loop(
                 expect_front(&mut inflight, chunk)?;
                 window.arrived(data.len());
                 shared.limiter.acquire(data.len()).await;
-                if to_writer.send((chunk, data)).await.is_err() {
-                    // The writer stopped with an error; try_join reports it.
+                if shared.arrived.send(Arrived { source: id, chunk, data }).await.is_err() {
+                    // The writer is gone: the download is stopping.
                     return Ok(());
                 }
             }
@@ -608,43 +815,4 @@ fn expect_front(inflight: &mut VecDeque<u32>, chunk: u32) -> Result<(), SourceEr
         }
         other => Err(SourceError::Protocol(format!("answered chunk {chunk}, expected {other:?}"))),
     }
-}
-
-/// Verifies and stores chunks as they arrive; the scheduler and the coordinator hear of each.
-async fn write_loop(
-    shared: &DownloadState,
-    id: SourceId,
-    mut chunks: mpsc::Receiver<(u32, Bytes)>,
-) -> Result<(), SourceError> {
-    while let Some((chunk, data)) = chunks.recv().await {
-        let Ok(idx) = shared.meta.chunk(chunk) else {
-            return Err(SourceError::Protocol(format!("chunk {chunk} out of range")));
-        };
-        let bytes = data.len();
-        let partial = shared.partial.clone();
-        let written = tokio::task::spawn_blocking(move || partial.write_chunk(idx, &data))
-            .await
-            .map_err(|e| SourceError::Lost(format!("storage task failed: {e}")))?;
-        match written {
-            Ok(_) => {
-                let event = match shared.sched().complete(chunk, id) {
-                    Completion::New => Event::Stored { source: id, bytes },
-                    Completion::Duplicate => Event::Duplicate { source: id, bytes },
-                };
-                let _ = shared.events.send((event, chunk));
-            }
-            Err(StoreError::HashMismatch { .. }) => {
-                let strikes = shared.sched().failed(chunk, id);
-                shared.work.notify_waiters();
-                let _ = shared.events.send((Event::Bad { source: id, chunk, bytes }, chunk));
-                if strikes >= shared.config.bad_data_strikes {
-                    return Err(SourceError::BadData { strikes });
-                }
-            }
-            // The download finished while this copy was in flight.
-            Err(StoreError::Finished { .. }) => return Ok(()),
-            Err(e) => return Err(SourceError::Storage(e)),
-        }
-    }
-    Ok(())
 }

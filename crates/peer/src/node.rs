@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
-use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport};
+use crate::download::{self, DownloadConfig, DownloadOptions, DownloadReport};
 use crate::error::Error;
 use crate::ratelimit::RateLimiter;
 use crate::serve::{self, ServeConfig, Uploader};
@@ -55,6 +55,18 @@ impl NodeConfig {
             request_timeout: Duration::from_secs(10),
         }
     }
+}
+
+/// What a download needs from its node.
+#[derive(Clone)]
+pub(crate) struct Context {
+    pub(crate) session: TrackerSession,
+    pub(crate) store: Store,
+    pub(crate) shares: Shares,
+    pub(crate) listen: SocketAddr,
+    /// The process-wide download cap, shared by every download's sources.
+    pub(crate) limiter: Arc<RateLimiter>,
+    pub(crate) config: DownloadConfig,
 }
 
 /// A running peer.

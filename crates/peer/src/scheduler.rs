@@ -6,7 +6,7 @@
 //! chunks it owns. `needed` counts NEEDED chunks.
 //!
 //! Choice: a source is given the NEEDED chunk it holds with the lowest availability (how many peers
-//! in the swarm hold it, as last reported by the tracker, raised by what sources show us), ties
+//! in the swarm hold it, as last reported by the tracker), ties
 //! broken at random so that downloaders starting together spread over different chunks. For very
 //! large files the rarest is taken among a random window of [`SCAN_WINDOW`] needed chunks, keeping a
 //! pick O(window). When no NEEDED chunk is left (endgame), a source is given an IN FLIGHT chunk it
@@ -36,8 +36,9 @@ enum ChunkState {
 #[derive(Debug)]
 struct Source {
     have: Bitmap,
+    /// Chunks the source said it does not hold: stale news (a tracker poll) cannot add them back.
+    denied: Bitmap,
     inflight: HashSet<u32>,
-    strikes: u32,
 }
 
 /// The scheduler. See the module docs for its invariant.
@@ -50,6 +51,9 @@ pub struct Scheduler {
     availability: Vec<u32>,
     sources: HashMap<SourceId, Source>,
     failures: Vec<u32>,
+    /// Hash failures per source. Kept when a source is removed: its copies still queued for
+    /// verification are judged by the record it left.
+    strikes: HashMap<SourceId, u32>,
     have_count: u32,
 }
 
@@ -75,6 +79,7 @@ impl Scheduler {
             availability: vec![0; n],
             sources: HashMap::new(),
             failures: vec![0; n],
+            strikes: HashMap::new(),
             have_count: 0,
         };
         for i in 0..num_chunks {
@@ -133,17 +138,55 @@ impl Scheduler {
         }
     }
 
-    /// Adds a source, or updates what it holds.
+    /// Adds a source, or adds to what it holds: peers only ever gain chunks, and news of a source
+    /// arrives by several paths (its welcome, its announcements, the tracker) that may be stale,
+    /// so bits are only added, never cleared, except by [`Scheduler::release`]'s "don't have".
     pub fn update_source(&mut self, id: SourceId, have: &Have) {
-        let have = have.to_bitmap(self.num_chunks());
-        if have.len() != self.num_chunks() {
+        let n = self.num_chunks();
+        let have = have.to_bitmap(n);
+        if have.len() != n {
             return;
         }
         match self.sources.get_mut(&id) {
-            Some(s) => s.have = have,
-            None => {
-                self.sources.insert(id, Source { have, inflight: HashSet::new(), strikes: 0 });
+            Some(s) => {
+                for c in have.iter_ones() {
+                    if !s.denied.get(c) {
+                        s.have.set(c);
+                    }
+                }
             }
+            None => {
+                self.sources.insert(id, Source { have, denied: Bitmap::new(n), inflight: HashSet::new() });
+            }
+        }
+    }
+
+    /// The source announced that it now holds chunk `c`. Returns true if we need that chunk.
+    pub fn gained(&mut self, id: SourceId, c: u32) -> bool {
+        let Some(s) = self.sources.get_mut(&id) else { return false };
+        if s.denied.get(c) {
+            // It said it did not have it; it has it now.
+            s.denied.clear(c);
+        }
+        s.have.set(c) && !self.has(c)
+    }
+
+    /// Hash failures charged to the source so far.
+    pub fn strikes(&self, id: SourceId) -> u32 {
+        self.strikes.get(&id).copied().unwrap_or(0)
+    }
+
+    /// The lowest chunk not stored yet.
+    pub fn first_missing(&self) -> Option<u32> {
+        self.state.iter().position(|s| *s != ChunkState::Have).map(|c| c as u32)
+    }
+
+    /// A stored chunk turned out bad on disk (the whole-file check failed): it is NEEDED again.
+    pub fn lost(&mut self, c: u32) {
+        if self.state.get(c as usize) == Some(&ChunkState::Have) {
+            self.state[c as usize] = ChunkState::Needed;
+            self.push_needed(c);
+            self.have_count -= 1;
         }
     }
 
@@ -296,10 +339,9 @@ impl Scheduler {
             *f += 1;
         }
         self.drop_owner(c, id);
-        self.sources.get_mut(&id).map_or(0, |s| {
-            s.strikes += 1;
-            s.strikes
-        })
+        let strikes = self.strikes.entry(id).or_insert(0);
+        *strikes += 1;
+        *strikes
     }
 
     /// Hash failures so far for chunk `c`.
@@ -313,6 +355,7 @@ impl Scheduler {
         if dont_have {
             if let Some(s) = self.sources.get_mut(&id) {
                 s.have.clear(c);
+                s.denied.set(c);
             }
         }
         self.drop_owner(c, id);
@@ -453,6 +496,9 @@ mod tests {
         assert_eq!(s.failed(c2, 1), 2);
         assert!(!s.has(c) && !s.has(c2));
         s.check_invariant();
+        // A removed source keeps its record.
+        s.remove_source(1);
+        assert_eq!(s.strikes(1), 2);
     }
 
     #[test]
@@ -488,6 +534,44 @@ mod tests {
         assert_eq!(s.pick(2, &mut rng), None, "at most ENDGAME_OWNERS per chunk");
         assert_eq!(s.complete(d3, 3), Completion::New);
         assert!(s.is_done());
+        s.check_invariant();
+    }
+
+    #[test]
+    fn news_of_a_source_only_adds_chunks_and_dont_have_sticks() {
+        let mut rng = StdRng::seed_from_u64(10);
+        let mut s = Scheduler::new(3, &Bitmap::new(3));
+        s.update_source(1, &bitmap(3, &[0, 1]));
+        // A stale view without chunk 1 does not take it away.
+        s.update_source(1, &bitmap(3, &[0]));
+        assert!(s.source_has(1, 1));
+        // "Don't have" does, and a stale view cannot bring it back; the source's own news can.
+        s.set_availability(vec![5, 1, 5]);
+        let c = s.pick(1, &mut rng).unwrap();
+        assert_eq!(c, 1);
+        s.release(c, 1, true);
+        s.update_source(1, &Have::Complete);
+        assert!(!s.source_has(1, 1) && s.source_has(1, 2));
+        assert!(s.gained(1, 1), "needed, so worth knowing");
+        assert!(s.source_has(1, 1));
+        s.check_invariant();
+    }
+
+    #[test]
+    fn lost_chunks_are_needed_again() {
+        let mut have = Bitmap::new(3);
+        have.set(0);
+        have.set(2);
+        let mut s = Scheduler::new(3, &have);
+        assert_eq!(s.first_missing(), Some(1));
+        s.lost(2);
+        s.lost(1);
+        assert_eq!(s.have_count(), 1);
+        s.update_source(1, &Have::Complete);
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut picked = vec![s.pick(1, &mut rng).unwrap(), s.pick(1, &mut rng).unwrap()];
+        picked.sort();
+        assert_eq!(picked, vec![1, 2]);
         s.check_invariant();
     }
 
