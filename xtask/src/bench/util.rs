@@ -1,0 +1,586 @@
+//! Shared pieces of the benchmarks: the report table, the machine's own limits, child processes
+//! that never outlive the benchmark (even when it is interrupted), and memory readings.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+
+/// Bytes in a MiB.
+pub(crate) const MIB: f64 = 1024.0 * 1024.0;
+
+/// One benchmark's results: rows of figures, each with its target where it has one.
+#[derive(Debug, Serialize)]
+pub(crate) struct Report {
+    /// The benchmark's name.
+    pub(crate) bench: String,
+    /// What was run (sizes, counts, rates).
+    pub(crate) setup: String,
+    /// The figures.
+    pub(crate) rows: Vec<Row>,
+    /// Remarks worth reading beside the figures.
+    pub(crate) notes: Vec<String>,
+}
+
+/// One figure.
+#[derive(Debug, Serialize)]
+pub(crate) struct Row {
+    /// What it measures.
+    pub(crate) name: String,
+    /// The value.
+    pub(crate) value: f64,
+    /// Its unit ("MiB/s", "s", "ratio", ...).
+    pub(crate) unit: String,
+    /// The target, as text (e.g. ">= 0.7"), if there is one.
+    pub(crate) target: Option<String>,
+    /// Whether the target was met.
+    pub(crate) met: Option<bool>,
+}
+
+impl Report {
+    pub(crate) fn new(bench: &str, setup: impl Into<String>) -> Self {
+        Self { bench: bench.to_owned(), setup: setup.into(), rows: Vec::new(), notes: Vec::new() }
+    }
+
+    /// A figure without a target.
+    pub(crate) fn row(&mut self, name: &str, value: f64, unit: &str) {
+        self.rows.push(Row { name: name.to_owned(), value, unit: unit.to_owned(), target: None, met: None });
+    }
+
+    /// A figure that must be at least `min`.
+    pub(crate) fn at_least(&mut self, name: &str, value: f64, unit: &str, min: f64) {
+        self.rows.push(Row {
+            name: name.to_owned(),
+            value,
+            unit: unit.to_owned(),
+            target: Some(format!(">= {min}")),
+            met: Some(value >= min),
+        });
+    }
+
+    /// A figure that must be at most `max`.
+    pub(crate) fn at_most(&mut self, name: &str, value: f64, unit: &str, max: f64) {
+        self.rows.push(Row {
+            name: name.to_owned(),
+            value,
+            unit: unit.to_owned(),
+            target: Some(format!("<= {max}")),
+            met: Some(value <= max),
+        });
+    }
+
+    pub(crate) fn note(&mut self, note: impl Into<String>) {
+        self.notes.push(note.into());
+    }
+
+    /// Whether every target was met.
+    pub(crate) fn targets_met(&self) -> bool {
+        self.rows.iter().all(|r| r.met != Some(false))
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "== bench {}: {}", self.bench, self.setup)?;
+        for r in &self.rows {
+            let value = if r.value.abs() >= 100.0 || r.value == r.value.trunc() {
+                format!("{:.0}", r.value)
+            } else {
+                format!("{:.3}", r.value)
+            };
+            let verdict = match r.met {
+                Some(true) => "ok",
+                Some(false) => "MISSED",
+                None => "",
+            };
+            writeln!(
+                f,
+                "  {:<52} {:>12} {:<8} {:>10} {:>7}",
+                r.name,
+                value,
+                r.unit,
+                r.target.as_deref().unwrap_or(""),
+                verdict
+            )?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note: {n}")?;
+        }
+        Ok(())
+    }
+}
+
+/// MiB/s for `bytes` moved in `secs`.
+pub(crate) fn mib_s(bytes: u64, secs: f64) -> f64 {
+    bytes as f64 / MIB / secs.max(1e-9)
+}
+
+/// Fills `buf` with fast pseudo-random bytes (xorshift64), continuing from `state`. Random-ish so
+/// that no layer (file system, page cache, compression) can shortcut repeated or zero data.
+pub(crate) fn fill(buf: &mut [u8], state: &mut u64) {
+    for word in buf.chunks_mut(8) {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        let bytes = state.to_le_bytes();
+        word.copy_from_slice(&bytes[..word.len()]);
+    }
+}
+
+/// Writes `size` pseudo-random bytes to `path` in 1 MiB blocks, then fsyncs. Returns the rate in
+/// MiB/s, which is the machine's sequential disk write rate when `path` is on the disk under test.
+pub(crate) fn write_random_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<f64> {
+    let mut f = File::create(path).with_context(|| format!("create {}", path.display()))?;
+    let mut block = vec![0u8; 1 << 20];
+    let mut state = seed | 1;
+    fill(&mut block, &mut state);
+    let start = Instant::now();
+    let mut left = size;
+    let mut counter = 0u64;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        // One random block, varied per block by a counter, so generating data costs nothing
+        // measurable and no two blocks are equal.
+        counter += 1;
+        block[..8].copy_from_slice(&counter.to_le_bytes());
+        f.write_all(&block[..n]).with_context(|| format!("write {}", path.display()))?;
+        left -= n as u64;
+    }
+    f.sync_all().with_context(|| format!("fsync {}", path.display()))?;
+    Ok(mib_s(size, start.elapsed().as_secs_f64()))
+}
+
+/// The machine's own limits, measured in the run that uses them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Limits {
+    /// A raw TCP copy over loopback, MiB/s.
+    pub(crate) loopback_tcp: f64,
+    /// BLAKE3 on one thread, MiB/s.
+    pub(crate) blake3_one_core: f64,
+    /// BLAKE3 on all cores, MiB/s.
+    pub(crate) blake3_all_cores: f64,
+    /// Sequential write then fsync, MiB/s.
+    pub(crate) disk_write: f64,
+}
+
+impl Limits {
+    /// Measures each limit over `bytes` bytes, the disk in `dir`.
+    pub(crate) fn measure(dir: &Path, bytes: u64) -> anyhow::Result<Limits> {
+        let (blake3_one_core, blake3_all_cores) = blake3_rates(bytes);
+        let probe = dir.join("disk-write-probe.bin");
+        let disk_write = write_random_file(&probe, bytes, 7)?;
+        fs::remove_file(&probe).with_context(|| format!("remove {}", probe.display()))?;
+        Ok(Limits { loopback_tcp: loopback_tcp(bytes)?, blake3_one_core, blake3_all_cores, disk_write })
+    }
+
+    /// The lowest of them: no transfer that verifies and stores data can beat it.
+    pub(crate) fn min(&self) -> f64 {
+        self.loopback_tcp.min(self.blake3_all_cores).min(self.disk_write)
+    }
+
+    pub(crate) fn rows(&self, r: &mut Report) {
+        r.row("limit: raw TCP copy over loopback", self.loopback_tcp, "MiB/s");
+        r.row("limit: BLAKE3, one core", self.blake3_one_core, "MiB/s");
+        r.row("limit: BLAKE3, all cores", self.blake3_all_cores, "MiB/s");
+        r.row("limit: sequential disk write + fsync", self.disk_write, "MiB/s");
+    }
+}
+
+/// BLAKE3 rates (one core, all cores) over `bytes` bytes hashed from a 64 MiB buffer in memory.
+fn blake3_rates(bytes: u64) -> (f64, f64) {
+    let mut buf = vec![0u8; 64 << 20];
+    fill(&mut buf, &mut 3);
+    let rounds = bytes.div_ceil(buf.len() as u64).max(1);
+    let time = |f: &dyn Fn(&mut blake3::Hasher)| {
+        let start = Instant::now();
+        let mut h = blake3::Hasher::new();
+        for _ in 0..rounds {
+            f(&mut h);
+        }
+        std::hint::black_box(h.finalize());
+        mib_s(rounds * buf.len() as u64, start.elapsed().as_secs_f64())
+    };
+    let one = time(&|h| {
+        h.update(&buf);
+    });
+    let all = time(&|h| {
+        h.update_rayon(&buf);
+    });
+    (one, all)
+}
+
+/// A raw TCP copy of `bytes` bytes over loopback, 1 MiB writes and reads, MiB/s.
+fn loopback_tcp(bytes: u64) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind loopback")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let mut block = vec![0u8; 1 << 20];
+    fill(&mut block, &mut 5);
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).context("connect loopback")?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        s.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    drop(s);
+    let got = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))??;
+    anyhow::ensure!(got == bytes, "loopback copy lost bytes");
+    Ok(mib_s(bytes, start.elapsed().as_secs_f64()))
+}
+
+/// A plain file copy over loopback TCP, the reference for any downloader: one thread reads `src`
+/// in 1 MiB blocks and sends them; the other receives them, writes them to `dst` and fsyncs.
+/// No hashing, no protocol. MiB/s from connect to fsync done.
+pub(crate) fn tcp_file_copy(src: &Path, dst: &Path) -> anyhow::Result<f64> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("bind loopback")?;
+    let addr = listener.local_addr()?;
+    let dst = dst.to_path_buf();
+    let receiver = std::thread::spawn(move || -> anyhow::Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut out = File::create(&dst).with_context(|| format!("create {}", dst.display()))?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut total = 0u64;
+        loop {
+            match s.read(&mut buf)? {
+                0 => break,
+                n => {
+                    out.write_all(&buf[..n])?;
+                    total += n as u64;
+                }
+            }
+        }
+        out.sync_all()?;
+        Ok(total)
+    });
+    let start = Instant::now();
+    let mut input = File::open(src).with_context(|| format!("open {}", src.display()))?;
+    let size = input.metadata()?.len();
+    let mut s = TcpStream::connect(addr).context("connect loopback")?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match input.read(&mut buf)? {
+            0 => break,
+            n => s.write_all(&buf[..n])?,
+        }
+    }
+    drop(s);
+    let got = receiver.join().map_err(|_| anyhow::anyhow!("receiver thread panicked"))??;
+    anyhow::ensure!(got == size, "TCP file copy lost bytes");
+    Ok(mib_s(size, start.elapsed().as_secs_f64()))
+}
+
+/// The `peer` and `tracker` binaries, built in release mode beside this xtask.
+#[derive(Debug, Clone)]
+pub(crate) struct Bins {
+    pub(crate) peer: PathBuf,
+    pub(crate) tracker: PathBuf,
+}
+
+impl Bins {
+    /// Builds both binaries (a no-op when they are fresh) and returns their paths.
+    pub(crate) fn build() -> anyhow::Result<Bins> {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--quiet", "--release", "-p", "peer", "-p", "tracker"])
+            .status()
+            .context("run cargo build")?;
+        anyhow::ensure!(status.success(), "cargo build of peer and tracker failed");
+        let dir = target_dir().join("release");
+        let bins = Bins { peer: dir.join("peer"), tracker: dir.join("tracker") };
+        anyhow::ensure!(bins.peer.exists() && bins.tracker.exists(), "binaries not found in {}", dir.display());
+        Ok(bins)
+    }
+}
+
+fn target_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("CARGO_TARGET_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap_or(Path::new(".")).join("target")
+}
+
+/// Children and clean-ups that must not outlive the benchmark: run on drop, and by the interrupt
+/// handler if Ctrl-C or SIGTERM arrives first.
+struct Cleanup {
+    children: HashMap<u32, Child>,
+    actions: Vec<(u64, Box<dyn FnOnce() + Send>)>,
+    next_action: u64,
+}
+
+static CLEANUP: Mutex<Option<Cleanup>> = Mutex::new(None);
+
+fn with_cleanup<T>(f: impl FnOnce(&mut Cleanup) -> T) -> T {
+    let mut guard = CLEANUP.lock().unwrap_or_else(PoisonError::into_inner);
+    let c = guard.get_or_insert_with(|| Cleanup { children: HashMap::new(), actions: Vec::new(), next_action: 0 });
+    f(c)
+}
+
+/// Installs the Ctrl-C / SIGTERM handler that kills every child and runs every clean-up action,
+/// then exits with 130.
+pub(crate) fn install_interrupt_handler() {
+    std::thread::spawn(|| {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async {
+            let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(t) => t,
+                Err(_) => return,
+            };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            eprintln!("bench: interrupted; stopping children and cleaning up");
+            let (children, actions) =
+                with_cleanup(|c| (std::mem::take(&mut c.children), std::mem::take(&mut c.actions)));
+            for (_, mut child) in children {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            for (_, action) in actions.into_iter().rev() {
+                action();
+            }
+            std::process::exit(130);
+        });
+    });
+}
+
+/// A clean-up action that runs when this guard drops, or on interrupt, whichever comes first.
+pub(crate) struct OnExit(u64);
+
+impl OnExit {
+    pub(crate) fn new(action: impl FnOnce() + Send + 'static) -> OnExit {
+        with_cleanup(|c| {
+            c.next_action += 1;
+            c.actions.push((c.next_action, Box::new(action)));
+            OnExit(c.next_action)
+        })
+    }
+}
+
+impl Drop for OnExit {
+    fn drop(&mut self) {
+        let action = with_cleanup(|c| {
+            let pos = c.actions.iter().position(|(id, _)| *id == self.0)?;
+            Some(c.actions.remove(pos).1)
+        });
+        if let Some(action) = action {
+            action();
+        }
+    }
+}
+
+/// A scratch folder removed when dropped or on interrupt.
+pub(crate) struct Scratch {
+    path: PathBuf,
+    _cleanup: OnExit,
+}
+
+impl Scratch {
+    pub(crate) fn new(parent: &Path, name: &str) -> anyhow::Result<Scratch> {
+        fs::create_dir_all(parent).with_context(|| format!("create {}", parent.display()))?;
+        let path = tempfile::Builder::new()
+            .prefix(&format!("p2p-bench-{name}-"))
+            .tempdir_in(parent)
+            .context("create scratch folder")?
+            .keep();
+        let p = path.clone();
+        Ok(Scratch {
+            path,
+            _cleanup: OnExit::new(move || {
+                let _ = fs::remove_dir_all(&p);
+            }),
+        })
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// A child process, killed when dropped or on interrupt. Its stderr lines are forwarded to a
+/// channel so the benchmark can wait for what it prints; its stdout is kept for the end.
+pub(crate) struct Proc {
+    pid: u32,
+    what: String,
+    lines: mpsc::Receiver<String>,
+    /// The last stderr lines, for error messages.
+    tail: Arc<Mutex<Vec<String>>>,
+    stdout: Option<std::process::ChildStdout>,
+}
+
+impl Proc {
+    pub(crate) fn spawn(mut cmd: Command, what: &str) -> anyhow::Result<Proc> {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("start {what}: {cmd:?}"))?;
+        let pid = child.id();
+        let stderr = child.stderr.take().context("no stderr")?;
+        let stdout = child.stdout.take();
+        let (tx, rx) = mpsc::channel();
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let t = tail.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                {
+                    let mut t = t.lock().unwrap_or_else(PoisonError::into_inner);
+                    t.push(line.clone());
+                    if t.len() > 20 {
+                        t.remove(0);
+                    }
+                }
+                let _ = tx.send(line);
+            }
+        });
+        with_cleanup(|c| c.children.insert(pid, child));
+        Ok(Proc { pid, what: what.to_owned(), lines: rx, tail, stdout })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Waits for a stderr line that `parse` accepts.
+    pub(crate) fn wait_line<T>(
+        &self,
+        timeout: Duration,
+        mut parse: impl FnMut(&str) -> Option<T>,
+    ) -> anyhow::Result<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = parse(&line) {
+                        return Ok(v);
+                    }
+                }
+                Err(_) => bail!(
+                    "{} did not print what was expected within {timeout:?}; last lines: {:?}",
+                    self.what,
+                    self.tail()
+                ),
+            }
+        }
+    }
+
+    fn tail(&self) -> Vec<String> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Waits for the process to exit; returns its stdout. Fails on a non-zero exit.
+    pub(crate) fn finish(mut self, timeout: Duration) -> anyhow::Result<String> {
+        let mut out = String::new();
+        let stdout = self.stdout.take();
+        let reader = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut o) = stdout {
+                let _ = o.read_to_string(&mut s);
+            }
+            s
+        });
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            let st = with_cleanup(|c| c.children.get_mut(&self.pid).map(|ch| ch.try_wait()));
+            match st {
+                Some(Ok(Some(status))) => break status,
+                Some(Ok(None)) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+                Some(Ok(None)) => bail!("{} still running after {timeout:?}", self.what),
+                Some(Err(e)) => return Err(e).context(format!("wait for {}", self.what)),
+                None => bail!("{} was already reaped", self.what),
+            }
+        };
+        out.push_str(&reader.join().unwrap_or_default());
+        if !status.success() {
+            bail!("{} failed ({status}); last lines: {:?}", self.what, self.tail());
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Some(mut child) = with_cleanup(|c| c.children.remove(&self.pid)) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Reads a `/proc/PID/status` field in kB, as MiB.
+pub(crate) fn proc_status_mib(pid: u32, key: &str) -> Option<f64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 =
+        status.lines().find_map(|l| l.strip_prefix(key))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Polls a process's peak RSS (VmHWM) until stopped; the peak is read every few milliseconds, so
+/// it is the true high-water mark unless the process peaks in its last moments before exiting.
+pub(crate) struct PeakRss {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<f64>,
+}
+
+impl PeakRss {
+    pub(crate) fn watch(pid: u32) -> PeakRss {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peak: f64 = 0.0;
+            while !s.load(Ordering::Relaxed) {
+                match proc_status_mib(pid, "VmHWM:") {
+                    Some(v) => peak = peak.max(v),
+                    None => break,
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        PeakRss { stop, thread }
+    }
+
+    /// The highest VmHWM seen, MiB.
+    pub(crate) fn stop(self) -> f64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap_or(0.0)
+    }
+}
+
+/// Peak RSS (VmHWM) of this process since the last reset, MiB.
+pub(crate) fn own_peak_rss_mib() -> f64 {
+    proc_status_mib(std::process::id(), "VmHWM:").unwrap_or(0.0)
+}
+
+/// Resets this process's peak RSS counter, so the next reading covers one phase only.
+pub(crate) fn reset_own_peak_rss() -> anyhow::Result<()> {
+    fs::write("/proc/self/clear_refs", "5").context("reset peak RSS via /proc/self/clear_refs")
+}
+
+/// BLAKE3 of a file on all cores, for checking results.
+pub(crate) fn file_root(path: &Path) -> anyhow::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap_rayon(path).with_context(|| format!("hash {}", path.display()))?;
+    Ok(h.finalize())
+}
