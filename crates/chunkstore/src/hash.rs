@@ -22,10 +22,22 @@ thread_local! {
     static CHUNK_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
-/// The chunk size used for a file of `length` bytes: [`DEFAULT_CHUNK_SIZE`], doubled until the
-/// file has at most [`MAX_CHUNKS_PER_FILE`] chunks, capped at [`MAX_CHUNK_SIZE`].
+/// About how many chunks a file is cut into when its size allows: enough pieces that a swarm of
+/// downloaders always has something to trade, and that the last chunk to leave the seed is a
+/// small fraction of the file (it still has to be forwarded when it arrives).
+pub const TARGET_CHUNKS: u64 = 1024;
+
+/// The smallest chunk size a scan chooses (64 KiB): below it, per-chunk costs (a request, a
+/// Chunk Register, a hash) start to show next to the transfer itself.
+pub const SMALLEST_CHOSEN_CHUNK: u32 = 64 * 1024;
+
+/// The chunk size used for a file of `length` bytes: the power of two that gives about
+/// [`TARGET_CHUNKS`] chunks, within [`SMALLEST_CHOSEN_CHUNK`]..=[`DEFAULT_CHUNK_SIZE`] (1 MiB, so
+/// files up to 1 GiB get ~1024 chunks and larger ones 1 MiB chunks), doubled beyond that only
+/// while the file would have more than [`MAX_CHUNKS_PER_FILE`] chunks, up to [`MAX_CHUNK_SIZE`].
 pub fn choose_chunk_size(length: u64) -> u32 {
-    let mut cs = DEFAULT_CHUNK_SIZE;
+    let ideal = length.div_ceil(TARGET_CHUNKS).next_power_of_two();
+    let mut cs = ideal.clamp(u64::from(SMALLEST_CHOSEN_CHUNK), u64::from(DEFAULT_CHUNK_SIZE)) as u32;
     while chunk_count(length, cs) > u64::from(MAX_CHUNKS_PER_FILE) && cs < MAX_CHUNK_SIZE {
         cs *= 2;
     }
@@ -106,8 +118,13 @@ mod tests {
 
     #[test]
     fn chunk_size_choice() {
-        assert_eq!(choose_chunk_size(0), DEFAULT_CHUNK_SIZE);
+        assert_eq!(choose_chunk_size(0), SMALLEST_CHOSEN_CHUNK);
+        assert_eq!(choose_chunk_size(1), SMALLEST_CHOSEN_CHUNK);
+        assert_eq!(choose_chunk_size(64 << 20), SMALLEST_CHOSEN_CHUNK);
+        assert_eq!(choose_chunk_size((64 << 20) + 1), 2 * SMALLEST_CHOSEN_CHUNK);
+        assert_eq!(choose_chunk_size(256 << 20), 256 * 1024);
         assert_eq!(choose_chunk_size(1 << 30), DEFAULT_CHUNK_SIZE);
+        assert_eq!(choose_chunk_size(100 << 30), DEFAULT_CHUNK_SIZE);
         let max_default = u64::from(DEFAULT_CHUNK_SIZE) * u64::from(MAX_CHUNKS_PER_FILE);
         assert_eq!(choose_chunk_size(max_default), DEFAULT_CHUNK_SIZE);
         assert_eq!(choose_chunk_size(max_default + 1), 2 * DEFAULT_CHUNK_SIZE);

@@ -39,7 +39,7 @@ mod scan;
 mod store;
 
 pub use error::StoreError;
-pub use hash::{choose_chunk_size, hash_file};
+pub use hash::{choose_chunk_size, hash_file, SMALLEST_CHOSEN_CHUNK, TARGET_CHUNKS};
 pub use partial::Partial;
 pub use scan::ScanStats;
 pub use store::Store;

@@ -6,11 +6,11 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use proto::limits::{DEFAULT_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use proto::limits::MIN_CHUNK_SIZE;
 use proto::{FileMeta, Hash};
 use rand::seq::SliceRandom;
 
-use crate::{hash_file, Store, StoreError};
+use crate::{choose_chunk_size, hash_file, Store, StoreError, SMALLEST_CHOSEN_CHUNK};
 
 const CS: u32 = MIN_CHUNK_SIZE;
 const CSU: usize = CS as usize;
@@ -250,8 +250,8 @@ fn symlinks_are_neither_scanned_nor_served() {
 fn boundary_sizes_scan_and_assemble() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    // Scanning picks the default chunk size; the sizes straddle its boundaries.
-    let dcs = DEFAULT_CHUNK_SIZE as usize;
+    // Scanning picks the chunk size by file size; the sizes straddle the chunk boundaries.
+    let dcs = SMALLEST_CHOSEN_CHUNK as usize;
     let scan_sizes = [0, 1, dcs - 1, dcs, dcs + 1, 3 * dcs + 5];
     let mut want = Vec::new();
     for (k, &len) in scan_sizes.iter().enumerate() {
@@ -259,7 +259,7 @@ fn boundary_sizes_scan_and_assemble() {
         let name = format!("s/{len:08}");
         fs::create_dir_all(store.root().join("s")).unwrap();
         fs::write(store.root().join(&name), &d).unwrap();
-        let meta = FileMeta::from_bytes(&name, DEFAULT_CHUNK_SIZE, &d);
+        let meta = FileMeta::from_bytes(&name, choose_chunk_size(len as u64), &d);
         assert_eq!(meta.root, Hash::from(blake3::hash(&d)));
         want.push(meta);
     }
@@ -306,7 +306,7 @@ fn hash_cache_skips_unchanged_and_rehashes_changed() {
     fs::write(root.join("a"), data(3 * CSU + 1, 32)).unwrap();
     let (metas, s) = store.scan_with_stats().unwrap();
     assert_eq!((s.hashed, s.cached), (1, 1));
-    assert_eq!(metas[0], FileMeta::from_bytes("a", DEFAULT_CHUNK_SIZE, &data(3 * CSU + 1, 32)));
+    assert_eq!(metas[0], FileMeta::from_bytes("a", choose_chunk_size(3 * CSU as u64 + 1), &data(3 * CSU + 1, 32)));
 
     // Same length, new content, different mtime (set explicitly: timestamps can be coarse).
     let new_b = data(CSU, 33);
@@ -316,7 +316,7 @@ fn hash_cache_skips_unchanged_and_rehashes_changed() {
     drop(f);
     let (metas, s) = store.scan_with_stats().unwrap();
     assert_eq!((s.hashed, s.cached), (1, 1));
-    assert_eq!(metas[1], FileMeta::from_bytes("d/b", DEFAULT_CHUNK_SIZE, &new_b));
+    assert_eq!(metas[1], FileMeta::from_bytes("d/b", choose_chunk_size(CSU as u64), &new_b));
 
     // A deleted file disappears; a corrupt cache is ignored, not an error.
     fs::remove_file(root.join("a")).unwrap();

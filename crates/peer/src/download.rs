@@ -34,7 +34,7 @@ use proto::{FileMeta, Have};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{broadcast, mpsc, watch, Notify};
 use tokio::task::JoinSet;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
@@ -190,6 +190,8 @@ struct DownloadState {
     /// Into the writer stage; bounded, so sources slow down when storage lags.
     arrived: mpsc::Sender<Arrived>,
     events: mpsc::UnboundedSender<Event>,
+    /// Tells this peer's upload connections of each stored chunk, so they announce it.
+    news: broadcast::Sender<u32>,
     config: DownloadConfig,
     limiter: Arc<RateLimiter>,
 }
@@ -232,7 +234,13 @@ pub(crate) async fn download(
         move || store.open_partial(&meta)
     })
     .await?;
-    ctx.shares.insert(Shared::Partial(partial.clone()));
+    // Serve the download's chunks as they arrive, announcing each on the file's news channel (the
+    // one upload connections already listen to, if the partial was shared before this run).
+    let news = match ctx.shares.get(name) {
+        Some(Shared::Partial { news, .. }) => news,
+        _ => broadcast::channel(crate::shares::NEWS_BACKLOG).0,
+    };
+    ctx.shares.insert(Shared::Partial { partial: partial.clone(), news: news.clone() });
     let have = partial.have();
     let resumed = have.count();
     if resumed > 0 {
@@ -243,7 +251,7 @@ pub(crate) async fn download(
         }
     }
 
-    let mut dl = Download::start(ctx, meta.clone(), partial.clone(), &have, &opts, cancel);
+    let mut dl = Download::start(ctx, meta.clone(), partial.clone(), news, &have, &opts, cancel);
     let result = dl.run(ctx, &opts, start).await;
     let (records, fetched) = dl.stop().await;
     let path = result?;
@@ -320,6 +328,7 @@ impl Download {
         ctx: &Context,
         meta: Arc<FileMeta>,
         partial: Partial,
+        news: broadcast::Sender<u32>,
         have: &proto::Bitmap,
         opts: &DownloadOptions,
         cancel: CancellationToken,
@@ -346,6 +355,7 @@ impl Download {
             work: Notify::new(),
             arrived: arrived_tx,
             events: events_tx,
+            news,
             config: ctx.config.clone(),
             limiter: ctx.limiter.clone(),
         });
@@ -676,7 +686,11 @@ async fn store(shared: &DownloadState, a: Arrived) {
     let written = tokio::task::spawn_blocking(move || partial.write_chunk(idx, &data)).await;
     let event = match written {
         Ok(Ok(_)) => match shared.sched().complete(chunk, source) {
-            Completion::New => Event::Stored { source, chunk, bytes },
+            Completion::New => {
+                // No receivers (nobody downloads from us yet) is not an error.
+                let _ = shared.news.send(chunk);
+                Event::Stored { source, chunk, bytes }
+            }
             Completion::Duplicate => Event::Duplicate { source, bytes },
         },
         Ok(Err(StoreError::HashMismatch { .. })) => {
@@ -738,19 +752,21 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
         if sent {
             conn.flush().await?;
         }
-        if inflight.is_empty() {
+        let resp = if inflight.is_empty() {
             if shared.sched().is_done() {
                 return Ok(());
             }
-            // Nothing to do for now: wait for released chunks or new knowledge, re-checking
-            // periodically in case a wake-up raced with the check above.
+            // Nothing to ask this source for now: wait for released chunks or new knowledge (its
+            // own announcements among them), re-checking periodically in case a wake-up raced
+            // with the check above.
             tokio::select! {
-                _ = shared.work.notified() => {}
-                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                _ = shared.work.notified() => continue,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+                r = conn.next() => r?,
             }
-            continue;
-        }
-        let resp = timeout(cfg.stall_timeout, conn.next()).await.map_err(|_| SourceError::Stalled)??;
+        } else {
+            timeout(cfg.stall_timeout, conn.next()).await.map_err(|_| SourceError::Stalled)??
+        };
         match resp {
             PeerResponse::Chunk { chunk, data } => {
                 expect_front(&mut inflight, chunk)?;
@@ -765,6 +781,13 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
                 expect_front(&mut inflight, chunk)?;
                 shared.sched().release(chunk, id, true);
                 shared.work.notify_waiters();
+            }
+            PeerResponse::Have { chunk } => {
+                if chunk >= shared.meta.num_chunks() {
+                    return Err(SourceError::Protocol(format!("announced chunk {chunk} out of range")));
+                }
+                // The loop picks it next time round if it is worth having.
+                shared.sched().gained(id, chunk);
             }
             PeerResponse::Error(e) => return Err(SourceError::Refused(e)),
             PeerResponse::Welcome { .. } => return Err(SourceError::Protocol("unexpected welcome".into())),
@@ -786,7 +809,7 @@ struct Window {
 }
 
 /// Time worth of data kept requested from each source.
-const PIPELINE_WINDOW: f64 = 0.3;
+const PIPELINE_WINDOW: f64 = 0.1;
 
 impl Window {
     fn new(max: usize, chunk_size: u32) -> Self {

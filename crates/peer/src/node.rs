@@ -187,7 +187,7 @@ fn open_share(share: PathBuf) -> Result<(Store, Shares), StoreError> {
     // Partial downloads from an earlier run: their verified chunks are served and registered.
     for meta in store.partials()? {
         match store.open_partial(&meta) {
-            Ok(p) => shares.insert(Shared::Partial(p)),
+            Ok(p) => shares.insert(Shared::partial(p)),
             Err(e) => warn!(name = meta.name, error = %e, "cannot resume partial download"),
         }
     }

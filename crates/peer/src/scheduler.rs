@@ -6,7 +6,7 @@
 //! chunks it owns. `needed` counts NEEDED chunks.
 //!
 //! Choice: a source is given the NEEDED chunk it holds with the lowest availability (how many peers
-//! in the swarm hold it, as last reported by the tracker), ties
+//! in the swarm hold it, as last reported by the tracker, plus what sources announced since), ties
 //! broken at random so that downloaders starting together spread over different chunks. For very
 //! large files the rarest is taken among a random window of [`SCAN_WINDOW`] needed chunks, keeping a
 //! pick O(window). When no NEEDED chunk is left (endgame), a source is given an IN FLIGHT chunk it
@@ -150,8 +150,9 @@ impl Scheduler {
         match self.sources.get_mut(&id) {
             Some(s) => {
                 for c in have.iter_ones() {
-                    if !s.denied.get(c) {
-                        s.have.set(c);
+                    if !s.denied.get(c) && s.have.set(c) {
+                        // One more holder than the tracker's last count knew of, probably.
+                        self.availability[c as usize] += 1;
                     }
                 }
             }
@@ -162,13 +163,20 @@ impl Scheduler {
     }
 
     /// The source announced that it now holds chunk `c`. Returns true if we need that chunk.
+    /// Availability counts it at once: the tracker's count catches up at its next poll.
     pub fn gained(&mut self, id: SourceId, c: u32) -> bool {
         let Some(s) = self.sources.get_mut(&id) else { return false };
         if s.denied.get(c) {
             // It said it did not have it; it has it now.
             s.denied.clear(c);
         }
-        s.have.set(c) && !self.has(c)
+        if !s.have.set(c) {
+            return false;
+        }
+        if let Some(a) = self.availability.get_mut(c as usize) {
+            *a += 1;
+        }
+        !self.has(c)
     }
 
     /// Hash failures charged to the source so far.

@@ -12,12 +12,13 @@ use futures::StreamExt;
 use proto::codec::{chunk_frame_header, PeerServerCodec};
 use proto::limits::{DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
-use proto::{validate_name, FileMeta};
+use proto::{validate_name, Bitmap, FileMeta};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{broadcast, Semaphore};
 use tokio::time::timeout;
+use tokio::time::Instant;
 use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -116,20 +117,36 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
     let Some(shared) = up.shares.get(&name).filter(|s| s.meta().root == root) else {
         return conn.refuse(PeerError::UnknownFile).await;
     };
+    // Subscribe before taking the snapshot for the welcome, so no chunk falls between the two.
+    let mut news = match &shared {
+        Shared::Partial { news, .. } => Some(news.subscribe()),
+        Shared::Complete(_) => None,
+    };
+    let mut told = shared.have().to_bitmap(shared.meta().num_chunks());
     conn.send(PeerResponse::Welcome { have: shared.have() }, idle).await?;
     conn.requests.decoder_mut().set_max_frame(REQUEST_MAX_FRAME);
     // One buffer for every chunk this connection sends: no allocation per chunk.
     let mut buf = Vec::new();
+    let mut idle_until = Instant::now() + idle;
     loop {
-        let chunk = match timeout(idle, conn.requests.next()).await {
-            Err(_) | Ok(None) => return Ok(()),
-            Ok(Some(Err(e))) => return Err(e.to_string()),
-            Ok(Some(Ok(Err(e)))) => {
+        let next = tokio::select! {
+            r = conn.requests.next() => r,
+            _ = tokio::time::sleep_until(idle_until) => return Ok(()),
+            n = next_news(&mut news) => {
+                announce(conn, &shared, &mut told, n, &mut news, idle).await?;
+                continue;
+            }
+        };
+        idle_until = Instant::now() + idle;
+        let chunk = match next {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e.to_string()),
+            Some(Ok(Err(e))) => {
                 conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), idle).await?;
                 continue;
             }
-            Ok(Some(Ok(Ok(PeerRequest::GetChunk { chunk })))) => chunk,
-            Ok(Some(Ok(Ok(PeerRequest::Hello { .. })))) => {
+            Some(Ok(Ok(PeerRequest::GetChunk { chunk }))) => chunk,
+            Some(Ok(Ok(PeerRequest::Hello { .. }))) => {
                 conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), idle).await?;
                 continue;
             }
@@ -149,6 +166,44 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
     }
 }
 
+/// The next chunk the download behind this connection stored; never resolves when there is
+/// nothing to wait for (a complete file, or a download that has ended).
+async fn next_news(news: &mut Option<broadcast::Receiver<u32>>) -> Result<u32, broadcast::error::RecvError> {
+    match news {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Tells the downloader of chunks it has not heard of: the one just stored, or after falling
+/// behind the news, every chunk held that it was not told of yet.
+async fn announce(
+    conn: &mut Conn,
+    shared: &Shared,
+    told: &mut Bitmap,
+    news: Result<u32, broadcast::error::RecvError>,
+    rx: &mut Option<broadcast::Receiver<u32>>,
+    idle: Duration,
+) -> Result<(), String> {
+    let fresh: Vec<u32> = match news {
+        Ok(chunk) => vec![chunk],
+        Err(broadcast::error::RecvError::Lagged(_)) => {
+            let now = shared.have().to_bitmap(told.len());
+            now.iter_ones().filter(|&c| !told.get(c)).collect()
+        }
+        Err(broadcast::error::RecvError::Closed) => {
+            *rx = None;
+            return Ok(());
+        }
+    };
+    for chunk in fresh {
+        if told.set(chunk) {
+            conn.send(PeerResponse::Have { chunk }, idle).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Reads chunk `chunk` of `shared` into `buf` on a blocking thread; returns the buffer either way,
 /// and on failure the reply to send instead.
 async fn read_chunk(
@@ -165,7 +220,7 @@ async fn read_chunk(
     let read = tokio::task::spawn_blocking(move || {
         let r = match &shared {
             Shared::Complete(meta) => store.read_chunk_into(meta, idx, &mut buf),
-            Shared::Partial(p) => p.read_chunk_into(idx, &mut buf),
+            Shared::Partial { partial, .. } => partial.read_chunk_into(idx, &mut buf),
         };
         (r, buf)
     })

@@ -7,6 +7,10 @@ use std::sync::{Arc, PoisonError, RwLock};
 use chunkstore::Partial;
 use proto::tracker::RegisterFile;
 use proto::{FileMeta, Have};
+use tokio::sync::broadcast;
+
+/// Chunk announcements an upload connection may fall behind by before it re-reads the bitmap.
+pub(crate) const NEWS_BACKLOG: usize = 1024;
 
 /// One served file.
 #[derive(Clone)]
@@ -14,7 +18,13 @@ pub enum Shared {
     /// A complete, verified file in the share folder.
     Complete(Arc<FileMeta>),
     /// A download in progress: its verified chunks are served.
-    Partial(Partial),
+    Partial {
+        /// The download's chunks on disk.
+        partial: Partial,
+        /// Every newly stored chunk's index, for upload connections to announce (see
+        /// [`proto::peer::PeerResponse::Have`]).
+        news: broadcast::Sender<u32>,
+    },
 }
 
 impl Shared {
@@ -22,7 +32,7 @@ impl Shared {
     pub fn meta(&self) -> &FileMeta {
         match self {
             Shared::Complete(m) => m,
-            Shared::Partial(p) => p.meta(),
+            Shared::Partial { partial, .. } => partial.meta(),
         }
     }
 
@@ -30,8 +40,13 @@ impl Shared {
     pub fn have(&self) -> Have {
         match self {
             Shared::Complete(_) => Have::Complete,
-            Shared::Partial(p) => Have::Partial(p.have()),
+            Shared::Partial { partial, .. } => Have::Partial(partial.have()),
         }
+    }
+
+    /// A partial download with a fresh news channel.
+    pub fn partial(partial: Partial) -> Shared {
+        Shared::Partial { partial, news: broadcast::channel(NEWS_BACKLOG).0 }
     }
 }
 

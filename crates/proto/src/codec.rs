@@ -109,6 +109,7 @@ impl WireMessage for PeerResponse {
             }
             PeerResponse::DontHave { chunk } => ResponseHeader::DontHave { chunk: *chunk },
             PeerResponse::Error(e) => ResponseHeader::Error(e.clone()),
+            PeerResponse::Have { chunk } => ResponseHeader::Have { chunk: *chunk },
         };
         dst.extend_from_slice(&postcard::to_stdvec(&header)?);
         if let PeerResponse::Chunk { data, .. } = self {
@@ -133,6 +134,7 @@ impl WireMessage for PeerResponse {
             ResponseHeader::Welcome { have } => Ok(PeerResponse::Welcome { have }),
             ResponseHeader::DontHave { chunk } => Ok(PeerResponse::DontHave { chunk }),
             ResponseHeader::Error(e) => Ok(PeerResponse::Error(e)),
+            ResponseHeader::Have { chunk } => Ok(PeerResponse::Have { chunk }),
         }
     }
 }

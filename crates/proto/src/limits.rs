@@ -16,9 +16,9 @@ pub const MIN_CHUNK_SIZE: u32 = 16 * 1024;
 /// Largest chunk size (8 MiB): one chunk must fit in a frame with room to spare.
 pub const MAX_CHUNK_SIZE: u32 = 8 * 1024 * 1024;
 
-/// Default chunk size (1 MiB): large enough that per-chunk overhead (a request, a hash, a tracker
-/// Chunk Register) is negligible next to the transfer, small enough that a 100 MiB file still has
-/// 100 pieces to spread across a swarm.
+/// Default chunk size for large files (1 MiB): large enough that per-chunk overhead (a request, a
+/// hash, a tracker Chunk Register) is negligible next to the transfer. Smaller files get smaller
+/// chunks, so that they too have many pieces to trade (see `chunkstore::choose_chunk_size`).
 pub const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
 
 /// Most chunks one file may have (262,144): its hash list is 8 MiB, which fits in one frame.

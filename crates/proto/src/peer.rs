@@ -3,8 +3,10 @@
 //! The client opens with [`PeerRequest::Hello`], naming the file and its root hash; the server
 //! answers [`PeerResponse::Welcome`] with the chunks it holds, or an error. Then the client sends
 //! [`PeerRequest::GetChunk`] requests, several in flight (pipelined); the server answers each in
-//! order with the chunk's bytes or [`PeerResponse::DontHave`]. A chunk's bytes travel raw after a
-//! small postcard header, so they are neither copied nor re-encoded by the codec.
+//! order with the chunk's bytes or [`PeerResponse::DontHave`]. A server that is itself still
+//! downloading the file also sends [`PeerResponse::Have`] whenever it stores a new chunk, at any
+//! point between those answers, so its downloaders can ask for the chunk at once. A chunk's bytes
+//! travel raw after a small postcard header: decoding them copies nothing.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -55,6 +57,11 @@ pub enum PeerResponse {
     },
     /// The request failed.
     Error(PeerError),
+    /// Unsolicited: the server now holds this chunk too. Not an answer to any request.
+    Have {
+        /// The chunk index.
+        chunk: u32,
+    },
 }
 
 /// A typed error from a serving peer.
@@ -93,4 +100,5 @@ pub(crate) enum ResponseHeader {
     Chunk { chunk: u32, len: u32 },
     DontHave { chunk: u32 },
     Error(PeerError),
+    Have { chunk: u32 },
 }

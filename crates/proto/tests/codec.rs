@@ -99,6 +99,7 @@ fn peer_responses() -> Vec<PeerResponse> {
         PeerResponse::Chunk { chunk: 3, data: Bytes::from(vec![7u8; 1000]) },
         PeerResponse::Chunk { chunk: 0, data: Bytes::new() },
         PeerResponse::DontHave { chunk: 1 },
+        PeerResponse::Have { chunk: 70_000 },
         PeerResponse::Error(PeerError::UnknownFile),
     ]
 }

@@ -4,6 +4,7 @@
 
 mod chunkstore;
 mod single;
+mod swarm;
 mod util;
 
 use std::path::PathBuf;
@@ -41,14 +42,38 @@ enum Which {
         #[arg(long, default_value_t = GIB)]
         size: u64,
     },
+    /// One seed and N downloaders in this process, every upload capped, against the optimum.
+    Swarm(SwarmArgs),
 }
+
+/// Options of the swarm benchmarks.
+#[derive(Debug, Clone, Copy, Args)]
+struct SwarmArgs {
+    /// Downloaders.
+    #[arg(long, short, default_value_t = 8)]
+    n: usize,
+    /// File size in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    size: u64,
+    /// Upload cap of every peer, bytes per second.
+    #[arg(long, default_value_t = 8 << 20)]
+    rate: u64,
+}
+
+impl SwarmArgs {
+    fn setup(self) -> swarm::Setup {
+        swarm::Setup { n: self.n, size: self.size, rate: self.rate }
+    }
+}
+
+const SWARM_DEFAULT: SwarmArgs = SwarmArgs { n: 8, size: 64 << 20, rate: 8 << 20 };
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     util::install_interrupt_handler();
     let dir = args.dir.unwrap_or_else(std::env::temp_dir);
     let which: Vec<Which> = match args.which {
         Some(w) => vec![w],
-        None => vec![Which::Chunkstore { size: GIB }, Which::Single { size: GIB }],
+        None => vec![Which::Chunkstore { size: GIB }, Which::Single { size: GIB }, Which::Swarm(SWARM_DEFAULT)],
     };
     let mut bins = None;
     let mut bins = || -> anyhow::Result<Bins> {
@@ -62,6 +87,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
         let report = match w {
             Which::Chunkstore { size } => chunkstore::run(size, &dir)?,
             Which::Single { size } => single::run(&bins()?, size, &dir)?,
+            Which::Swarm(a) => swarm::run(a.setup(), &dir)?,
         };
         if !args.json {
             println!("{report}");
