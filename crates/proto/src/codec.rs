@@ -83,8 +83,8 @@ macro_rules! postcard_message {
     ($($t:ty),*) => {$(
         impl WireMessage for $t {
             fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
-                dst.extend_from_slice(&postcard::to_stdvec(self)?);
-                Ok(())
+                // Straight into the frame buffer: no temporary vector to grow and copy.
+                postcard::to_io(self, dst.writer()).map(|_| ())
             }
             fn decode_body(frame: BytesMut) -> Result<Self, MessageError> {
                 let (msg, used) = postcard_decode(&frame)?;

@@ -5,6 +5,7 @@
 mod chunkstore;
 mod single;
 mod swarm;
+mod tracker_load;
 mod util;
 
 use std::path::PathBuf;
@@ -44,7 +45,31 @@ enum Which {
     },
     /// One seed and N downloaders in this process, every upload capped, against the optimum.
     Swarm(SwarmArgs),
+    /// A tracker process under many sessions: requests/s, latency percentiles, memory per peer.
+    Tracker(TrackerArgs),
 }
+
+/// Options of the tracker benchmark.
+#[derive(Debug, Clone, Copy, Args)]
+struct TrackerArgs {
+    /// Peers (sessions) registered.
+    #[arg(long, default_value_t = 10_000)]
+    peers: usize,
+    /// Files each peer registers.
+    #[arg(long, default_value_t = 100)]
+    files: usize,
+    /// Chunks per file.
+    #[arg(long, default_value_t = 64)]
+    chunks: u32,
+    /// Sessions issuing requests (the rest only keep alive).
+    #[arg(long, short = 'c', default_value_t = 1000)]
+    sessions: usize,
+    /// Seconds per measured phase.
+    #[arg(long, default_value_t = 10)]
+    secs: u64,
+}
+
+const TRACKER_DEFAULT: TrackerArgs = TrackerArgs { peers: 10_000, files: 100, chunks: 64, sessions: 1000, secs: 10 };
 
 /// Options of the swarm benchmarks.
 #[derive(Debug, Clone, Copy, Args)]
@@ -73,7 +98,12 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     let dir = args.dir.unwrap_or_else(std::env::temp_dir);
     let which: Vec<Which> = match args.which {
         Some(w) => vec![w],
-        None => vec![Which::Chunkstore { size: GIB }, Which::Single { size: GIB }, Which::Swarm(SWARM_DEFAULT)],
+        None => vec![
+            Which::Chunkstore { size: GIB },
+            Which::Single { size: GIB },
+            Which::Swarm(SWARM_DEFAULT),
+            Which::Tracker(TRACKER_DEFAULT),
+        ],
     };
     let mut bins = None;
     let mut bins = || -> anyhow::Result<Bins> {
@@ -88,6 +118,16 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Chunkstore { size } => chunkstore::run(size, &dir)?,
             Which::Single { size } => single::run(&bins()?, size, &dir)?,
             Which::Swarm(a) => swarm::run(a.setup(), &dir)?,
+            Which::Tracker(a) => tracker_load::run(
+                &bins()?,
+                tracker_load::Setup {
+                    peers: a.peers,
+                    files: a.files,
+                    chunks: a.chunks,
+                    active: a.sessions.min(a.peers),
+                    secs: a.secs,
+                },
+            )?,
         };
         if !args.json {
             println!("{report}");
