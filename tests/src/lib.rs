@@ -167,7 +167,7 @@ pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::J
                 while let Some(Ok(Ok(req))) = conn.next().await {
                     let reply = match req {
                         PeerRequest::Hello { .. } => PeerResponse::Welcome { have: Have::Complete },
-                        PeerRequest::GetChunk { chunk } => {
+                        PeerRequest::GetChunk { chunk } | PeerRequest::GetFresh { chunk } => {
                             let Ok(idx) = meta.chunk(chunk) else { return };
                             let (_, len) = meta.chunk_range(idx);
                             PeerResponse::Chunk { chunk, data: bytes::Bytes::from(vec![0xAB; len as usize]) }

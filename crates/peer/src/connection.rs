@@ -54,9 +54,11 @@ impl PeerConn {
         }
     }
 
-    /// Queues a chunk request without flushing.
-    pub async fn request(&mut self, chunk: u32) -> Result<(), SourceError> {
-        self.framed.feed(PeerRequest::GetChunk { chunk }).await.map_err(|e| SourceError::Lost(e.to_string()))
+    /// Queues a chunk request without flushing; `fresh` lets the source answer with another
+    /// chunk it has not sent anyone yet ([`PeerRequest::GetFresh`]).
+    pub async fn request(&mut self, chunk: u32, fresh: bool) -> Result<(), SourceError> {
+        let req = if fresh { PeerRequest::GetFresh { chunk } } else { PeerRequest::GetChunk { chunk } };
+        self.framed.feed(req).await.map_err(|e| SourceError::Lost(e.to_string()))
     }
 
     /// Sends queued requests.

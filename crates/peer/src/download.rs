@@ -636,21 +636,24 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Asks the tracker for the file's locations at once and then every `interval`, forwarding each
-/// answer. A slow or unreachable tracker delays only this task.
+/// Asks the tracker for the file's locations at once, then again after an eighth of `interval`,
+/// doubling up to `interval`, forwarding each answer. The first polls come fast because a swarm
+/// that starts together is invisible at first: downloaders become sources only with their first
+/// chunks, a moment after the start. A slow or unreachable tracker delays only this task.
 async fn poll_locations(
     session: TrackerSession,
     name: String,
     interval: Duration,
     out: mpsc::Sender<Result<Locations, Error>>,
 ) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = interval / 8;
     loop {
-        tick.tick().await;
+        let next = Instant::now() + wait;
         if out.send(session.locations(&name).await).await.is_err() {
             return;
         }
+        tokio::time::sleep_until(next).await;
+        wait = (wait * 2).min(interval);
     }
 }
 
@@ -735,7 +738,8 @@ async fn source_task(shared: &Arc<DownloadState>, id: SourceId, addr: SocketAddr
 async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn) -> Result<(), SourceError> {
     let cfg = &shared.config;
     let mut rng = StdRng::from_rng(&mut rand::rng());
-    let mut inflight: VecDeque<u32> = VecDeque::new();
+    // Each request with whether the source may answer another chunk instead (GetFresh).
+    let mut inflight: VecDeque<(u32, bool)> = VecDeque::new();
     let mut window = Window::new(cfg.pipeline, shared.meta.chunk_size);
     loop {
         let strikes = shared.sched().strikes(id);
@@ -744,9 +748,14 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
         }
         let mut sent = false;
         while inflight.len() < window.depth() {
-            let Some(c) = shared.sched().pick(id, &mut rng) else { break };
-            conn.request(c).await?;
-            inflight.push_back(c);
+            let (c, fresh) = {
+                let mut sched = shared.sched();
+                let Some(c) = sched.pick(id, &mut rng) else { break };
+                // A seed may hand out a chunk nobody has yet instead: see PeerRequest::GetFresh.
+                (c, sched.source_is_complete(id))
+            };
+            conn.request(c, fresh).await?;
+            inflight.push_back((c, fresh));
             sent = true;
         }
         if sent {
@@ -769,7 +778,13 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
         };
         match resp {
             PeerResponse::Chunk { chunk, data } => {
-                expect_front(&mut inflight, chunk)?;
+                if chunk >= shared.meta.num_chunks() {
+                    return Err(SourceError::Protocol(format!("sent chunk {chunk}, out of range")));
+                }
+                let asked = expect_front(&mut inflight, chunk, true)?;
+                if asked != chunk {
+                    shared.sched().substitute(asked, chunk, id);
+                }
                 window.arrived(data.len());
                 shared.limiter.acquire(data.len()).await;
                 if shared.arrived.send(Arrived { source: id, chunk, data }).await.is_err() {
@@ -778,7 +793,7 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
                 }
             }
             PeerResponse::DontHave { chunk } => {
-                expect_front(&mut inflight, chunk)?;
+                expect_front(&mut inflight, chunk, false)?;
                 shared.sched().release(chunk, id, true);
                 shared.work.notify_waiters();
             }
@@ -830,11 +845,13 @@ impl Window {
     }
 }
 
-fn expect_front(inflight: &mut VecDeque<u32>, chunk: u32) -> Result<(), SourceError> {
+/// Takes the oldest outstanding request, which `chunk` answers: the same index, or, for a fresh
+/// request answered with a chunk, any index in range. Returns the index asked for.
+fn expect_front(inflight: &mut VecDeque<(u32, bool)>, chunk: u32, with_data: bool) -> Result<u32, SourceError> {
     match inflight.front() {
-        Some(&c) if c == chunk => {
+        Some(&(c, fresh)) if c == chunk || (fresh && with_data) => {
             inflight.pop_front();
-            Ok(())
+            Ok(c)
         }
         other => Err(SourceError::Protocol(format!("answered chunk {chunk}, expected {other:?}"))),
     }

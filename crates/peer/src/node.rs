@@ -99,6 +99,7 @@ impl Node {
             limiter: Arc::new(RateLimiter::new(config.upload_rate)),
             uploaded: uploaded.clone(),
             config: config.serve.clone(),
+            fresh: std::sync::Mutex::default(),
         });
         tasks.spawn(
             serve::serve(listener, uploader, shutdown.clone()).instrument(tracing::info_span!("serve", %listen)),

@@ -179,6 +179,32 @@ impl Scheduler {
         !self.has(c)
     }
 
+    /// Whether the source holds every chunk (a seed).
+    pub fn source_is_complete(&self, id: SourceId) -> bool {
+        self.sources.get(&id).is_some_and(|s| s.have.is_full())
+    }
+
+    /// `id` was asked for chunk `asked` and sent `sent` instead (see
+    /// [`proto::peer::PeerRequest::GetFresh`]): `asked` is released, and `sent` is now in flight
+    /// from `id` (unless already stored: its copy will then be a duplicate).
+    pub fn substitute(&mut self, asked: u32, sent: u32, id: SourceId) {
+        self.drop_owner(asked, id);
+        if sent >= self.num_chunks() || !self.sources.contains_key(&id) {
+            return;
+        }
+        match &mut self.state[sent as usize] {
+            ChunkState::Have => return,
+            ChunkState::InFlight(owners) if owners.contains(&id) => return,
+            ChunkState::InFlight(owners) => owners.push(id),
+            st @ ChunkState::Needed => *st = ChunkState::InFlight(vec![id]),
+        }
+        self.take_needed(sent);
+        if let Some(s) = self.sources.get_mut(&id) {
+            s.inflight.insert(sent);
+            s.have.set(sent);
+        }
+    }
+
     /// Hash failures charged to the source so far.
     pub fn strikes(&self, id: SourceId) -> u32 {
         self.strikes.get(&id).copied().unwrap_or(0)
@@ -563,6 +589,35 @@ mod tests {
         assert!(s.gained(1, 1), "needed, so worth knowing");
         assert!(s.source_has(1, 1));
         s.check_invariant();
+    }
+
+    #[test]
+    fn substitution_moves_ownership_to_the_chunk_sent() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let mut s = Scheduler::new(4, &Bitmap::new(4));
+        s.update_source(1, &Have::Complete);
+        s.update_source(2, &Have::Complete);
+        assert!(s.source_is_complete(1));
+        let asked = s.pick(1, &mut rng).unwrap();
+        let other = (asked + 1) % 4;
+        // Needed chunk sent instead: the asked one is needed again.
+        s.substitute(asked, other, 1);
+        s.check_invariant();
+        assert_eq!(s.inflight_of(1), 1);
+        assert_eq!(s.complete(other, 1), Completion::New);
+        // A chunk in flight from another source: shared, first copy wins.
+        let a2 = s.pick(2, &mut rng).unwrap();
+        let a1 = s.pick(1, &mut rng).unwrap();
+        s.substitute(a1, a2, 1);
+        s.check_invariant();
+        assert_eq!(s.complete(a2, 1), Completion::New);
+        assert_eq!(s.complete(a2, 2), Completion::Duplicate);
+        // A chunk already stored: nothing to own, the copy is a duplicate.
+        let a1 = s.pick(1, &mut rng).unwrap();
+        s.substitute(a1, other, 1);
+        s.check_invariant();
+        assert_eq!(s.complete(other, 1), Completion::Duplicate);
+        assert!(!s.has(a1));
     }
 
     #[test]

@@ -3,8 +3,9 @@
 //! verified chunks of partial downloads. Memory per connection is one chunk buffer, reused, plus
 //! small buffers; chunk bytes go from that buffer to the socket without another copy.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -12,7 +13,7 @@ use futures::StreamExt;
 use proto::codec::{chunk_frame_header, PeerServerCodec};
 use proto::limits::{DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
-use proto::{validate_name, Bitmap, FileMeta};
+use proto::{validate_name, Bitmap, FileMeta, Hash};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,6 +54,29 @@ pub struct Uploader {
     pub uploaded: Arc<AtomicU64>,
     /// Settings.
     pub config: ServeConfig,
+    /// Per complete file (by root hash), the chunks sent to anyone at least once, for
+    /// [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
+    pub fresh: Mutex<HashMap<Hash, Bitmap>>,
+}
+
+impl Uploader {
+    /// The chunk to send for a request of `chunk` of the complete file `meta`: `chunk` itself
+    /// unless fresh was asked for, this server already sent it, and another chunk was never sent;
+    /// then that one. Marks the answer sent.
+    fn choose(&self, meta: &FileMeta, chunk: u32, fresh: bool) -> u32 {
+        let mut sent = self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = meta.num_chunks();
+        let bits = sent.entry(meta.root).or_insert_with(|| Bitmap::new(n));
+        let pick = if fresh && bits.get(chunk) {
+            // Start at a random place so connections do not all scan from the same end.
+            let start = rand::random_range(0..n.max(1));
+            (start..n).chain(0..start).find(|&c| !bits.get(c)).unwrap_or(chunk)
+        } else {
+            chunk
+        };
+        bits.set(pick);
+        pick
+    }
 }
 
 /// Serves until `shutdown` is cancelled, then waits for connection tasks to end.
@@ -138,14 +162,15 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
             }
         };
         idle_until = Instant::now() + idle;
-        let chunk = match next {
+        let (chunk, fresh) = match next {
             None => return Ok(()),
             Some(Err(e)) => return Err(e.to_string()),
             Some(Ok(Err(e))) => {
                 conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), idle).await?;
                 continue;
             }
-            Some(Ok(Ok(PeerRequest::GetChunk { chunk }))) => chunk,
+            Some(Ok(Ok(PeerRequest::GetChunk { chunk }))) => (chunk, false),
+            Some(Ok(Ok(PeerRequest::GetFresh { chunk }))) => (chunk, true),
             Some(Ok(Ok(PeerRequest::Hello { .. }))) => {
                 conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), idle).await?;
                 continue;
@@ -153,6 +178,10 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
         };
         // Look the file up again: a partial download may have been promoted to a complete file.
         let current = up.shares.get(&name).filter(|s| s.meta().root == root).unwrap_or_else(|| shared.clone());
+        let chunk = match &current {
+            Shared::Complete(meta) if chunk < meta.num_chunks() => up.choose(meta, chunk, fresh),
+            _ => chunk,
+        };
         let (read, returned) = read_chunk(up, current, chunk, buf).await;
         buf = returned;
         match read {
@@ -175,8 +204,9 @@ async fn next_news(news: &mut Option<broadcast::Receiver<u32>>) -> Result<u32, b
     }
 }
 
-/// Tells the downloader of chunks it has not heard of: the one just stored, or after falling
-/// behind the news, every chunk held that it was not told of yet.
+/// Tells the downloader of chunks it has not heard of: the one just stored and any others already
+/// queued, or after falling behind the news, every chunk held that it was not told of yet. All of
+/// them go out in one write.
 async fn announce(
     conn: &mut Conn,
     shared: &Shared,
@@ -185,7 +215,7 @@ async fn announce(
     rx: &mut Option<broadcast::Receiver<u32>>,
     idle: Duration,
 ) -> Result<(), String> {
-    let fresh: Vec<u32> = match news {
+    let mut fresh: Vec<u32> = match news {
         Ok(chunk) => vec![chunk],
         Err(broadcast::error::RecvError::Lagged(_)) => {
             let now = shared.have().to_bitmap(told.len());
@@ -196,12 +226,13 @@ async fn announce(
             return Ok(());
         }
     };
-    for chunk in fresh {
-        if told.set(chunk) {
-            conn.send(PeerResponse::Have { chunk }, idle).await?;
+    if let Some(rx) = rx {
+        while let Ok(chunk) = rx.try_recv() {
+            fresh.push(chunk);
         }
     }
-    Ok(())
+    fresh.retain(|&chunk| told.set(chunk));
+    conn.send_all(fresh.into_iter().map(|chunk| PeerResponse::Have { chunk }), idle).await
 }
 
 /// Reads chunk `chunk` of `shared` into `buf` on a blocking thread; returns the buffer either way,
@@ -261,8 +292,18 @@ impl Conn {
     }
 
     async fn send(&mut self, msg: PeerResponse, deadline: Duration) -> Result<(), String> {
+        self.send_all(std::iter::once(msg), deadline).await
+    }
+
+    /// Sends every message in one write.
+    async fn send_all(&mut self, msgs: impl Iterator<Item = PeerResponse>, deadline: Duration) -> Result<(), String> {
         self.buf.clear();
-        self.codec.encode(msg, &mut self.buf).map_err(|e| e.to_string())?;
+        for msg in msgs {
+            self.codec.encode(msg, &mut self.buf).map_err(|e| e.to_string())?;
+        }
+        if self.buf.is_empty() {
+            return Ok(());
+        }
         match timeout(deadline, self.out.write_all(&self.buf)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),

@@ -2,8 +2,9 @@
 //!
 //! The client opens with [`PeerRequest::Hello`], naming the file and its root hash; the server
 //! answers [`PeerResponse::Welcome`] with the chunks it holds, or an error. Then the client sends
-//! [`PeerRequest::GetChunk`] requests, several in flight (pipelined); the server answers each in
-//! order with the chunk's bytes or [`PeerResponse::DontHave`]. A server that is itself still
+//! [`PeerRequest::GetChunk`] (or [`PeerRequest::GetFresh`]) requests, several in flight
+//! (pipelined); the server answers each in order with the chunk's bytes or
+//! [`PeerResponse::DontHave`]. A server that is itself still
 //! downloading the file also sends [`PeerResponse::Have`] whenever it stores a new chunk, at any
 //! point between those answers, so its downloaders can ask for the chunk at once. A chunk's bytes
 //! travel raw after a small postcard header: decoding them copies nothing.
@@ -31,6 +32,15 @@ pub enum PeerRequest {
     /// Asks for one chunk.
     GetChunk {
         /// The chunk index.
+        chunk: u32,
+    },
+    /// Asks for `chunk`, or for another chunk the server has not sent anyone yet, at the server's
+    /// choice: the answer's index says which. A complete source (a seed) uses this to hand out
+    /// each chunk once before any twice, so downloaders starting together spread the file among
+    /// themselves instead of fetching the same chunks from it (the "initial seeding" of
+    /// BitTorrent). A server without such a chunk, or still downloading the file, sends `chunk`.
+    GetFresh {
+        /// The chunk wanted if the server has no fresher one.
         chunk: u32,
     },
 }

@@ -136,6 +136,7 @@ fn every_message_round_trips() {
     let r = vec![
         PeerRequest::Hello { hello: Hello::current(), name: "f".into(), root: meta().root },
         PeerRequest::GetChunk { chunk: 2 },
+        PeerRequest::GetFresh { chunk: 70_000 },
     ];
     assert_eq!(decode_all::<PeerRequest>(encode_all(&r)), r);
 }

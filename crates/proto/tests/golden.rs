@@ -35,6 +35,7 @@ fn golden_tracker_responses() {
 #[test]
 fn golden_peer_messages() {
     assert_eq!(enc(peer::PeerRequest::GetChunk { chunk: 1 }), [0, 0, 0, 2, 1, 1]);
+    assert_eq!(enc(peer::PeerRequest::GetFresh { chunk: 1 }), [0, 0, 0, 2, 2, 1]);
     let chunk = peer::PeerResponse::Chunk { chunk: 2, data: bytes::Bytes::from_static(b"xyz") };
     assert_eq!(enc(chunk), [0, 0, 0, 6, 1, 2, 3, b'x', b'y', b'z']);
     assert_eq!(enc(peer::PeerResponse::Have { chunk: 5 }), [0, 0, 0, 2, 4, 5]);
