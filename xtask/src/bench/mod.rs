@@ -3,6 +3,8 @@
 //! name, every benchmark runs with its defaults. See docs/BENCHMARKS.md.
 
 mod chunkstore;
+mod netns;
+mod scale;
 mod single;
 mod swarm;
 mod tracker_load;
@@ -45,9 +47,29 @@ enum Which {
     },
     /// One seed and N downloaders in this process, every upload capped, against the optimum.
     Swarm(SwarmArgs),
+    /// The swarm as separate processes on network-namespace hosts, egress shaped with tc (root).
+    SwarmNetns(SwarmArgs),
     /// A tracker process under many sessions: requests/s, latency percentiles, memory per peer.
     Tracker(TrackerArgs),
+    /// Many downloaders in one process against a few seeds: completion, time, memory.
+    Scale(ScaleArgs),
 }
+
+/// Options of the scale benchmark.
+#[derive(Debug, Clone, Copy, Args)]
+struct ScaleArgs {
+    /// Downloaders, all in this process.
+    #[arg(long, default_value_t = 200)]
+    downloaders: usize,
+    /// Seeds.
+    #[arg(long, default_value_t = 4)]
+    seeds: usize,
+    /// File size in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    size: u64,
+}
+
+const SCALE_DEFAULT: ScaleArgs = ScaleArgs { downloaders: 200, seeds: 4, size: 8 << 20 };
 
 /// Options of the tracker benchmark.
 #[derive(Debug, Clone, Copy, Args)]
@@ -102,7 +124,9 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Chunkstore { size: GIB },
             Which::Single { size: GIB },
             Which::Swarm(SWARM_DEFAULT),
+            Which::SwarmNetns(SWARM_DEFAULT),
             Which::Tracker(TRACKER_DEFAULT),
+            Which::Scale(SCALE_DEFAULT),
         ],
     };
     let mut bins = None;
@@ -118,6 +142,12 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Chunkstore { size } => chunkstore::run(size, &dir)?,
             Which::Single { size } => single::run(&bins()?, size, &dir)?,
             Which::Swarm(a) => swarm::run(a.setup(), &dir)?,
+            Which::SwarmNetns(a) => netns::run(&bins()?, a.setup(), &dir)?,
+            Which::Scale(a) => scale::run(
+                &bins()?,
+                scale::Setup { downloaders: a.downloaders, seeds: a.seeds.max(1), size: a.size },
+                &dir,
+            )?,
             Which::Tracker(a) => tracker_load::run(
                 &bins()?,
                 tracker_load::Setup {
