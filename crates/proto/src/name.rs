@@ -89,7 +89,8 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
             c if c.len() > MAX_COMPONENT_LEN => {
                 return Err(NameError::ComponentTooLong { len: c.len(), max: MAX_COMPONENT_LEN })
             }
-            c if i == 0 && c == RESERVED_DIR => return Err(NameError::Reserved),
+            // Case-insensitively: on a case-insensitive file system ".P2P" is the same folder.
+            c if i == 0 && c.eq_ignore_ascii_case(RESERVED_DIR) => return Err(NameError::Reserved),
             _ => {}
         }
     }
@@ -132,6 +133,7 @@ mod tests {
             (&long_comp, NameError::ComponentTooLong { len: MAX_COMPONENT_LEN + 1, max: MAX_COMPONENT_LEN }),
             (".p2p/cache", NameError::Reserved),
             (".p2p", NameError::Reserved),
+            (".P2P/partial/x", NameError::Reserved),
         ];
         for (name, want) in cases {
             assert_eq!(validate_name(name).as_ref(), Err(want), "{name:?}");
