@@ -68,6 +68,7 @@ fuzz_target!(|ops: Vec<Op>| {
         max_locations: 2,
         list_page: 2,
         list_page_bytes: 1 << 20,
+        allow_foreign_endpoints: false,
     });
     let metas = metas();
     let mut peers: Vec<PeerId> = Vec::new();

@@ -151,9 +151,21 @@ pub fn write_file(dir: &std::path::Path, name: &str, len: usize, seed: u64) -> V
     data
 }
 
-/// A fake source that completes the handshake for one file and then answers every chunk request
-/// with garbage of the right length.
-pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+/// How a fake source misbehaves after a correct handshake (it claims the whole file).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehave {
+    /// Answers every chunk with garbage of the right length.
+    Corrupt,
+    /// Never answers a chunk request.
+    Stall,
+    /// Starts each chunk's frame, then sends one byte every 200 ms.
+    Trickle,
+    /// Sends the header and half of the first chunk asked for, then closes.
+    HalfThenClose,
+}
+
+/// A fake source for `meta` that misbehaves as told, on 127.0.0.1, any number of connections.
+pub async fn spawn_fake_source(meta: FileMeta, how: Misbehave) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     use proto::codec::PeerServerCodec;
     use proto::peer::{PeerRequest, PeerResponse};
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
@@ -165,22 +177,73 @@ pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::J
             tokio::spawn(async move {
                 let mut conn = Framed::new(stream, PeerServerCodec::new(DEFAULT_MAX_FRAME));
                 while let Some(Ok(Ok(req))) = conn.next().await {
-                    let reply = match req {
-                        PeerRequest::Hello { .. } => PeerResponse::Welcome { have: Have::Complete },
-                        PeerRequest::GetChunk { chunk } | PeerRequest::GetFresh { chunk } => {
-                            let Ok(idx) = meta.chunk(chunk) else { return };
-                            let (_, len) = meta.chunk_range(idx);
-                            PeerResponse::Chunk { chunk, data: bytes::Bytes::from(vec![0xAB; len as usize]) }
+                    let chunk = match req {
+                        PeerRequest::Hello { .. } => {
+                            if conn.send(PeerResponse::Welcome { have: Have::Complete }).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
+                        PeerRequest::GetChunk { chunk } | PeerRequest::GetFresh { chunk } => chunk,
                     };
-                    if conn.send(reply).await.is_err() {
-                        return;
+                    let Ok(idx) = meta.chunk(chunk) else { return };
+                    let len = meta.chunk_range(idx).1;
+                    let header = proto::codec::chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).unwrap();
+                    let stream = conn.get_mut();
+                    match how {
+                        Misbehave::Corrupt => {
+                            let data = bytes::Bytes::from(vec![0xAB; len as usize]);
+                            if conn.send(PeerResponse::Chunk { chunk, data }).await.is_err() {
+                                return;
+                            }
+                        }
+                        Misbehave::Stall => std::future::pending::<()>().await,
+                        Misbehave::Trickle => {
+                            if stream.write_all(&header).await.is_err() {
+                                return;
+                            }
+                            loop {
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                                if stream.write_all(&[0x55]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Misbehave::HalfThenClose => {
+                            let _ = stream.write_all(&header).await;
+                            let _ = stream.write_all(&vec![0x55; len as usize / 2]).await;
+                            return;
+                        }
                     }
                 }
             });
         }
     });
     (addr, task)
+}
+
+/// A fake source that answers every chunk with garbage of the right length.
+pub async fn spawn_corrupt_source(meta: FileMeta) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    spawn_fake_source(meta, Misbehave::Corrupt).await
+}
+
+/// Registers fake sources at the tracker as complete holders of `meta`, through one session kept
+/// alive in the background; abort the returned task to let the registration lapse.
+pub async fn register_fakes(tracker: SocketAddr, meta: &FileMeta, ports: &[u16]) -> tokio::task::JoinHandle<()> {
+    let mut sessions = Vec::new();
+    for &port in ports {
+        let mut c = RawClient::connect(tracker).await;
+        assert_eq!(c.register(port, vec![(meta.clone(), Have::Complete)]).await, vec![Ok(())]);
+        sessions.push(c);
+    }
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for c in &mut sessions {
+                c.call(TrackerRequest::KeepAlive).await;
+            }
+        }
+    })
 }
 
 /// This process's resident set size in bytes (Linux; 0 elsewhere).
@@ -211,4 +274,88 @@ pub async fn time_until_closed(stream: &mut TcpStream) -> Duration {
             Ok(_) => {}
         }
     }
+}
+
+/// A fake tracker for hostile-tracker tests: completes the handshake, then answers every request
+/// with `answer(request)`. Serves any number of connections until aborted.
+pub async fn spawn_fake_tracker(
+    answer: impl Fn(TrackerRequest) -> TrackerResponse + Send + Sync + 'static,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use proto::codec::TrackerServerCodec;
+    let answer = std::sync::Arc::new(answer);
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, remote)) = listener.accept().await else { return };
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut conn = Framed::new(stream, TrackerServerCodec::new(DEFAULT_MAX_FRAME));
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let reply = match req {
+                        TrackerRequest::Hello(_) => TrackerResponse::Welcome(Welcome {
+                            version: proto::PROTOCOL_VERSION,
+                            keepalive_ms: 1000,
+                            session_timeout_ms: 3000,
+                            observed: remote,
+                            max_frame: DEFAULT_MAX_FRAME as u32,
+                            max_files_per_register: 1024,
+                        }),
+                        other => answer(other),
+                    };
+                    if conn.send(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// Every file under `root`, relative, sorted.
+pub fn walk_files(root: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for e in entries.flatten() {
+            let p = e.path();
+            match e.file_type() {
+                Ok(t) if t.is_dir() => stack.push(p),
+                Ok(_) => out.push(p.strip_prefix(root).unwrap().to_path_buf()),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Sorted latencies' percentile `p` (0..=1).
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[i]
+}
+
+/// The `peer` and `tracker` binaries of this workspace (debug), built on first use, for tests
+/// that run nodes as separate processes.
+pub fn binary(name: &str) -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--quiet", "-p", "peer", "-p", "tracker"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building the peer and tracker binaries failed");
+    });
+    // target/debug/deps/<test binary> -> target/debug/<name>
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    assert!(path.exists(), "{} not found", path.display());
+    path
 }

@@ -221,6 +221,8 @@ pub(crate) async fn download(
     cancel: CancellationToken,
 ) -> Result<DownloadReport, Error> {
     let start = Instant::now();
+    // A name that could not be a file in the share folder is refused before anything is asked.
+    proto::validate_name(name).map_err(|reason| Error::InvalidName { name: name.to_owned(), reason })?;
     let meta = Arc::new(ctx.session.file_meta(name).await?);
     match ctx.shares.get(name) {
         Some(Shared::Complete(m)) if m.same_content(&meta) => {
@@ -599,7 +601,7 @@ impl Download {
         for &c in waiting {
             let mut holders = loc.sources.iter().filter(|s| s.have.has(c, n)).peekable();
             if holders.peek().is_some() && holders.all(|h| self.banned.contains(&h.addr)) {
-                return Some(Error::ChunkFailed { chunk: c, attempts: self.shared.sched().failures(c) });
+                return Some(Error::NoHonestSource { chunk: c, dropped: self.banned.len() });
             }
         }
         None

@@ -58,6 +58,14 @@ pub enum Error {
         /// Failed attempts.
         attempts: u32,
     },
+    /// Every source that holds a missing chunk was dropped for sending bad data: it cannot arrive.
+    #[error("no source left for chunk {chunk}: all {dropped} that hold it were dropped for sending bad data; partial download kept")]
+    NoHonestSource {
+        /// The chunk (the lowest such).
+        chunk: u32,
+        /// Sources dropped for this download.
+        dropped: usize,
+    },
     /// The download deadline passed with chunks that no source could provide.
     #[error("deadline passed with {missing} chunks missing (first: chunk {first}); partial download kept")]
     Deadline {
@@ -72,6 +80,14 @@ pub enum Error {
     /// A different file of that name is already in the share folder.
     #[error("a different file named {0:?} already exists in the share folder")]
     Conflict(String),
+    /// A file name given to download is not a safe relative path.
+    #[error("invalid file name {name:?}: {reason}")]
+    InvalidName {
+        /// The name.
+        name: String,
+        /// Why it is refused.
+        reason: proto::NameError,
+    },
     /// The operation was cancelled (shutdown or Ctrl-C).
     #[error("cancelled")]
     Cancelled,

@@ -31,6 +31,8 @@ type Conn = Framed<TcpStream, TrackerClientCodec>;
 /// Room left in a Register frame for what the size estimate of [`register_batches`] leaves out.
 const REGISTER_FRAME_SLACK: usize = 4096;
 /// Longest wait between reconnect attempts.
+/// Longest wait between reconnect attempts; also never longer than the tracker's keep-alive
+/// interval, so a restarted tracker has every peer back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
 
 /// How to reach the tracker.
@@ -77,7 +79,8 @@ impl TrackerSession {
             register_all(&mut conn, &welcome, reg, config.request_timeout).await.map_err(unreachable)?;
         }
         let (tx, rx) = mpsc::channel(1024);
-        let actor = Actor { config, registration, calls: rx, shutdown };
+        let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
+        let actor = Actor { config, registration, calls: rx, shutdown, keepalive };
         let task = tokio::spawn(actor.run(conn, welcome));
         Ok((TrackerSession { calls: tx }, task))
     }
@@ -254,6 +257,8 @@ struct Actor {
     calls: mpsc::Receiver<Call>,
     /// Cancelled when the node shuts down: the actor says Leave and ends.
     shutdown: CancellationToken,
+    /// The keep-alive interval of the last session, which also caps the reconnect backoff.
+    keepalive: Duration,
 }
 
 enum Exit {
@@ -273,6 +278,7 @@ impl Actor {
                 },
             };
             let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
+            self.keepalive = keepalive;
             match self.serve(&mut conn, keepalive).await {
                 Exit::Shutdown => {
                     // Goodbye under a timeout: a dead tracker must not hold up shutdown.
@@ -318,7 +324,7 @@ impl Actor {
                 _ = self.shutdown.cancelled() => return None,
                 _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF);
+            backoff = (backoff * 2).min(MAX_BACKOFF).min(self.keepalive);
             let attempt = async {
                 let (mut conn, welcome) = open(&self.config).await?;
                 if let Some(reg) = &self.registration {

@@ -19,6 +19,9 @@ pub struct Limits {
     pub list_page: usize,
     /// Bytes in one File List page, about; [`crate::Tracker`] keeps it under half the frame limit.
     pub list_page_bytes: usize,
+    /// Whether a peer may register an endpoint on another IP than the one its session comes from.
+    /// Off by default: otherwise anyone could point a swarm's downloaders at a third party.
+    pub allow_foreign_endpoints: bool,
 }
 
 impl Default for Limits {
@@ -30,6 +33,7 @@ impl Default for Limits {
             max_locations: limits::DEFAULT_MAX_LOCATIONS,
             list_page: limits::DEFAULT_LIST_PAGE,
             list_page_bytes: limits::DEFAULT_MAX_FRAME / 2,
+            allow_foreign_endpoints: false,
         }
     }
 }

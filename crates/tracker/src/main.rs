@@ -47,6 +47,10 @@ struct Args {
     /// Entries per File List page.
     #[arg(long, default_value_t = limits::DEFAULT_LIST_PAGE)]
     list_page: usize,
+    /// Let peers register endpoints on other IPs than the one they connect from (e.g. behind a
+    /// proxy). Off: a peer can only announce its own address, never point a swarm at another host.
+    #[arg(long)]
+    allow_foreign_endpoints: bool,
 }
 
 #[tokio::main]
@@ -71,6 +75,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_locations: args.max_locations,
             list_page: args.list_page,
             list_page_bytes: args.max_frame / 2,
+            allow_foreign_endpoints: args.allow_foreign_endpoints,
         },
         max_frame: args.max_frame,
         max_connections: args.max_connections,

@@ -320,6 +320,9 @@ impl Registry {
         let Some(entry) = peers.get_mut(&peer) else { return Err(RequestError::NotRegistered) };
         let addr =
             if listen.ip().is_unspecified() { SocketAddr::new(entry.observed.ip(), listen.port()) } else { listen };
+        if !self.limits.allow_foreign_endpoints && addr.ip().to_canonical() != entry.observed.ip().to_canonical() {
+            return Err(RequestError::BadEndpoint(listen));
+        }
         if entry.listen.replace(addr).is_some_and(|old| old != addr) {
             // The peer now serves elsewhere: what it already holds is found at the new address.
             for name in &entry.files {
@@ -772,6 +775,18 @@ mod tests {
             seen.extend(loc.sources.iter().map(|s| s.addr.port()));
         }
         assert!(seen.len() > 20, "selection varies between calls: saw {}", seen.len());
+    }
+
+    #[test]
+    fn endpoints_must_be_on_the_sessions_own_ip() {
+        let r = Registry::new(Limits::default());
+        let a = r.open_session(SocketAddr::from(([10, 1, 2, 3], 5555)));
+        let elsewhere = SocketAddr::from(([10, 9, 9, 9], 7000));
+        assert_eq!(r.register(a, elsewhere, vec![]), Err(RequestError::BadEndpoint(elsewhere)));
+        assert!(r.register(a, SocketAddr::from(([10, 1, 2, 3], 7000)), vec![]).is_ok());
+        let r = Registry::new(Limits { allow_foreign_endpoints: true, ..Limits::default() });
+        let a = r.open_session(SocketAddr::from(([10, 1, 2, 3], 5555)));
+        assert!(r.register(a, elsewhere, vec![]).is_ok());
     }
 
     #[test]
