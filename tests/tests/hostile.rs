@@ -458,11 +458,8 @@ async fn hostile_tracker_cannot_make_a_peer_write_outside_its_share() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_flood_is_capped_and_recovers() {
     with_timeout(async {
-        let config = tracker::Config {
-            max_connections: 1000,
-            handshake_timeout: Duration::from_secs(1),
-            ..Default::default()
-        };
+        let config =
+            tracker::Config { max_connections: 1000, handshake_timeout: Duration::from_secs(1), ..Default::default() };
         let t = spawn_tracker(config).await;
         let addr = t.addr();
         let fds = open_fds();

@@ -317,14 +317,16 @@ impl Actor {
 
     /// Reconnects with jittered exponential backoff and re-registers; `None` on shutdown.
     async fn reconnect(&mut self) -> Option<(Conn, Welcome)> {
-        let mut backoff = Duration::from_millis(50);
+        let cap = MAX_BACKOFF.min(self.keepalive);
+        let mut backoff = Duration::from_millis(50).min(cap);
         loop {
+            // Jitter spreads a swarm's reconnects after a tracker restart; the cap holds anyway.
             let jitter = rand::rng().random_range(0.5..1.5);
             tokio::select! {
                 _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+                _ = tokio::time::sleep(backoff.mul_f64(jitter).min(cap)) => {}
             }
-            backoff = (backoff * 2).min(MAX_BACKOFF).min(self.keepalive);
+            backoff = (backoff * 2).min(cap);
             let attempt = async {
                 let (mut conn, welcome) = open(&self.config).await?;
                 if let Some(reg) = &self.registration {
