@@ -140,6 +140,28 @@ pub async fn spawn_peer(
     peer::Node::start(cfg).await.unwrap()
 }
 
+/// The metadata a scan would give `data` under `name` (chunk size chosen by size).
+pub fn meta_of(data: &[u8], name: &str) -> FileMeta {
+    FileMeta::from_bytes(name, chunkstore::choose_chunk_size(data.len() as u64), data)
+}
+
+/// The bytes of `dir/name`.
+pub fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    std::fs::read(dir.join(name)).unwrap()
+}
+
+/// Writes chosen chunks of `data` as a partial download in `dir`, as if an earlier run fetched
+/// them.
+pub fn make_partial(dir: &std::path::Path, meta: &FileMeta, data: &[u8], chunks: impl Iterator<Item = u32>) {
+    let store = chunkstore::Store::open(dir).unwrap();
+    let p = store.open_partial(meta).unwrap();
+    for c in chunks {
+        let idx = meta.chunk(c).unwrap();
+        let (off, len) = meta.chunk_range(idx);
+        p.write_chunk(idx, &data[off as usize..off as usize + len as usize]).unwrap();
+    }
+}
+
 /// Writes a file (creating folders) and returns its bytes.
 pub fn write_file(dir: &std::path::Path, name: &str, len: usize, seed: u64) -> Vec<u8> {
     let data = test_data(len, seed);

@@ -13,14 +13,6 @@ use tokio::time::Instant;
 
 const MIB: usize = 1024 * 1024;
 
-fn meta_of(data: &[u8], name: &str) -> proto::FileMeta {
-    proto::FileMeta::from_bytes(name, chunkstore::choose_chunk_size(data.len() as u64), data)
-}
-
-fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap()
-}
-
 /// Sources that accept and then say nothing, that trickle a chunk byte by byte, or that die half
 /// way through a chunk lose their chunks to the honest seed within the stall deadline; the half
 /// chunk is never stored.
@@ -297,13 +289,7 @@ async fn a_deadline_bounds_the_wait_for_missing_chunks() {
         let data = test_data(MIB, 17);
         let meta = meta_of(&data, "f.bin");
         // The only source holds every chunk but the last.
-        let store = chunkstore::Store::open(&a).unwrap();
-        let p = store.open_partial(&meta).unwrap();
-        for c in meta.chunks().take(meta.num_chunks() as usize - 1) {
-            let (off, len) = meta.chunk_range(c);
-            p.write_chunk(c, &data[off as usize..(off + u64::from(len)) as usize]).unwrap();
-        }
-        drop((p, store));
+        make_partial(&a, &meta, &data, 0..meta.num_chunks() - 1);
         let pa = spawn_peer(t.addr(), &a, |_| {}).await;
         let pd = spawn_peer(t.addr(), &d, |_| {}).await;
         let start = Instant::now();

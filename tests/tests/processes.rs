@@ -65,6 +65,8 @@ fn free_port() -> u16 {
 /// run completes with every chunk fetched exactly once overall.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloader_killed_ten_times_resumes_and_never_lies() {
+    // Built (once) before the clock starts.
+    binary("peer");
     with_timeout(async {
         let t = spawn_tracker(tracker::Config::default()).await;
         let root = tempfile::tempdir().unwrap();
@@ -72,7 +74,7 @@ async fn downloader_killed_ten_times_resumes_and_never_lies() {
         let data = write_file(&s, "f.bin", 16 * MIB, 21);
         std::fs::create_dir_all(&d).unwrap();
         let seed = spawn_peer(t.addr(), &s, |c| c.upload_rate = Some(2 * MIB as u64)).await;
-        let meta = proto::FileMeta::from_bytes("f.bin", chunkstore::choose_chunk_size(data.len() as u64), &data);
+        let meta = meta_of(&data, "f.bin");
         let mut rng = rand::rngs::StdRng::seed_from_u64(8);
         let mut held = 0;
         for round in 0..10 {
@@ -117,6 +119,7 @@ async fn downloader_killed_ten_times_resumes_and_never_lies() {
 /// keep-alive intervals of the restart, and every download completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracker_killed_and_restarted_mid_swarm() {
+    binary("peer");
     with_timeout(async {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -188,6 +191,7 @@ async fn tracker_killed_and_restarted_mid_swarm() {
 /// and the tracker closes its listener and exits 0, all within a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_every_binary_cleanly() {
+    binary("peer");
     with_timeout(async {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));

@@ -12,10 +12,6 @@ use tokio::sync::watch;
 
 const MIB: usize = 1024 * 1024;
 
-fn read(dir: &std::path::Path, name: &str) -> Vec<u8> {
-    std::fs::read(dir.join(name)).unwrap()
-}
-
 /// The seed's demo: peer 1 shares climbing.jpg, peer 2 bear.jpg; peers 2 and 3 download
 /// climbing.jpg at the same time, then peer 1 downloads bear.jpg.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,21 +95,6 @@ async fn downloaders_trade_so_the_seed_uploads_little() {
         t.shutdown().await.unwrap();
     })
     .await;
-}
-
-/// Writes chosen chunks of `data` as a partial download in `dir`, as if an earlier run fetched them.
-fn make_partial(dir: &std::path::Path, meta: &proto::FileMeta, data: &[u8], chunks: impl Iterator<Item = u32>) {
-    let store = chunkstore::Store::open(dir).unwrap();
-    let p = store.open_partial(meta).unwrap();
-    for c in chunks {
-        let idx = meta.chunk(c).unwrap();
-        let (off, len) = meta.chunk_range(idx);
-        p.write_chunk(idx, &data[off as usize..off as usize + len as usize]).unwrap();
-    }
-}
-
-fn meta_of(data: &[u8], name: &str) -> proto::FileMeta {
-    proto::FileMeta::from_bytes(name, chunkstore::choose_chunk_size(data.len() as u64), data)
 }
 
 /// No single peer has every chunk: the download still completes from the union.

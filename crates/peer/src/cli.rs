@@ -71,7 +71,8 @@ struct NodeArgs {
     /// Cap on download rate for the whole process, bytes/s with units (e.g. 500k).
     #[arg(long, value_parser = peer::parse_bytes, value_name = "RATE")]
     download_rate: Option<u64>,
-    /// Requests kept in flight per source.
+    /// Most requests kept in flight per source (the window adapts to each source's rate, from 2
+    /// up to this).
     #[arg(long, default_value_t = 8)]
     pipeline: usize,
     /// Most sources downloaded from at once.

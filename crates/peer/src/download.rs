@@ -8,9 +8,9 @@
 //! sources it has. Every stored chunk is announced to the tracker at once and is served to others
 //! by the upload server from the same partial file.
 //!
-//! A poller asks the tracker for locations every `poll_interval`, which brings in new sources and
-//! new chunks of known ones, and refreshes swarm-wide availability for rarest-first; it runs in its
-//! own task so that a tracker outage never stalls the download itself. The coordinator handles the
+//! A poller asks the tracker for locations every `poll_interval` (sooner at first), which brings
+//! in new sources and new chunks of known ones, and refreshes swarm-wide availability for
+//! rarest-first; it runs in its own task so that a tracker outage never stalls the download. The coordinator handles the
 //! ends of source tasks: chunks of a source that disconnected or stalled go back to the pool; a
 //! source that sent bad data `bad_data_strikes` times is dropped for this download; others are
 //! retried after a backoff.
@@ -397,7 +397,9 @@ impl Download {
     /// Fetches every missing chunk and puts the file in place; returns its path.
     async fn run(&mut self, ctx: &Context, opts: &DownloadOptions, start: Instant) -> Result<PathBuf, Error> {
         let deadline = opts.deadline.map(|d| start + d);
-        for attempt in 1..=MAX_FINISH_ATTEMPTS {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
             self.fetch(ctx, opts, deadline).await?;
             let partial = self.shared.partial.clone();
             match blocking(move || partial.finish()).await {
@@ -421,11 +423,6 @@ impl Download {
                 Err(e) => return Err(e),
             }
         }
-        Err(Error::Store(StoreError::Incomplete {
-            name: self.shared.meta.name.clone(),
-            have: self.shared.partial.have().count(),
-            total: self.shared.meta.num_chunks(),
-        }))
     }
 
     /// Runs the swarm until every chunk is stored: the coordinator loop.

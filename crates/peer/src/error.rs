@@ -66,7 +66,7 @@ pub enum Error {
         /// Sources dropped for this download.
         dropped: usize,
     },
-    /// The download deadline passed with chunks that no source could provide.
+    /// The download's deadline passed with chunks still missing.
     #[error("deadline passed with {missing} chunks missing (first: chunk {first}); partial download kept")]
     Deadline {
         /// Chunks still missing.
@@ -117,7 +117,4 @@ pub enum SourceError {
         /// Hash failures.
         strikes: u32,
     },
-    /// Writing a verified chunk failed locally: the whole download stops.
-    #[error("storage failed: {0}")]
-    Storage(StoreError),
 }

@@ -3,7 +3,7 @@
 //!
 //! Invariant: every chunk is exactly one of HAVE (stored and verified), IN FLIGHT (requested from
 //! one or more sources, its owners), or NEEDED (no owner). A source's in-flight set is exactly the
-//! chunks it owns. `needed` counts NEEDED chunks.
+//! chunks it owns. `needed` lists exactly the NEEDED chunks.
 //!
 //! Choice: a source is given the NEEDED chunk it holds with the lowest availability (how many peers
 //! in the swarm hold it, as last reported by the tracker, plus what sources announced since), ties

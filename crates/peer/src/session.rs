@@ -30,7 +30,6 @@ type Conn = Framed<TcpStream, TrackerClientCodec>;
 
 /// Room left in a Register frame for what the size estimate of [`register_batches`] leaves out.
 const REGISTER_FRAME_SLACK: usize = 4096;
-/// Longest wait between reconnect attempts.
 /// Longest wait between reconnect attempts; also never longer than the tracker's keep-alive
 /// interval, so a restarted tracker has every peer back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -204,12 +203,13 @@ async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<
     r.unwrap_or(Err(Error::TrackerLost))
 }
 
-/// Splits files into Register requests that fit the tracker's limits (from its welcome): at most
-/// its file cap each, and an encoded size under its frame limit. A single file too large for any
-/// frame goes alone; the tracker refuses it and the others still register.
+/// Splits files into Register requests that fit the tracker's limits (from its welcome) and ours:
+/// at most its file cap each, and an encoded size under both frame limits. A file whose
+/// metadata alone could not fit any frame is left out with a warning (sending it would only get
+/// the session closed).
 fn register_batches(files: Vec<RegisterFile>, welcome: &Welcome) -> Vec<Vec<RegisterFile>> {
     let max_files = (welcome.max_files_per_register as usize).max(1);
-    let max_bytes = (welcome.max_frame as usize).saturating_sub(REGISTER_FRAME_SLACK).max(1);
+    let max_bytes = (welcome.max_frame as usize).min(DEFAULT_MAX_FRAME).saturating_sub(REGISTER_FRAME_SLACK).max(1);
     let mut batches: Vec<Vec<RegisterFile>> = Vec::new();
     let mut bytes = 0;
     for f in files {
@@ -219,6 +219,13 @@ fn register_batches(files: Vec<RegisterFile>, welcome: &Welcome) -> Vec<Vec<Regi
             Have::Partial(b) => b.as_bytes().len(),
         };
         let size = 64 + f.meta.name.len() + 32 * f.meta.chunk_hashes.len() + bitmap;
+        if size > max_bytes {
+            warn!(
+                name = f.meta.name,
+                size, max_bytes, "file metadata too large for the tracker's frames; not registered"
+            );
+            continue;
+        }
         match batches.last_mut() {
             Some(b) if b.len() < max_files && bytes + size <= max_bytes => b.push(f),
             _ => {
@@ -381,6 +388,12 @@ mod tests {
         let w = welcome(64 * 1024, 3);
         let batches = register_batches(files(10, 1), &w);
         assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
+
+        // One file's metadata alone larger than a frame: left out, the others still go.
+        let mut big = files(1, 600);
+        big.extend(files(3, 1));
+        let batches = register_batches(big, &welcome(16 * 1024, 1000));
+        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 3);
 
         let w = welcome(16 * 1024, 1000);
         let batches = register_batches(files(20, 40), &w);

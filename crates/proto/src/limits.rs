@@ -1,5 +1,6 @@
-//! Protocol limits, as named constants. Each is a default that the tracker or peer may lower or
-//! raise through its configuration; each has a typed error where it is enforced.
+//! Protocol limits, as named constants. The `DEFAULT_*` ones are defaults that the tracker or peer
+//! may change through its configuration; the others (chunk sizes, chunks per file, name lengths,
+//! the pre-handshake frame) are fixed by the protocol. Each has a typed error where it is enforced.
 
 /// Largest frame body accepted after the handshake, in bytes (16 MiB). Holds a chunk of the
 /// largest size plus its header, or the metadata of a file of [`MAX_CHUNKS_PER_FILE`] chunks.

@@ -238,7 +238,8 @@ pub enum RequestError {
     /// The name is invalid.
     #[error("invalid name: {0}")]
     InvalidName(NameError),
-    /// The listen address cannot be used (port 0).
+    /// The listen address cannot be used: port 0, or an IP other than the one the session
+    /// connects from (unless the tracker allows foreign endpoints).
     #[error("invalid listen address {0}")]
     BadEndpoint(SocketAddr),
     /// A quota was reached.

@@ -4,7 +4,7 @@
 //! ever held across an `.await`. Every mutation is made on behalf of one session's [`PeerId`], and
 //! no method takes another peer's id from the network: that is what makes impersonation impossible.
 //!
-//! Invariants (checked by `State::check_invariants` in tests):
+//! Invariants (checked by [`Registry::check_invariants`], which the tests and the fuzz target call):
 //! - a file is present iff at least one peer holds it (registered or chunk-registered);
 //! - `peers[p].files` contains `f` iff `files[f].holders` contains `p`;
 //! - `files[f].availability[i]` equals the number of holders that have chunk `i`;
@@ -238,8 +238,8 @@ impl FileEntry {
     }
 }
 
-/// Up to `k` holders from `list`, chosen uniformly at random, never `exclude`. O(k²) with k the
-/// reply cap (Floyd's algorithm), whatever the number of holders.
+/// Up to `k` holders from `list`, chosen uniformly at random, never `exclude` (Floyd's algorithm).
+/// O(k²) with k at most the reply cap: independent of the number of holders.
 fn sample(list: &[Slot], k: usize, exclude: PeerId, rng: &mut impl rand::Rng, out: &mut Vec<Slot>) {
     let n = list.len();
     // One extra, in case the excluded peer is drawn.

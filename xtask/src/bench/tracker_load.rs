@@ -224,29 +224,27 @@ async fn session(
     let every = Duration::from_millis(keepalive_ms.max(100));
     loop {
         let current = *phase.borrow_and_update();
-        match (current, active) {
+        let measured = match (current, active) {
             (Phase::Done, _) => return,
-            (Phase::Closed(until, ka), Some(seed)) => match closed_loop(conn, setup, until, seed, ka).await {
-                Ok((c, lat)) => {
-                    conn = c;
+            (Phase::Closed(until, ka), Some(seed)) => {
+                closed_loop(conn, setup, until, seed, ka).await.map(|(c, l)| (c, Some(l)))
+            }
+            (Phase::Open(period, until), Some(seed)) => {
+                open_loop(conn, setup, period, until, seed).await.map(|(c, l)| (c, Some(l)))
+            }
+            _ => Ok((conn, None)),
+        };
+        match measured {
+            Ok((c, lat)) => {
+                conn = c;
+                if let Some(lat) = lat {
                     let _ = results.send(Ok(lat));
                 }
-                Err(e) => {
-                    let _ = results.send(Err(e));
-                    return;
-                }
-            },
-            (Phase::Open(period, until), Some(seed)) => match open_loop(conn, setup, period, until, seed).await {
-                Ok((c, lat)) => {
-                    conn = c;
-                    let _ = results.send(Ok(lat));
-                }
-                Err(e) => {
-                    let _ = results.send(Err(e));
-                    return;
-                }
-            },
-            _ => {}
+            }
+            Err(e) => {
+                let _ = results.send(Err(e));
+                return;
+            }
         }
         // Idle until the next phase, keeping the session alive.
         loop {
