@@ -47,20 +47,30 @@ struct Args {
     /// Entries per File List page.
     #[arg(long, default_value_t = limits::DEFAULT_LIST_PAGE)]
     list_page: usize,
+    /// Worker threads serving connections (0: one per core; 1: a single-threaded runtime, which
+    /// avoids cross-thread wake-ups when the tracker shares a small machine).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Let peers register endpoints on other IPs than the one they connect from (e.g. behind a
     /// proxy). Off: a peer can only announce its own address, never point a swarm at another host.
     #[arg(long)]
     allow_foreign_endpoints: bool,
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if let Err(e) = run(Args::parse()).await {
+    let args = Args::parse();
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+    };
+    let result = runtime.context("cannot start the runtime").and_then(|rt| rt.block_on(run(args)));
+    if let Err(e) = result {
         eprintln!("tracker: {e:#}");
         std::process::exit(1);
     }
