@@ -10,8 +10,8 @@
 //! - `files[f].availability[i]` equals the number of holders that have chunk `i`;
 //! - a partial holding is never full (it is promoted to `Complete`);
 //! - `files[f].complete` lists exactly the holders whose holding is `Complete`, and
-//!   `files[f].partial` exactly those with a partial holding of at least one chunk; each holding's
-//!   `slot` is its index in that list (or `NO_SLOT` for an empty partial holding). These lists make
+//!   `files[f].partial` exactly those with a partial holding of at least one chunk, with their
+//!   bitmaps in the same order in `rows`; each holding knows its index. These lists make
 //!   File Locations and File List cost O(reply), not O(holders): a popular file may have
 //!   thousands of holders.
 
@@ -86,35 +86,23 @@ struct FileEntry {
     complete: Vec<Slot>,
     /// Holders with some chunks but not all.
     partial: Vec<Slot>,
+    /// The bitmaps of the `partial` holders, one row of `row_len` bytes each in the same order:
+    /// contiguous, so File Locations copies sampled rows from one array instead of chasing a
+    /// heap allocation per holder.
+    rows: Vec<u8>,
+    row_len: usize,
     availability: Vec<u32>,
 }
 
 /// One peer's holding of one file.
-#[derive(Debug)]
-struct Holding {
-    have: Have,
-    /// Index in `complete` or `partial` (which one follows from `have`), or [`NO_SLOT`].
-    slot: usize,
-}
-
-const NO_SLOT: usize = usize::MAX;
-
-/// Which list of a [`FileEntry`] a holding is in.
-#[derive(Debug, Clone, Copy)]
-enum Group {
-    Complete,
-    Partial,
-}
-
-impl Group {
-    /// The group of a holding; `None` for a partial holding of no chunk (not a source).
-    fn of(have: &Have) -> Option<Group> {
-        match have {
-            Have::Complete => Some(Group::Complete),
-            Have::Partial(b) if b.count() > 0 => Some(Group::Partial),
-            Have::Partial(_) => None,
-        }
-    }
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holding {
+    /// Every chunk; the index in `complete`.
+    Complete(usize),
+    /// Some chunks; the index in `partial` and `rows`.
+    Partial(usize),
+    /// Registered, no chunk yet: not a source.
+    Empty,
 }
 
 #[derive(Debug)]
@@ -140,95 +128,140 @@ pub struct Stats {
 impl FileEntry {
     fn new(meta: Arc<FileMeta>) -> Self {
         let n = meta.num_chunks() as usize;
-        Self { meta, holders: PeerMap::default(), complete: Vec::new(), partial: Vec::new(), availability: vec![0; n] }
-    }
-
-    fn list_mut(&mut self, group: Group) -> &mut Vec<Slot> {
-        match group {
-            Group::Complete => &mut self.complete,
-            Group::Partial => &mut self.partial,
+        Self {
+            meta,
+            holders: PeerMap::default(),
+            complete: Vec::new(),
+            partial: Vec::new(),
+            rows: Vec::new(),
+            row_len: n.div_ceil(8),
+            availability: vec![0; n],
         }
     }
 
-    /// Puts `peer`'s holding into the list its `have` calls for, serving at `addr`.
-    fn place(&mut self, peer: PeerId, addr: SocketAddr) {
-        let Some(group) = self.holders.get(&peer).and_then(|h| Group::of(&h.have)) else { return };
-        let list = self.list_mut(group);
-        list.push(Slot { peer, addr });
-        let slot = list.len() - 1;
-        if let Some(h) = self.holders.get_mut(&peer) {
-            h.slot = slot;
+    fn row(&self, slot: usize) -> &[u8] {
+        &self.rows[slot * self.row_len..(slot + 1) * self.row_len]
+    }
+
+    /// The chunks of a partial holder's row, ascending.
+    fn row_ones(&self, slot: usize) -> impl Iterator<Item = u32> + '_ {
+        self.row(slot)
+            .iter()
+            .enumerate()
+            .flat_map(|(byte, &bits)| (0..8).filter(move |b| bits & (1 << b) != 0).map(move |b| (byte * 8 + b) as u32))
+    }
+
+    /// A holding as the protocol says it.
+    fn have(&self, h: Holding) -> Have {
+        let n = self.meta.num_chunks();
+        match h {
+            Holding::Complete(_) => Have::Complete,
+            // Rows only ever hold valid bitmaps (no bit at or past the chunk count).
+            Holding::Partial(slot) => {
+                Have::Partial(Bitmap::from_parts(n, self.row(slot).to_vec()).unwrap_or_else(|_| Bitmap::new(n)))
+            }
+            Holding::Empty => Have::Partial(Bitmap::new(n)),
         }
     }
 
-    /// Takes `peer`'s holding out of its list (swap-remove, fixing the moved holder's slot).
+    /// Takes `peer` out of its list (and its row out of `rows`) by swap-remove, fixing the index
+    /// of the holder moved into its place. Leaves its holding `Empty`.
     fn unplace(&mut self, peer: PeerId) {
         let Some(h) = self.holders.get_mut(&peer) else { return };
-        let (slot, group) = (std::mem::replace(&mut h.slot, NO_SLOT), Group::of(&h.have));
-        let Some(group) = group.filter(|_| slot != NO_SLOT) else { return };
-        let list = self.list_mut(group);
+        let (list, slot) = match std::mem::replace(h, Holding::Empty) {
+            Holding::Complete(slot) => (&mut self.complete, slot),
+            Holding::Partial(slot) => {
+                let (w, last) = (self.row_len, self.partial.len() - 1);
+                self.rows.copy_within(last * w..(last + 1) * w, slot * w);
+                self.rows.truncate(last * w);
+                (&mut self.partial, slot)
+            }
+            Holding::Empty => return,
+        };
         list.swap_remove(slot);
         if let Some(moved) = list.get(slot).map(|s| s.peer) {
-            if let Some(h) = self.holders.get_mut(&moved) {
-                h.slot = slot;
+            if let Some(Holding::Complete(i) | Holding::Partial(i)) = self.holders.get_mut(&moved) {
+                *i = slot;
             }
         }
     }
 
     /// The address `peer` serves at changed: its slot follows.
     fn moved(&mut self, peer: PeerId, addr: SocketAddr) {
-        let Some(h) = self.holders.get(&peer) else { return };
-        let (slot, group) = (h.slot, Group::of(&h.have));
-        if let Some(group) = group.filter(|_| slot != NO_SLOT) {
-            if let Some(s) = self.list_mut(group).get_mut(slot) {
-                s.addr = addr;
-            }
+        let slot = match self.holders.get(&peer) {
+            Some(Holding::Complete(i)) => self.complete.get_mut(*i),
+            Some(Holding::Partial(i)) => self.partial.get_mut(*i),
+            _ => None,
+        };
+        if let Some(s) = slot {
+            s.addr = addr;
         }
+    }
+
+    fn place_complete(&mut self, peer: PeerId, addr: SocketAddr) {
+        self.complete.push(Slot { peer, addr });
+        self.holders.insert(peer, Holding::Complete(self.complete.len() - 1));
+    }
+
+    fn place_partial(&mut self, peer: PeerId, addr: SocketAddr, bits: &[u8]) {
+        self.partial.push(Slot { peer, addr });
+        self.rows.extend_from_slice(bits);
+        self.holders.insert(peer, Holding::Partial(self.partial.len() - 1));
     }
 
     fn add(&mut self, peer: PeerId, addr: SocketAddr, have: Have) {
         self.remove(peer);
-        let n = self.meta.num_chunks();
-        let have = match have {
-            Have::Partial(b) if b.is_full() => Have::Complete,
-            h => h,
-        };
-        match &have {
-            Have::Complete => self.availability.iter_mut().for_each(|a| *a += 1),
-            Have::Partial(b) => b.iter_ones().filter(|&i| i < n).for_each(|i| self.availability[i as usize] += 1),
+        match have {
+            Have::Partial(b) if !b.is_full() => {
+                // The bitmap's length was checked against the chunk count on the way in.
+                b.iter_ones().for_each(|i| self.availability[i as usize] += 1);
+                if b.count() == 0 {
+                    self.holders.insert(peer, Holding::Empty);
+                } else {
+                    self.place_partial(peer, addr, b.as_bytes());
+                }
+            }
+            // A full bitmap is a complete holding.
+            _ => {
+                self.availability.iter_mut().for_each(|a| *a += 1);
+                self.place_complete(peer, addr);
+            }
         }
-        self.holders.insert(peer, Holding { have, slot: NO_SLOT });
-        self.place(peer, addr);
     }
 
     fn remove(&mut self, peer: PeerId) {
-        self.unplace(peer);
-        match self.holders.remove(&peer).map(|h| h.have) {
-            Some(Have::Complete) => self.availability.iter_mut().for_each(|a| *a -= 1),
-            Some(Have::Partial(b)) => b.iter_ones().for_each(|i| self.availability[i as usize] -= 1),
-            None => {}
+        match self.holders.get(&peer).copied() {
+            Some(Holding::Complete(_)) => self.availability.iter_mut().for_each(|a| *a -= 1),
+            Some(Holding::Partial(slot)) => {
+                let held: Vec<u32> = self.row_ones(slot).collect();
+                held.into_iter().for_each(|i| self.availability[i as usize] -= 1);
+            }
+            Some(Holding::Empty) | None => {}
         }
+        self.unplace(peer);
+        self.holders.remove(&peer);
     }
 
     /// Marks one chunk held; promotes a partial holding that became full.
     fn add_chunk(&mut self, peer: PeerId, addr: SocketAddr, chunk: u32) {
-        let n = self.meta.num_chunks();
-        let holding =
-            self.holders.entry(peer).or_insert_with(|| Holding { have: Have::Partial(Bitmap::new(n)), slot: NO_SLOT });
-        let Have::Partial(b) = &mut holding.have else { return };
-        if !b.set(chunk) {
+        let slot = match self.holders.get(&peer).copied().unwrap_or(Holding::Empty) {
+            Holding::Complete(_) => return,
+            Holding::Partial(slot) => slot,
+            Holding::Empty => {
+                self.place_partial(peer, addr, &vec![0; self.row_len]);
+                self.partial.len() - 1
+            }
+        };
+        let (byte, bit) = (slot * self.row_len + chunk as usize / 8, 1u8 << (chunk % 8));
+        if self.rows[byte] & bit != 0 {
             return;
         }
+        self.rows[byte] |= bit;
         self.availability[chunk as usize] += 1;
-        let (first, full) = (b.count() == 1, b.is_full());
-        if full {
+        let held: u32 = self.row(slot).iter().map(|b| b.count_ones()).sum();
+        if held == self.meta.num_chunks() {
             self.unplace(peer);
-            if let Some(h) = self.holders.get_mut(&peer) {
-                h.have = Have::Complete;
-            }
-            self.place(peer, addr);
-        } else if first {
-            self.place(peer, addr);
+            self.place_complete(peer, addr);
         }
     }
 
@@ -238,21 +271,56 @@ impl FileEntry {
     }
 }
 
-/// Up to `k` holders from `list`, chosen uniformly at random, never `exclude` (Floyd's algorithm).
-/// O(k²) with k at most the reply cap: independent of the number of holders.
-fn sample(list: &[Slot], k: usize, exclude: PeerId, rng: &mut impl rand::Rng, out: &mut Vec<Slot>) {
-    let n = list.len();
-    // One extra, in case the excluded peer is drawn.
-    let draw = (k + 1).min(n);
-    let mut picked: Vec<usize> = Vec::with_capacity(draw);
-    for j in n - draw..n {
-        let t = rng.random_range(0..=j);
-        picked.push(if picked.contains(&t) { j } else { t });
+/// Up to `k` of the `n` indices of a list, turned into sources by `take` (which refuses the
+/// caller): [`RUNS`] runs of consecutive indices starting at distinct random places. Each index
+/// is as likely to be drawn as any other and the draw differs between calls, as with a uniform
+/// sample, but memory is read in a few sequential runs instead of `k` random places: with
+/// thousands of holders per file, cache misses are what File Locations costs. O(k).
+fn sample<T>(n: usize, k: usize, rng: &mut impl rand::Rng, take: impl Fn(usize) -> Option<T>, out: &mut Vec<T>) {
+    // One extra, in case the caller is drawn.
+    let want = (k + 1).min(n);
+    if want == 0 {
+        return;
     }
     let before = out.len();
-    out.extend(picked.into_iter().map(|i| list[i]).filter(|s| s.peer != exclude));
-    out.truncate(before + k);
+    if n <= 4 * want {
+        // Few holders to draw from: a uniform sample (Floyd's algorithm) costs as little.
+        let mut picked: Vec<usize> = Vec::with_capacity(want);
+        for j in n - want..n {
+            let t = rng.random_range(0..=j);
+            picked.push(if picked.contains(&t) { j } else { t });
+        }
+        out.extend(picked.into_iter().filter_map(take));
+    } else {
+        // Runs start at distinct multiples of the run length (so they never overlap), offset by
+        // one random shift; the last run is shorter if `want` is not a multiple.
+        let runs = RUNS.min(want);
+        let len = want.div_ceil(runs);
+        let slots = n / len;
+        let shift = rng.random_range(0..n);
+        let mut starts: Vec<usize> = Vec::with_capacity(runs);
+        // Floyd's algorithm over the `slots` run positions.
+        for j in slots - runs..slots {
+            let t = rng.random_range(0..=j);
+            starts.push(if starts.contains(&t) { j } else { t });
+        }
+        let mut left = want;
+        for s in starts {
+            let run = len.min(left);
+            left -= run;
+            out.extend((0..run).filter_map(|i| take((s * len + i + shift) % n)));
+        }
+    }
+    // The extra drawn in case of the caller: dropped at random, not the last, which would favour
+    // some indices.
+    while out.len() > before + k {
+        let i = rng.random_range(before..out.len());
+        out.swap_remove(i);
+    }
 }
+
+/// Runs a File Locations sample is drawn in (see [`sample`]).
+const RUNS: usize = 8;
 
 impl Registry {
     /// An empty registry enforcing `limits`.
@@ -417,30 +485,29 @@ impl Registry {
         let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
         let n = file.meta.num_chunks();
         // The caller is not its own source: leave it out of the counts and the draw.
-        let caller_in = |list: &[Slot]| {
-            file.holders
-                .get(&caller)
-                .is_some_and(|h| h.slot != NO_SLOT && list.get(h.slot).map(|s| s.peer) == Some(caller))
+        let (caller_complete, caller_partial) = match file.holders.get(&caller) {
+            Some(Holding::Complete(_)) => (1, 0),
+            Some(Holding::Partial(_)) => (0, 1),
+            _ => (0, 0),
         };
-        let complete_n = file.complete.len() - usize::from(caller_in(&file.complete));
-        let partial_n = file.partial.len() - usize::from(caller_in(&file.partial));
+        let complete_n = file.complete.len() - caller_complete;
+        let partial_n = file.partial.len() - caller_partial;
         let cap = self.limits.max_locations;
         // Half from each group when both have enough, the rest from whichever has more.
         let from_complete = complete_n.min(cap.div_ceil(2).max(cap.saturating_sub(partial_n)));
         let from_partial = partial_n.min(cap - from_complete);
         let mut rng = rand::rng();
-        let mut chosen = Vec::with_capacity(from_complete + from_partial);
-        sample(&file.complete, from_complete, caller, &mut rng, &mut chosen);
-        let complete = chosen.len();
-        sample(&file.partial, from_partial, caller, &mut rng, &mut chosen);
-        let mut sources: Vec<SourceInfo> = chosen
-            .iter()
-            .enumerate()
-            .filter_map(|(i, s)| {
-                let have = if i < complete { Have::Complete } else { file.holders.get(&s.peer)?.have.clone() };
-                Some(SourceInfo { addr: s.addr, have })
-            })
-            .collect();
+        let mut sources: Vec<SourceInfo> = Vec::with_capacity(from_complete + from_partial);
+        let take_complete = |i: usize| {
+            let s = file.complete[i];
+            (s.peer != caller).then_some(SourceInfo { addr: s.addr, have: Have::Complete })
+        };
+        sample(file.complete.len(), from_complete, &mut rng, take_complete, &mut sources);
+        let take_partial = |i: usize| {
+            let s = file.partial[i];
+            (s.peer != caller).then(|| SourceInfo { addr: s.addr, have: file.have(Holding::Partial(i)) })
+        };
+        sample(file.partial.len(), from_partial, &mut rng, take_partial, &mut sources);
         sources.shuffle(&mut rng);
         Ok(Locations {
             root: file.meta.root,
@@ -560,26 +627,27 @@ impl State {
             for (p, h) in &f.holders {
                 assert!(self.peers[p].files.contains(name));
                 assert!(self.peers[p].listen.is_some(), "a holder has an endpoint");
-                match &h.have {
-                    Have::Complete => {
+                let listen = self.peers[p].listen;
+                match *h {
+                    Holding::Complete(i) => {
                         complete += 1;
-                        let slot = f.complete[h.slot];
-                        assert_eq!((slot.peer, Some(slot.addr)), (*p, self.peers[p].listen), "{name} complete slot");
+                        let slot = f.complete[i];
+                        assert_eq!((slot.peer, Some(slot.addr)), (*p, listen), "{name} complete slot");
                         avail.iter_mut().for_each(|a| *a += 1);
                     }
-                    Have::Partial(b) => {
-                        assert!(!b.is_full() || n == 0);
-                        if b.count() > 0 {
-                            partial += 1;
-                            let slot = f.partial[h.slot];
-                            assert_eq!((slot.peer, Some(slot.addr)), (*p, self.peers[p].listen), "{name} partial slot");
-                        } else {
-                            assert_eq!(h.slot, NO_SLOT);
-                        }
-                        b.iter_ones().for_each(|i| avail[i as usize] += 1);
+                    Holding::Partial(i) => {
+                        partial += 1;
+                        let slot = f.partial[i];
+                        assert_eq!((slot.peer, Some(slot.addr)), (*p, listen), "{name} partial slot");
+                        let Have::Partial(b) = f.have(*h) else { unreachable!("a partial row") };
+                        assert_eq!(b.as_bytes(), f.row(i), "{name}: a row is a valid bitmap");
+                        assert!(b.count() > 0 && !b.is_full(), "{name}: a partial row is neither empty nor full");
+                        b.iter_ones().for_each(|c| avail[c as usize] += 1);
                     }
+                    Holding::Empty => {}
                 }
             }
+            assert_eq!(f.rows.len(), f.partial.len() * f.row_len, "{name} rows");
             assert_eq!(avail, f.availability, "{name} availability");
             assert_eq!((complete, partial), (f.complete.len(), f.partial.len()), "{name} lists");
         }
@@ -787,6 +855,38 @@ mod tests {
         let r = Registry::new(Limits { allow_foreign_endpoints: true, ..Limits::default() });
         let a = r.open_session(SocketAddr::from(([10, 1, 2, 3], 5555)));
         assert!(r.register(a, elsewhere, vec![]).is_ok());
+    }
+
+    /// Draws are the right size, never repeat an index, never return what `take` refuses, and
+    /// over many calls reach every index about equally often.
+    #[test]
+    fn sample_draws_distinct_indices_covering_the_list() {
+        let mut rng = rand::rng();
+        for (n, k) in [(1, 1), (5, 8), (10, 3), (64, 64), (65, 64), (100, 64), (259, 64), (1000, 64), (10_000, 64)] {
+            let mut hits = vec![0u32; n];
+            let rounds = 400;
+            for _ in 0..rounds {
+                let mut out = Vec::new();
+                sample(n, k, &mut rng, |i| (i != 0).then_some(i), &mut out);
+                assert_eq!(out.len(), k.min(n - 1), "n {n} k {k}");
+                let mut sorted = out.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), out.len(), "n {n} k {k}: repeated index");
+                assert!(out.iter().all(|&i| i != 0 && i < n));
+                out.iter().for_each(|&i| hits[i] += 1);
+            }
+            if (2..=1000).contains(&n) {
+                // Expected hits per index: rounds * k / n; none starved, none favoured 3x.
+                let expect = f64::from(rounds) * k.min(n - 1) as f64 / (n - 1).max(1) as f64;
+                let (lo, hi) =
+                    (hits[1..].iter().min().copied().unwrap_or(0), hits[1..].iter().max().copied().unwrap_or(0));
+                assert!(
+                    f64::from(lo) > expect / 3.0 && f64::from(hi) < expect * 3.0,
+                    "n {n} k {k}: hits {lo}..{hi}, expected {expect}"
+                );
+            }
+        }
     }
 
     #[test]
