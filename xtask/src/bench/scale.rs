@@ -12,8 +12,8 @@ use tokio::time::Instant;
 
 use super::single::start_tracker;
 use super::util::{
-    file_root, mib_s, own_peak_rss_mib, proc_status_mib, reset_own_peak_rss, write_random_file, Bins, Report, Scratch,
-    MIB,
+    file_root, mib_s, own_peak_rss_mib, proc_status_mib, reset_own_peak_rss, write_random_file, Bins, Proc, Report,
+    Scratch, MIB,
 };
 
 /// What the scale run is asked to do.
@@ -27,7 +27,28 @@ pub(crate) struct Setup {
     pub(crate) size: u64,
 }
 
+/// Set in the child process that runs the measurement.
+const CHILD: &str = "P2P_BENCH_SCALE_CHILD";
+
+/// Runs the benchmark in a fresh process of this program, so that its memory figures are its own
+/// and not what earlier benchmarks left in this one's heap.
 pub(crate) fn run(bins: &Bins, setup: Setup, dir: &Path) -> anyhow::Result<Report> {
+    if std::env::var_os(CHILD).is_some() {
+        return measure(bins, setup, dir);
+    }
+    let mut cmd = std::process::Command::new(std::env::current_exe().context("locate this program")?);
+    cmd.args(["bench", "--json", "--dir"])
+        .arg(dir)
+        .args(["scale", "--downloaders", &setup.downloaders.to_string()])
+        .args(["--seeds", &setup.seeds.to_string(), "--size", &setup.size.to_string()])
+        .env(CHILD, "1");
+    let child = Proc::spawn(cmd, "scale benchmark")?;
+    let out = child.finish(Duration::from_secs(900))?;
+    let mut reports: Vec<Report> = serde_json::from_str(&out).context("parse the scale benchmark's report")?;
+    reports.pop().context("the scale benchmark reported nothing")
+}
+
+fn measure(bins: &Bins, setup: Setup, dir: &Path) -> anyhow::Result<Report> {
     let scratch = Scratch::new(dir, "scale")?;
     let seed_dirs: Vec<_> = (0..setup.seeds).map(|i| scratch.path().join(format!("seed{i}"))).collect();
     std::fs::create_dir_all(&seed_dirs[0])?;
@@ -43,7 +64,6 @@ pub(crate) fn run(bins: &Bins, setup: Setup, dir: &Path) -> anyhow::Result<Repor
     let (_tracker, addr) = start_tracker(bins, &["--max-connections", &cap])?;
     let addr: SocketAddr = addr.parse().context("tracker address")?;
     let rt = tokio::runtime::Runtime::new().context("start the runtime")?;
-    // Earlier benchmarks in this process leave heap behind: every figure is taken from here.
     let rss_base = proc_status_mib(std::process::id(), "VmRSS:").unwrap_or(0.0);
     let (times, seeds_uploaded, rss_idle) = rt.block_on(scale(setup, addr, scratch.path(), &seed_dirs))?;
     let peak = own_peak_rss_mib() - rss_base;
@@ -71,8 +91,8 @@ pub(crate) fn run(bins: &Bins, setup: Setup, dir: &Path) -> anyhow::Result<Repor
     r.row("last done", t, "s");
     r.row("aggregate download rate", mib_s(setup.size * setup.downloaders as u64, t), "MiB/s");
     r.row("seeds uploaded / F (the rest came from downloaders)", seeds_uploaded as f64 / setup.size as f64, "copies");
-    r.row("memory of every node started, idle (RSS above the process's baseline)", rss_idle, "MiB");
-    r.row("peak memory during the downloads (RSS above the baseline)", peak, "MiB");
+    r.row("memory of every node started, idle (RSS above the bare process)", rss_idle, "MiB");
+    r.row("peak memory during the downloads (RSS above the bare process)", peak, "MiB");
     r.row("  per node", peak / nodes as f64, "MiB");
     r.note("every downloaded file was compared with the seeds' BLAKE3 root");
     Ok(r)
