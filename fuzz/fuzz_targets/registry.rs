@@ -1,7 +1,7 @@
 //! The tracker registry driven by arbitrary operation sequences from several sessions: register
 //! (valid, conflicting, partial, moved endpoints), chunk register (any index), locate, list,
 //! leave, disconnect, and sessions expiring as time passes. Every invariant is checked after
-//! every operation, and no reply ever lists the caller or exceeds its caps.
+//! every operation, and no reply exceeds its caps.
 #![no_main]
 
 use std::net::SocketAddr;

@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -23,13 +23,16 @@ use tokio_util::codec::Framed;
 /// Held for the whole of each test: their measurements must not see each other's connections.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// `n` clients, each sending `per` File Locations requests; returns every request's latency and
-/// the number of failures.
-async fn locate_load(addr: SocketAddr, n: usize, per: usize) -> (Vec<Duration>, usize) {
+/// Every client sends `per` File Locations requests, all starting together; returns the clients,
+/// every request's latency (sorted) and the number of failures. Connecting is not timed: the
+/// clients are the same in every phase, so phases compare request latency alone.
+async fn locate_load(clients: Vec<RawClient>, per: usize) -> (Vec<RawClient>, Vec<Duration>, usize) {
+    let start = Arc::new(tokio::sync::Barrier::new(clients.len()));
     let mut tasks = tokio::task::JoinSet::new();
-    for _ in 0..n {
+    for mut c in clients {
+        let start = start.clone();
         tasks.spawn(async move {
-            let mut c = RawClient::connect(addr).await;
+            start.wait().await;
             let mut lat = Vec::with_capacity(per);
             let mut failed = 0;
             for _ in 0..per {
@@ -39,17 +42,18 @@ async fn locate_load(addr: SocketAddr, n: usize, per: usize) -> (Vec<Duration>, 
                     _ => failed += 1,
                 }
             }
-            (lat, failed)
+            (c, lat, failed)
         });
     }
-    let (mut all, mut failed) = (Vec::new(), 0);
+    let (mut clients, mut all, mut failed) = (Vec::new(), Vec::new(), 0);
     while let Some(r) = tasks.join_next().await {
-        let (l, f) = r.unwrap();
+        let (c, l, f) = r.unwrap();
+        clients.push(c);
         all.extend(l);
         failed += f;
     }
     all.sort();
-    (all, failed)
+    (clients, all, failed)
 }
 
 /// 200 connections announce near-maximal frames and trickle their bodies, before and after the
@@ -79,7 +83,11 @@ async fn slow_frames_are_cut_off_while_others_are_served() {
         });
         let fds = open_fds();
 
-        let (base, failed) = locate_load(addr, 1000, 5).await;
+        let mut clients = Vec::new();
+        for _ in 0..1000 {
+            clients.push(RawClient::connect(addr).await);
+        }
+        let (clients, base, failed) = locate_load(clients, 5).await;
         assert_eq!(failed, 0);
         let base_p99 = percentile(&base, 0.99);
 
@@ -116,7 +124,7 @@ async fn slow_frames_are_cut_off_while_others_are_served() {
                 })
             })
             .collect();
-        let (under, failed) = locate_load(addr, 1000, 5).await;
+        let (clients, under, failed) = locate_load(clients, 5).await;
         let mut slowest = Duration::ZERO;
         for s in slow {
             slowest = slowest.max(s.await.unwrap());
@@ -133,6 +141,7 @@ async fn slow_frames_are_cut_off_while_others_are_served() {
         // does not decide the outcome.
         assert!(under_p99 <= base_p99 * 2 + Duration::from_millis(1), "p99 {base_p99:?} -> {under_p99:?}");
         assert!(growth < 64 << 20, "RSS grew {growth} bytes");
+        drop(clients);
 
         let mut fresh = RawClient::connect(addr).await;
         assert_eq!(fresh.call(TrackerRequest::KeepAlive).await, TrackerResponse::KeepAlive);

@@ -123,10 +123,10 @@ async fn tracker_killed_and_restarted_mid_swarm() {
     with_timeout(async {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let keepalive = Duration::from_millis(300);
+        let keepalive = Duration::from_secs(1);
         let start_tracker = || async {
             let mut c = Command::new(binary("tracker"));
-            c.args(["--listen", &addr.to_string(), "--keepalive-ms", "300", "--session-timeout-ms", "2000"])
+            c.args(["--listen", &addr.to_string(), "--keepalive-ms", "1000", "--session-timeout-ms", "4000"])
                 .env("RUST_LOG", "warn")
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -139,7 +139,8 @@ async fn tracker_killed_and_restarted_mid_swarm() {
         let root = tempfile::tempdir().unwrap();
         let s = root.path().join("s");
         let data = write_file(&s, "f.bin", 12 * MIB, 22);
-        let mut seed = peer_cmd(addr, &["serve", "--upload-rate", "4MiB"], &s).spawn().unwrap();
+        // Slow enough that the swarm is still at work when the tracker comes back.
+        let mut seed = peer_cmd(addr, &["serve", "--upload-rate", "2MiB"], &s).spawn().unwrap();
         wait_stderr(&mut seed, "serving").await;
         let dirs: Vec<_> = (0..3).map(|i| root.path().join(format!("d{i}"))).collect();
         let mut downloaders = Vec::new();

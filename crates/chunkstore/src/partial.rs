@@ -54,9 +54,10 @@ pub(crate) struct Inner {
     unflushed: AtomicU64,
     /// A flush-behind is running; at most one at a time.
     flushing: AtomicBool,
-    /// The error of a failed flush-behind. Linux reports a writeback error to one fsync only, so
-    /// it is kept here for `finish`, which must not put the file in place after it.
-    flush_error: Mutex<Option<std::io::Error>>,
+    /// The error of a failed flush-behind, as (kind, message). Linux reports a writeback error to
+    /// one fsync only, so it is kept here, for good: data written before it may never have reached
+    /// the disk, and `finish` must not put this copy in place, however often it is called.
+    flush_error: Mutex<Option<(std::io::ErrorKind, String)>>,
 }
 
 /// Written bytes after which the data file's writeback is started in the background, so the disk
@@ -314,6 +315,13 @@ impl Partial {
         Ok(true)
     }
 
+    /// Records a background flush failure as if the disk had reported one, for tests of what
+    /// `finish` does after it.
+    #[cfg(test)]
+    pub(crate) fn fail_flush_for_test(&self) {
+        *lock(&self.inner.flush_error) = Some((std::io::ErrorKind::Other, "injected writeback error".into()));
+    }
+
     /// Starts writeback of the data file on a background thread once [`FLUSH_BEHIND`] bytes were
     /// written since the last one started (see there for why).
     fn flush_behind(&self, written: u64) {
@@ -328,7 +336,7 @@ impl Partial {
         let spawned = std::thread::Builder::new().name("p2p-flush".into()).spawn(move || {
             if let Err(e) = flusher.data.sync_data() {
                 warn!(name = flusher.meta.name, error = %e, "background flush of a download failed");
-                lock(&flusher.flush_error).get_or_insert(e);
+                lock(&flusher.flush_error).get_or_insert((e.kind(), e.to_string()));
             }
             flusher.flushing.store(false, Ordering::Release);
         });
@@ -416,6 +424,11 @@ impl Partial {
         // The fsync runs meanwhile on its own thread: both must succeed before the file is put in
         // place, and on a disk the flush takes longer than the hash, which it then hides.
         let n = meta.num_chunks();
+        // A flush-behind still running holds the answer to whether earlier writes reached the
+        // disk: wait for it (finish runs on a blocking thread).
+        while inner.flushing.load(Ordering::Acquire) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let (hashes, synced) = std::thread::scope(|s| {
             let sync = s.spawn(|| inner.data.sync_all());
             let hashes: std::io::Result<Vec<Hash>> = (0..n)
@@ -441,9 +454,8 @@ impl Partial {
             return Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: bad });
         }
         synced.map_err(io_err("fsync", data_path))?;
-        if let Some(e) = lock(&inner.flush_error).take() {
-            // Data written earlier may not have reached the disk: this copy cannot be trusted.
-            return Err(io_err("flush", data_path)(e));
+        if let Some((kind, msg)) = lock(&inner.flush_error).clone() {
+            return Err(io_err("flush", data_path)(std::io::Error::new(kind, msg)));
         }
 
         let store = &inner.store;

@@ -431,3 +431,25 @@ fn open_sweeps_orphaned_bookkeeping() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(partial_dir_entries(&store), 0);
 }
+
+/// After a background flush fails, the download can never be put in place from this copy: every
+/// `finish` fails, naming the flush, and nothing appears under the name.
+#[test]
+fn a_failed_background_flush_is_never_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(3 * CSU, 40);
+    let meta = FileMeta::from_bytes("f", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    for i in meta.chunks() {
+        p.write_chunk(i, chunk(&meta, &d, i.get())).unwrap();
+    }
+    p.fail_flush_for_test();
+    for _ in 0..2 {
+        match p.finish() {
+            Err(StoreError::Io { action: "flush", .. }) => {}
+            other => panic!("expected a flush error, got {other:?}"),
+        }
+    }
+    assert!(!store.root().join("f").exists());
+}

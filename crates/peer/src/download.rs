@@ -310,6 +310,8 @@ struct Download {
     shared: Arc<DownloadState>,
     /// Source tasks; each ends with its id and why it stopped.
     tasks: JoinSet<(SourceId, Result<(), SourceError>)>,
+    /// Which source each task serves, for the task that ends without saying (a panic).
+    task_sources: HashMap<tokio::task::Id, SourceId>,
     /// The writer stage, the tracker poller and the chunk announcer.
     helpers: JoinSet<()>,
     /// Cancels every task of this download (a child of the caller's token).
@@ -381,6 +383,7 @@ impl Download {
         Download {
             shared,
             tasks: JoinSet::new(),
+            task_sources: HashMap::new(),
             helpers,
             stop,
             events,
@@ -445,8 +448,16 @@ impl Download {
                     Err(e) => debug!(error = %e, "locations request failed"),
                 },
                 Some(event) = self.events.recv() => self.on_event(event)?,
-                Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => {
-                    if let Ok((id, result)) = joined {
+                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
+                    let (task, id, result) = match joined {
+                        Ok((task, (id, result))) => (task, Some(id), result),
+                        // A panicked task is a lost source like any other; it is logged here.
+                        Err(e) => {
+                            warn!(error = %e, "source task failed");
+                            (e.id(), None, Err(SourceError::Lost(format!("task failed: {e}"))))
+                        }
+                    };
+                    if let Some(id) = self.task_sources.remove(&task).or(id) {
                         self.on_source_end(id, result)?;
                     }
                 }
@@ -573,7 +584,7 @@ impl Download {
             }
             rec.active = true;
             let (shared, stop, addr) = (self.shared.clone(), self.stop.clone(), src.addr);
-            self.tasks.spawn(
+            let task = self.tasks.spawn(
                 async move {
                     let r = tokio::select! {
                         _ = stop.cancelled() => Ok(()),
@@ -583,6 +594,7 @@ impl Download {
                 }
                 .instrument(tracing::debug_span!("source", %addr)),
             );
+            self.task_sources.insert(task.id(), id);
         }
         drop(sched);
         self.shared.work.notify_waiters();
@@ -740,6 +752,12 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
     // Each request with whether the source may answer another chunk instead (GetFresh).
     let mut inflight: VecDeque<(u32, bool)> = VecDeque::new();
     let mut window = Window::new(cfg.pipeline, shared.meta.chunk_size);
+    // When the oldest outstanding request must be answered by. Only answers (a chunk or "don't
+    // have") move it: announcements alone do not keep a source that never delivers.
+    let mut answer_by = Instant::now() + cfg.stall_timeout;
+    // Fresh requests whose substitute was a chunk already stored here: past a few, this source
+    // is asked for exactly what is wanted (see PeerRequest::GetFresh).
+    let mut useless_substitutes = 0;
     loop {
         let strikes = shared.sched().strikes(id);
         if strikes >= cfg.bad_data_strikes {
@@ -751,8 +769,11 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
                 let mut sched = shared.sched();
                 let Some(c) = sched.pick(id, &mut rng) else { break };
                 // A seed may hand out a chunk nobody has yet instead: see PeerRequest::GetFresh.
-                (c, sched.source_is_complete(id))
+                (c, sched.source_is_complete(id) && useless_substitutes < MAX_USELESS_SUBSTITUTES)
             };
+            if inflight.is_empty() {
+                answer_by = Instant::now() + cfg.stall_timeout;
+            }
             conn.request(c, fresh).await?;
             inflight.push_back((c, fresh));
             sent = true;
@@ -773,7 +794,7 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
                 r = conn.next() => r?,
             }
         } else {
-            timeout(cfg.stall_timeout, conn.next()).await.map_err(|_| SourceError::Stalled)??
+            tokio::time::timeout_at(answer_by, conn.next()).await.map_err(|_| SourceError::Stalled)??
         };
         match resp {
             PeerResponse::Chunk { chunk, data } => {
@@ -781,8 +802,16 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
                     return Err(SourceError::Protocol(format!("sent chunk {chunk}, out of range")));
                 }
                 let asked = expect_front(&mut inflight, chunk, true)?;
+                answer_by = Instant::now() + cfg.stall_timeout;
                 if asked != chunk {
-                    shared.sched().substitute(asked, chunk, id);
+                    let mut sched = shared.sched();
+                    if sched.has(chunk) {
+                        useless_substitutes += 1;
+                    }
+                    sched.substitute(asked, chunk, id);
+                    drop(sched);
+                    // The chunk asked for is free again.
+                    shared.work.notify_waiters();
                 }
                 window.arrived(data.len());
                 shared.limiter.acquire(data.len()).await;
@@ -793,6 +822,7 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
             }
             PeerResponse::DontHave { chunk } => {
                 expect_front(&mut inflight, chunk, false)?;
+                answer_by = Instant::now() + cfg.stall_timeout;
                 shared.sched().release(chunk, id, true);
                 shared.work.notify_waiters();
             }
@@ -808,6 +838,11 @@ async fn receive_loop(shared: &DownloadState, id: SourceId, conn: &mut PeerConn)
         }
     }
 }
+
+/// Fresh requests a source may answer with chunks already stored here before it is only asked for
+/// exact chunks: an honest seed substitutes chunks nobody had, so this only bounds the waste of a
+/// seed that has handed them out already (or one that lies).
+const MAX_USELESS_SUBSTITUTES: u32 = 8;
 
 /// How many requests to keep in flight to one source: enough to cover [`PIPELINE_WINDOW`] of its
 /// measured rate (so a fast source saturates the link), at least 2, at most the configured

@@ -141,6 +141,8 @@ impl Scheduler {
     /// Adds a source, or adds to what it holds: peers only ever gain chunks, and news of a source
     /// arrives by several paths (its welcome, its announcements, the tracker) that may be stale,
     /// so bits are only added, never cleared, except by [`Scheduler::release`]'s "don't have".
+    /// Availability is left alone: this news comes with (or after) the tracker's counts, which
+    /// already include it.
     pub fn update_source(&mut self, id: SourceId, have: &Have) {
         let n = self.num_chunks();
         let have = have.to_bitmap(n);
@@ -150,9 +152,8 @@ impl Scheduler {
         match self.sources.get_mut(&id) {
             Some(s) => {
                 for c in have.iter_ones() {
-                    if !s.denied.get(c) && s.have.set(c) {
-                        // One more holder than the tracker's last count knew of, probably.
-                        self.availability[c as usize] += 1;
+                    if !s.denied.get(c) {
+                        s.have.set(c);
                     }
                 }
             }
@@ -398,11 +399,6 @@ impl Scheduler {
     /// NEEDED or IN FLIGHT chunks that no current source holds.
     pub fn unavailable(&self) -> Vec<u32> {
         (0..self.num_chunks()).filter(|&c| !self.has(c) && !self.sources.values().any(|s| s.have.get(c))).collect()
-    }
-
-    /// Number of sources.
-    pub fn source_count(&self) -> usize {
-        self.sources.len()
     }
 
     #[cfg(test)]

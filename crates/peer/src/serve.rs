@@ -54,9 +54,17 @@ pub struct Uploader {
     pub uploaded: Arc<AtomicU64>,
     /// Settings.
     pub config: ServeConfig,
-    /// Per complete file (by root hash), the chunks sent to anyone at least once, for
-    /// [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
-    pub fresh: Mutex<HashMap<Hash, Bitmap>>,
+    /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
+    /// for [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
+    pub fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
+}
+
+/// The chunks of one file a server has sent to anyone, for [`PeerRequest::GetFresh`].
+#[derive(Debug)]
+pub struct Fresh {
+    sent: Bitmap,
+    /// Chunks never sent: once zero, every request is answered as asked without a scan.
+    unsent: u32,
 }
 
 impl Uploader {
@@ -64,17 +72,22 @@ impl Uploader {
     /// unless fresh was asked for, this server already sent it, and another chunk was never sent;
     /// then that one. Marks the answer sent.
     fn choose(&self, meta: &FileMeta, chunk: u32, fresh: bool) -> u32 {
-        let mut sent = self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut all = self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
         let n = meta.num_chunks();
-        let bits = sent.entry(meta.root).or_insert_with(|| Bitmap::new(n));
-        let pick = if fresh && bits.get(chunk) {
+        let f = all.entry((meta.root, meta.chunk_size)).or_insert_with(|| Fresh { sent: Bitmap::new(n), unsent: n });
+        if f.unsent == 0 {
+            return chunk;
+        }
+        let pick = if fresh && f.sent.get(chunk) {
             // Start at a random place so connections do not all scan from the same end.
             let start = rand::random_range(0..n.max(1));
-            (start..n).chain(0..start).find(|&c| !bits.get(c)).unwrap_or(chunk)
+            (start..n).chain(0..start).find(|&c| !f.sent.get(c)).unwrap_or(chunk)
         } else {
             chunk
         };
-        bits.set(pick);
+        if f.sent.set(pick) {
+            f.unsent -= 1;
+        }
         pick
     }
 }
@@ -304,7 +317,15 @@ impl Conn {
         if self.buf.is_empty() {
             return Ok(());
         }
-        match timeout(deadline, self.out.write_all(&self.buf)).await {
+        let mut buf = std::mem::take(&mut self.buf);
+        let r = self.write(&mut buf, deadline).await;
+        self.buf = buf;
+        r
+    }
+
+    /// Writes all of `frame` within `deadline`.
+    async fn write(&mut self, frame: &mut impl Buf, deadline: Duration) -> Result<(), String> {
+        match timeout(deadline, self.out.write_all_buf(frame)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("send timed out".into()),
@@ -314,12 +335,7 @@ impl Conn {
     async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), String> {
         let len = u32::try_from(data.len()).map_err(|_| "chunk too large".to_owned())?;
         let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
-        let mut frame = header.chain(data);
-        match timeout(deadline, self.out.write_all_buf(&mut frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("send timed out".into()),
-        }
+        self.write(&mut header.chain(data), deadline).await
     }
 
     async fn refuse(&mut self, e: PeerError) -> Result<(), String> {

@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 /// Four bytes that open every handshake ("P2PF").
 pub const MAGIC: [u8; 4] = *b"P2PF";
 
-/// The protocol version this build speaks. Bumped on any incompatible change.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks. Bumped on any incompatible change: 2 added the
+/// Welcome's limits, `ReplyTooLarge`, and the peer protocol's `GetFresh` and `Have`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first message of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ fn enc<T: WireMessage>(m: T) -> Vec<u8> {
 
 #[test]
 fn golden_tracker_requests() {
-    assert_eq!(enc(TrackerRequest::Hello(Hello::current())), [0, 0, 0, 6, 0, b'P', b'2', b'P', b'F', 1]);
+    assert_eq!(enc(TrackerRequest::Hello(Hello::current())), [0, 0, 0, 6, 0, b'P', b'2', b'P', b'F', 2]);
     assert_eq!(
         enc(TrackerRequest::ChunkRegister { name: "ab".into(), chunk: 300 }),
         [0, 0, 0, 6, 5, 2, b'a', b'b', 0xac, 0x02]

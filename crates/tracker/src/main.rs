@@ -84,7 +84,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             max_files_total: args.max_files_total,
             max_locations: args.max_locations,
             list_page: args.list_page,
-            list_page_bytes: args.max_frame / 2,
+            // Capped at half the frame limit by `Tracker::start`.
+            list_page_bytes: tracker::Limits::default().list_page_bytes,
             allow_foreign_endpoints: args.allow_foreign_endpoints,
         },
         max_frame: args.max_frame,

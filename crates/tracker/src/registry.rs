@@ -91,6 +91,9 @@ struct FileEntry {
     /// heap allocation per holder.
     rows: Vec<u8>,
     row_len: usize,
+    /// How many chunks each `partial` holder has (its row's set bits), so a Chunk Register knows
+    /// at once whether the holding became complete.
+    counts: Vec<u32>,
     availability: Vec<u32>,
 }
 
@@ -135,6 +138,7 @@ impl FileEntry {
             partial: Vec::new(),
             rows: Vec::new(),
             row_len: n.div_ceil(8),
+            counts: Vec::new(),
             availability: vec![0; n],
         }
     }
@@ -174,6 +178,7 @@ impl FileEntry {
                 let (w, last) = (self.row_len, self.partial.len() - 1);
                 self.rows.copy_within(last * w..(last + 1) * w, slot * w);
                 self.rows.truncate(last * w);
+                self.counts.swap_remove(slot);
                 (&mut self.partial, slot)
             }
             Holding::Empty => return,
@@ -206,6 +211,7 @@ impl FileEntry {
     fn place_partial(&mut self, peer: PeerId, addr: SocketAddr, bits: &[u8]) {
         self.partial.push(Slot { peer, addr });
         self.rows.extend_from_slice(bits);
+        self.counts.push(bits.iter().map(|b| b.count_ones()).sum());
         self.holders.insert(peer, Holding::Partial(self.partial.len() - 1));
     }
 
@@ -258,8 +264,8 @@ impl FileEntry {
         }
         self.rows[byte] |= bit;
         self.availability[chunk as usize] += 1;
-        let held: u32 = self.row(slot).iter().map(|b| b.count_ones()).sum();
-        if held == self.meta.num_chunks() {
+        self.counts[slot] += 1;
+        if self.counts[slot] == self.meta.num_chunks() {
             self.unplace(peer);
             self.place_complete(peer, addr);
         }
@@ -284,31 +290,18 @@ fn sample<T>(n: usize, k: usize, rng: &mut impl rand::Rng, take: impl Fn(usize) 
     }
     let before = out.len();
     if n <= 4 * want {
-        // Few holders to draw from: a uniform sample (Floyd's algorithm) costs as little.
-        let mut picked: Vec<usize> = Vec::with_capacity(want);
-        for j in n - want..n {
-            let t = rng.random_range(0..=j);
-            picked.push(if picked.contains(&t) { j } else { t });
-        }
-        out.extend(picked.into_iter().filter_map(take));
+        // Few holders to draw from: a uniform sample costs as little.
+        out.extend(floyd(n, want, rng).into_iter().filter_map(take));
     } else {
-        // Runs start at distinct multiples of the run length (so they never overlap), offset by
-        // one random shift; the last run is shorter if `want` is not a multiple.
-        let runs = RUNS.min(want);
-        let len = want.div_ceil(runs);
-        let slots = n / len;
+        // Runs of `len` start at distinct multiples of `len` (so they never overlap), all offset
+        // by one random shift; the last run is shorter when `want` is not a multiple of `len`.
+        let len = want.div_ceil(RUNS);
         let shift = rng.random_range(0..n);
-        let mut starts: Vec<usize> = Vec::with_capacity(runs);
-        // Floyd's algorithm over the `slots` run positions.
-        for j in slots - runs..slots {
-            let t = rng.random_range(0..=j);
-            starts.push(if starts.contains(&t) { j } else { t });
-        }
         let mut left = want;
-        for s in starts {
+        for start in floyd(n / len, want.div_ceil(len), rng) {
             let run = len.min(left);
             left -= run;
-            out.extend((0..run).filter_map(|i| take((s * len + i + shift) % n)));
+            out.extend((0..run).filter_map(|i| take((start * len + i + shift) % n)));
         }
     }
     // The extra drawn in case of the caller: dropped at random, not the last, which would favour
@@ -317,6 +310,16 @@ fn sample<T>(n: usize, k: usize, rng: &mut impl rand::Rng, take: impl Fn(usize) 
         let i = rng.random_range(before..out.len());
         out.swap_remove(i);
     }
+}
+
+/// `k` distinct indices below `n`, uniformly at random (Floyd's algorithm); O(k²), `k <= n`.
+fn floyd(n: usize, k: usize, rng: &mut impl rand::Rng) -> Vec<usize> {
+    let mut picked: Vec<usize> = Vec::with_capacity(k);
+    for j in n - k..n {
+        let t = rng.random_range(0..=j);
+        picked.push(if picked.contains(&t) { j } else { t });
+    }
+    picked
 }
 
 /// Runs a File Locations sample is drawn in (see [`sample`]).
@@ -642,12 +645,14 @@ impl State {
                         let Have::Partial(b) = f.have(*h) else { unreachable!("a partial row") };
                         assert_eq!(b.as_bytes(), f.row(i), "{name}: a row is a valid bitmap");
                         assert!(b.count() > 0 && !b.is_full(), "{name}: a partial row is neither empty nor full");
+                        assert_eq!(b.count(), f.counts[i], "{name}: a partial holder's count");
                         b.iter_ones().for_each(|c| avail[c as usize] += 1);
                     }
                     Holding::Empty => {}
                 }
             }
             assert_eq!(f.rows.len(), f.partial.len() * f.row_len, "{name} rows");
+            assert_eq!(f.counts.len(), f.partial.len(), "{name} counts");
             assert_eq!(avail, f.availability, "{name} availability");
             assert_eq!((complete, partial), (f.complete.len(), f.partial.len()), "{name} lists");
         }
@@ -857,11 +862,40 @@ mod tests {
         assert!(r.register(a, elsewhere, vec![]).is_ok());
     }
 
+    /// With many holders (the sampling by runs), a reply still never lists the caller, never lists
+    /// a holder twice, and is full.
+    #[test]
+    fn many_holders_sampled_without_the_caller_or_repeats() {
+        let r = Registry::new(Limits::default());
+        let m = meta("f", 1, 8);
+        let mut peers = Vec::new();
+        for i in 0..600u16 {
+            let p = r.open_session(addr(2000 + i));
+            let have = if i % 3 == 0 {
+                Have::Complete
+            } else {
+                Have::Partial(Bitmap::from_parts(8, vec![1 << (i % 7)]).unwrap())
+            };
+            reg(&r, p, 2000 + i, vec![(m.clone(), have)]);
+            peers.push((p, 2000 + i));
+        }
+        for (p, port) in peers.iter().step_by(37) {
+            let loc = r.locations(*p, "f").unwrap();
+            assert_eq!((loc.sources.len(), loc.total_sources), (64, 599));
+            let mut ports: Vec<u16> = loc.sources.iter().map(|s| s.addr.port()).collect();
+            assert!(!ports.contains(port), "caller listed");
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), 64, "a holder listed twice");
+        }
+    }
+
     /// Draws are the right size, never repeat an index, never return what `take` refuses, and
     /// over many calls reach every index about equally often.
     #[test]
     fn sample_draws_distinct_indices_covering_the_list() {
-        let mut rng = rand::rng();
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         for (n, k) in [(1, 1), (5, 8), (10, 3), (64, 64), (65, 64), (100, 64), (259, 64), (1000, 64), (10_000, 64)] {
             let mut hits = vec![0u32; n];
             let rounds = 400;

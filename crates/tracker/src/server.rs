@@ -233,7 +233,11 @@ async fn session(
         };
         let reply = match next {
             Err(_) => return End::Expired,
-            Ok(None) => return End::Closed,
+            Ok(None) => {
+                // A client that pipelined and then half-closed still gets the replies queued.
+                let _ = timeout(config.session_timeout, conn.flush()).await;
+                return End::Closed;
+            }
             Ok(Some(Err(e))) => return End::Framing(e),
             Ok(Some(Ok(Err(e)))) => TrackerResponse::Error(RequestError::Malformed(e.to_string())),
             Ok(Some(Ok(Ok(req)))) => handle(registry, peer, req),
