@@ -306,3 +306,53 @@ async fn a_deadline_bounds_the_wait_for_missing_chunks() {
     })
     .await;
 }
+
+/// The upload server's limits: past `max_uploads` a downloader is told `Busy` and closed; a
+/// connection that says nothing for `idle_timeout` is closed, freeing its slot; a request frame
+/// over 1 KiB after the handshake ends the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_limits_refuse_clearly() {
+    use futures::{SinkExt, StreamExt};
+    use proto::codec::PeerClientCodec;
+    use proto::peer::{PeerError, PeerRequest, PeerResponse};
+    with_timeout(async {
+        let t = spawn_tracker(tracker::Config::default()).await;
+        let root = tempfile::tempdir().unwrap();
+        let data = write_file(root.path(), "f.bin", 64 * 1024, 18);
+        let meta = meta_of(&data, "f.bin");
+        let seed = spawn_peer(t.addr(), root.path(), |c| {
+            c.serve.max_uploads = 1;
+            c.serve.idle_timeout = Duration::from_millis(500);
+        })
+        .await;
+        let connect = || async {
+            let stream = tokio::net::TcpStream::connect(seed.listen_addr()).await.unwrap();
+            tokio_util::codec::Framed::new(stream, PeerClientCodec::new(1 << 20))
+        };
+        let hello = || PeerRequest::Hello { hello: proto::Hello::current(), name: "f.bin".into(), root: meta.root };
+
+        let mut first = connect().await;
+        first.send(hello()).await.unwrap();
+        assert!(matches!(first.next().await, Some(Ok(Ok(PeerResponse::Welcome { .. })))));
+        let mut second = connect().await;
+        assert!(matches!(second.next().await, Some(Ok(Ok(PeerResponse::Error(PeerError::Busy))))));
+        assert!(second.next().await.is_none(), "closed after Busy");
+
+        // The first says nothing: closed at the idle deadline, and the slot is free again.
+        let start = Instant::now();
+        assert!(first.next().await.is_none());
+        let idle = start.elapsed();
+        assert!(idle >= Duration::from_millis(400) && idle < Duration::from_secs(3), "{idle:?}");
+        let mut third = connect().await;
+        third.send(hello()).await.unwrap();
+        assert!(matches!(third.next().await, Some(Ok(Ok(PeerResponse::Welcome { .. })))));
+
+        // A request frame over the 1 KiB limit ends the connection.
+        tokio::io::AsyncWriteExt::write_all(third.get_mut(), &2048u32.to_be_bytes()).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(third.get_mut(), &[0u8; 2048]).await.unwrap();
+        assert!(matches!(third.next().await, None | Some(Err(_))), "closed on an oversized request");
+        seed.shutdown().await;
+        t.shutdown().await.unwrap();
+    })
+    .await;
+}
