@@ -56,6 +56,21 @@ async fn wait_stderr(child: &mut Child, prefix: &str) -> String {
     panic!("no line starting with {prefix:?}");
 }
 
+/// Starts the tracker binary on `addr` with `extra` options and waits until it listens.
+async fn start_tracker(addr: SocketAddr, extra: &[&str]) -> Child {
+    let mut child = Command::new(binary("tracker"))
+        .args(["--listen", &addr.to_string()])
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_stderr(&mut child, "tracker listening").await;
+    child
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -124,18 +139,8 @@ async fn tracker_killed_and_restarted_mid_swarm() {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let keepalive = Duration::from_secs(1);
-        let start_tracker = || async {
-            let mut c = Command::new(binary("tracker"));
-            c.args(["--listen", &addr.to_string(), "--keepalive-ms", "1000", "--session-timeout-ms", "4000"])
-                .env("RUST_LOG", "warn")
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .kill_on_drop(true);
-            let mut child = c.spawn().unwrap();
-            wait_stderr(&mut child, "tracker listening").await;
-            child
-        };
-        let mut tracker = start_tracker().await;
+        let timing = ["--keepalive-ms", "1000", "--session-timeout-ms", "4000"];
+        let mut tracker = start_tracker(addr, &timing).await;
         let root = tempfile::tempdir().unwrap();
         let s = root.path().join("s");
         let data = write_file(&s, "f.bin", 12 * MIB, 22);
@@ -166,7 +171,7 @@ async fn tracker_killed_and_restarted_mid_swarm() {
 
         tracker.start_kill().unwrap();
         tracker.wait().await.unwrap();
-        let _tracker = start_tracker().await;
+        let _tracker = start_tracker(addr, &timing).await;
         let restarted = Instant::now();
         while !sources(4).await {
             assert!(restarted.elapsed() < Duration::from_secs(10), "peers never came back");
@@ -196,15 +201,7 @@ async fn sigterm_stops_every_binary_cleanly() {
     with_timeout(async {
         let port = free_port();
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let mut tracker = Command::new(binary("tracker"))
-            .args(["--listen", &addr.to_string()])
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        wait_stderr(&mut tracker, "tracker listening").await;
+        let mut tracker = start_tracker(addr, &[]).await;
         let root = tempfile::tempdir().unwrap();
         let (s, d) = (root.path().join("s"), root.path().join("d"));
         write_file(&s, "f.bin", 8 * MIB, 23);

@@ -401,34 +401,17 @@ async fn load(setup: Setup, addr: SocketAddr, tracker_pid: u32, rss_empty: f64) 
 
     // The floor round trips alone set on this machine: keep-alives, closed loop.
     let phase_len = Duration::from_secs(setup.secs);
-    let (lat_floor, secs) = measure(
-        &phase,
-        &mut results,
-        setup.active,
-        Phase::Closed(Instant::now() + phase_len, Load { depth: 1, keepalive_only: true }),
-    )
-    .await?;
+    let closed = |depth, keepalive_only| Phase::Closed(Instant::now() + phase_len, Load { depth, keepalive_only });
+    let (lat_floor, secs) = measure(&phase, &mut results, setup.active, closed(1, true)).await?;
     let rps_floor = lat_floor.len() as f64 / secs;
 
     // Throughput: closed loop.
-    let (lat_closed, secs) = measure(
-        &phase,
-        &mut results,
-        setup.active,
-        Phase::Closed(Instant::now() + phase_len, Load { depth: 1, keepalive_only: false }),
-    )
-    .await?;
+    let (lat_closed, secs) = measure(&phase, &mut results, setup.active, closed(1, false)).await?;
     let rps_closed = lat_closed.len() as f64 / secs;
 
     // The same with 8 requests in flight per session: the tracker's capacity once round trips
     // are not the limit (it answers what is buffered in one write).
-    let (lat_deep, secs) = measure(
-        &phase,
-        &mut results,
-        setup.active,
-        Phase::Closed(Instant::now() + phase_len, Load { depth: 8, keepalive_only: false }),
-    )
-    .await?;
+    let (lat_deep, secs) = measure(&phase, &mut results, setup.active, closed(8, false)).await?;
     let rps_deep = lat_deep.len() as f64 / secs;
 
     // Latency at half the measured capacity, then at the target rate: open loop. The overload
