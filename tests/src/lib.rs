@@ -17,6 +17,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::codec::Framed;
 
+/// Bytes in a MiB.
+pub const MIB: usize = 1024 * 1024;
+
 /// Every test body runs under this deadline.
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -11,8 +11,6 @@ use proto::tracker::{TrackerRequest, TrackerResponse};
 use tests::*;
 use tokio::time::Instant;
 
-const MIB: usize = 1024 * 1024;
-
 /// Sources that accept and then say nothing, that trickle a chunk byte by byte, or that die half
 /// way through a chunk lose their chunks to the honest seed within the stall deadline; the half
 /// chunk is never stored.

@@ -17,8 +17,6 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 
-const MIB: usize = 1024 * 1024;
-
 fn peer_cmd(tracker: SocketAddr, args: &[&str], share: &Path) -> Command {
     let mut c = Command::new(binary("peer"));
     c.arg("--tracker")

@@ -10,8 +10,6 @@ use proto::Have;
 use tests::*;
 use tokio::sync::watch;
 
-const MIB: usize = 1024 * 1024;
-
 /// The seed's demo: peer 1 shares climbing.jpg, peer 2 bear.jpg; peers 2 and 3 download
 /// climbing.jpg at the same time, then peer 1 downloads bear.jpg.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
