@@ -36,7 +36,8 @@ pub enum StoreError {
     #[error("invalid metadata: {0}")]
     InvalidMeta(MetaError),
     /// A path component under the share folder is a symbolic link; following it could leave the
-    /// share folder, so it is refused.
+    /// share folder, so it is refused (atomically with the open: see the threat model in
+    /// docs/ARCHITECTURE.md).
     #[error("{} is a symbolic link", path.display())]
     Symlink {
         /// The link.
@@ -120,5 +121,13 @@ impl From<MetaError> for StoreError {
 
 /// Builds a closure mapping an `io::Error` to [`StoreError::Io`] for `action` on `path`.
 pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { action, path: path.to_path_buf(), source }
+    move |source| {
+        // Every open below the share refuses links (see `beneath`): say so rather than "too many
+        // levels of symbolic links".
+        if crate::beneath::is_symlink_refusal(&source) {
+            StoreError::Symlink { path: path.to_path_buf() }
+        } else {
+            StoreError::Io { action, path: path.to_path_buf(), source }
+        }
+    }
 }

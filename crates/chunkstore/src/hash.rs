@@ -83,9 +83,15 @@ pub(crate) fn hash_all_chunks(file: &File, length: u64, chunk_size: u32) -> std:
 /// hashes, with no second pass. A file that shrinks while being hashed gives
 /// [`StoreError::FileChanged`].
 pub fn hash_file(path: &Path, name: &str, chunk_size: u32) -> Result<FileMeta, StoreError> {
+    let file = File::open(path).map_err(io_err("open", path))?;
+    hash_open_file(&file, path, name, chunk_size)
+}
+
+/// [`hash_file`] of a file already open (`path` only names it in errors), so the store hashes
+/// exactly the file it opened below the share folder, not whatever a path names by then.
+pub(crate) fn hash_open_file(file: &File, path: &Path, name: &str, chunk_size: u32) -> Result<FileMeta, StoreError> {
     validate_name(name)?;
     check_chunk_size(chunk_size)?;
-    let file = File::open(path).map_err(io_err("open", path))?;
     let md = file.metadata().map_err(io_err("stat", path))?;
     if !md.is_file() {
         return Err(StoreError::NotRegular { path: path.to_path_buf() });
@@ -95,7 +101,7 @@ pub fn hash_file(path: &Path, name: &str, chunk_size: u32) -> Result<FileMeta, S
     if chunks > u64::from(MAX_CHUNKS_PER_FILE) {
         return Err(StoreError::InvalidMeta(MetaError::TooManyChunks { chunks }));
     }
-    let chunk_hashes = hash_all_chunks(&file, length, chunk_size).map_err(|e| {
+    let chunk_hashes = hash_all_chunks(file, length, chunk_size).map_err(|e| {
         if e.kind() == std::io::ErrorKind::UnexpectedEof {
             StoreError::FileChanged { name: name.to_owned() }
         } else {

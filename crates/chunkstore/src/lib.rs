@@ -20,7 +20,8 @@
 //!
 //! `<id>` is the hex of the first 16 bytes of `blake3(name ++ 0u8 ++ root ++ chunk_size_le)`.
 //! Files ending in `.tmp` are atomic writes in progress; they and `.data`/`.have` files without a
-//! `.meta` are removed by [`Store::open`].
+//! `.meta` are removed by [`Store::open`]. A copy across file systems is written to
+//! `.p2p-<id>.tmp` in the destination folder first (skipped by scans as a hidden temporary).
 //!
 //! # Guarantees
 //! - A chunk is written only after it matched its hash ([`StoreError::HashMismatch`] otherwise).
@@ -29,9 +30,16 @@
 //! - A file appears under its name only after the whole file read back from disk matched the root
 //!   hash, was fsynced, and was linked into place without replacing another file.
 //! - No name (see [`proto::validate_name`]) and no symlink in the share folder can make the store
-//!   read or write outside it.
+//!   read or write outside it, even one swapped in while the store works: every open, create,
+//!   link, rename and removal is resolved below an open handle of the share folder, refusing links
+//!   in every component atomically (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`, or a
+//!   component-by-component `openat(O_NOFOLLOW)` walk where the kernel lacks it). Hard links are
+//!   ordinary files: whoever can link a file into the share shares it.
+//! - A download whose folder is on another file system is copied there, fsynced and checked
+//!   against its root hash before it is linked to its name.
 //! - Scanning hashes on all cores and caches results, so unchanged files are not re-hashed.
 
+mod beneath;
 mod error;
 mod hash;
 mod partial;

@@ -11,10 +11,10 @@
 //! - A file appears under its name only after every chunk was read back from disk and matched,
 //!   the data was fsynced, and it was linked into place without replacing anything.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::fs::File;
+use std::io::{ErrorKind, Read, Seek};
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -24,8 +24,9 @@ use proto::{Bitmap, ChunkIndex, FileMeta, Hash, MetaError};
 use rayon::prelude::*;
 use tracing::{debug, info, warn};
 
+use crate::beneath::{split_parent, Access, Dir};
 use crate::error::{io_err, StoreError};
-use crate::hash::{chunk_span, hash_chunk_at, hash_file};
+use crate::hash::{chunk_span, hash_chunk_at, hash_open_file};
 use crate::scan::write_atomic;
 use crate::store::{lock, Store};
 
@@ -41,8 +42,9 @@ pub(crate) struct Inner {
     store: Store,
     meta: FileMeta,
     id: String,
+    /// Paths of the three files, for messages only: they are opened and removed by name in the
+    /// store's open `.p2p/partial` folder.
     data_path: PathBuf,
-    meta_path: PathBuf,
     have_path: PathBuf,
     /// The data file, opened once for positioned reads and writes, which share no cursor and so
     /// need no lock. After `finish` the same handle reads the file under its final name.
@@ -93,24 +95,23 @@ pub(crate) fn partial_id(meta: &FileMeta) -> String {
     h.finalize().to_hex()[..32].to_owned()
 }
 
-/// Reads and validates a `.meta` file.
-pub(crate) fn read_meta(path: &Path) -> Result<FileMeta, StoreError> {
-    let bytes = fs::read(path).map_err(io_err("read", path))?;
-    let corrupt = |reason: String| StoreError::Corrupt { path: path.to_path_buf(), reason };
+/// Reads and validates the `.meta` file `name` of `dir`.
+pub(crate) fn read_meta(dir: &Dir, name: &str) -> Result<FileMeta, StoreError> {
+    let path = dir.display(name);
+    let mut bytes = Vec::new();
+    dir.open_file(name, Access::Read).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err("read", &path))?;
+    let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
     let meta: FileMeta = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
     meta.validate().map_err(|e| corrupt(e.to_string()))?;
     Ok(meta)
 }
 
-fn remove_if_exists(path: &Path) -> Result<(), StoreError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(io_err("remove", path)(e)),
-        _ => Ok(()),
-    }
+fn remove(dir: &Dir, name: &str) -> Result<(), StoreError> {
+    dir.remove_file(name).map_err(io_err("remove", &dir.display(name)))
 }
 
-fn fsync_dir(path: &Path) -> Result<(), StoreError> {
-    File::open(path).and_then(|d| d.sync_all()).map_err(io_err("fsync folder", path))
+fn fsync_dir(dir: &Dir) -> Result<(), StoreError> {
+    dir.sync().map_err(io_err("fsync folder", dir.path()))
 }
 
 /// See [`Store::open_partial`].
@@ -130,11 +131,10 @@ pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError
     }
 
     let dir = &store.inner.partial_dir;
-    let data_path = dir.join(format!("{id}.data"));
-    let meta_path = dir.join(format!("{id}.meta"));
-    let have_path = dir.join(format!("{id}.have"));
+    let (data_name, meta_name, have_name) = (format!("{id}.data"), format!("{id}.meta"), format!("{id}.have"));
+    let (data_path, meta_path, have_path) = (dir.display(&data_name), dir.display(&meta_name), dir.display(&have_name));
 
-    let resumed = match read_meta(&meta_path) {
+    let resumed = match read_meta(dir, &meta_name) {
         Ok(m) if m == *meta => true,
         Ok(_) => {
             warn!(name = meta.name, "partial download on disk has other metadata; starting over");
@@ -149,36 +149,25 @@ pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError
     if !resumed {
         // The meta is written (atomically) before any data, so every data file on disk has a meta
         // saying what it holds; stale data and bitmap files go first.
-        remove_if_exists(&data_path)?;
-        remove_if_exists(&have_path)?;
+        remove(dir, &data_name)?;
+        remove(dir, &have_name)?;
         let bytes = postcard::to_stdvec(meta)
             .map_err(|e| StoreError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
-        write_atomic(&meta_path, &bytes)?;
+        write_atomic(dir, &meta_name, &bytes)?;
     }
 
-    let data = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&data_path)
-        .map_err(io_err("open", &data_path))?;
+    let data = dir.open_file(&data_name, Access::ReadWriteCreate).map_err(io_err("open", &data_path))?;
     let len = data.metadata().map_err(io_err("stat", &data_path))?.len();
     if len != meta.length {
         // Sparse: unwritten chunks are holes, so a large download takes no space up front.
         data.set_len(meta.length).map_err(io_err("resize", &data_path))?;
     }
 
-    let have_file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&have_path)
-        .map_err(io_err("open", &have_path))?;
+    let mut have_file = dir.open_file(&have_name, Access::ReadWriteCreate).map_err(io_err("open", &have_path))?;
     let n = meta.num_chunks();
     let mut have = if resumed {
-        let bytes = fs::read(&have_path).map_err(io_err("read", &have_path))?;
+        let mut bytes = Vec::new();
+        have_file.read_to_end(&mut bytes).map_err(io_err("read", &have_path))?;
         Bitmap::from_parts(n, bytes).unwrap_or_else(|e| {
             warn!(name = meta.name, error = %e, "chunk bitmap on disk is corrupt; re-fetching every chunk");
             Bitmap::new(n)
@@ -217,7 +206,6 @@ pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError
         meta: meta.clone(),
         id: id.clone(),
         data_path,
-        meta_path,
         have_path,
         data,
         state: Mutex::new(State { have, have_file, phase: Phase::Open }),
@@ -459,48 +447,126 @@ impl Partial {
         }
 
         let store = &inner.store;
-        let dest = store.path_of(&meta.name)?;
-        let parent = dest.parent().unwrap_or(store.root()).to_path_buf();
-        fs::create_dir_all(&parent).map_err(io_err("create folder", &parent))?;
-        // Re-check now that the folders exist: none of them may be a symlink.
-        let dest = store.path_of(&meta.name)?;
-
-        // A hard link is an atomic "rename unless the name exists": it never replaces a file.
-        let placed = match fs::hard_link(data_path, &dest) {
-            Ok(()) => true,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => false,
-            // Some file systems have no hard links: fall back to a rename after checking the name
-            // is free (not atomic with the check, but nothing else writes there).
-            Err(e) => match fs::symlink_metadata(&dest) {
-                Ok(_) => false,
-                Err(e2) if e2.kind() == ErrorKind::NotFound => {
-                    debug!(error = %e, "hard link failed; renaming instead");
-                    fs::rename(data_path, &dest).map_err(io_err("move into place", &dest))?;
-                    true
-                }
-                Err(e2) => return Err(io_err("examine", &dest)(e2)),
-            },
-        };
-        if placed {
-            fsync_dir(&parent)?;
-            info!(name = meta.name, bytes = meta.length, "download complete");
-        } else {
-            let identical = fs::symlink_metadata(&dest).is_ok_and(|md| md.is_file() && md.len() == meta.length)
-                && hash_file(&dest, &meta.name, meta.chunk_size).is_ok_and(|m| m.root == meta.root);
-            if !identical {
-                return Err(StoreError::AlreadyExists { name: meta.name.clone() });
+        let root = &store.inner.root_dir;
+        let dest = root.display(&meta.name);
+        // The parent folders are created and opened below the share folder's handle without
+        // following links, and the file is linked into the folder held open: no path is resolved
+        // twice, so no component swapped for a link meanwhile can redirect it.
+        let (parent_rel, last) = split_parent(&meta.name);
+        let created;
+        let parent = match parent_rel {
+            Some(rel) => {
+                created = root.create_dir_all(rel).map_err(io_err("create folder", &root.display(rel)))?;
+                &created
             }
-            info!(name = meta.name, "identical file already in place; dropping the download");
-        }
+            None => root,
+        };
+        let partials = &store.inner.partial_dir;
+        let data_name = format!("{}.data", inner.id);
+        // A hard link is an atomic "rename unless the name exists": it never replaces a file.
+        let placed: Placed = match parent.link_from(partials, &data_name, last) {
+            Ok(()) => Placed::Data,
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Placed::Exists,
+            // The destination folder is on another file system (a mount inside the share).
+            Err(e) if e.kind() == ErrorKind::CrossesDevices => self.copy_into(parent, last)?,
+            // Some file systems have no hard links: a rename that refuses to replace.
+            Err(e) => {
+                debug!(error = %e, "hard link failed; renaming instead");
+                match parent.rename_from_noreplace(partials, &data_name, last) {
+                    Ok(()) => Placed::Data,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Placed::Exists,
+                    Err(e) if e.kind() == ErrorKind::CrossesDevices => self.copy_into(parent, last)?,
+                    Err(e) => return Err(io_err("move into place", &dest)(e)),
+                }
+            }
+        };
+        let file = match placed {
+            Placed::Data => {
+                fsync_dir(parent)?;
+                info!(name = meta.name, bytes = meta.length, "download complete");
+                None
+            }
+            Placed::Copy(file) => {
+                info!(name = meta.name, bytes = meta.length, "download complete (copied across file systems)");
+                Some(file)
+            }
+            Placed::Exists => {
+                let existing = parent
+                    .open_file(last, Access::Read)
+                    .ok()
+                    .filter(|f| f.metadata().is_ok_and(|md| md.is_file() && md.len() == meta.length));
+                let identical = existing.filter(|f| {
+                    hash_open_file(f, &dest, &meta.name, meta.chunk_size).is_ok_and(|m| m.root == meta.root)
+                });
+                let Some(existing) = identical else {
+                    return Err(StoreError::AlreadyExists { name: meta.name.clone() });
+                };
+                info!(name = meta.name, "identical file already in place; dropping the download");
+                Some(existing)
+            }
+        };
         // The meta goes first: a crash part way leaves only orphans that `Store::open` sweeps,
         // never a meta that would make the finished download look unfinished.
-        remove_if_exists(&inner.meta_path)?;
-        remove_if_exists(data_path)?;
-        remove_if_exists(&inner.have_path)?;
-        fsync_dir(&store.inner.partial_dir)?;
-        store.remember(&dest, meta);
+        remove(partials, &format!("{}.meta", inner.id))?;
+        remove(partials, &data_name)?;
+        remove(partials, &format!("{}.have", inner.id))?;
+        fsync_dir(partials)?;
+        store.remember(file.as_ref().unwrap_or(&inner.data), meta);
         Ok(dest)
     }
+
+    /// Places the verified data file under `last` in `parent` when `parent` is on another file
+    /// system: copies it to a temporary file there, fsyncs it, checks the copy against the root
+    /// hash, then links it to its name (never replacing a file) and fsyncs the folder. The name
+    /// appears atomically, and only with verified content. A crash leaves at most the hidden
+    /// temporary, which the next attempt replaces.
+    fn copy_into(&self, parent: &Dir, last: &str) -> Result<Placed, StoreError> {
+        let inner = &*self.inner;
+        let meta = &inner.meta;
+        let tmp = format!(".p2p-{}.tmp", inner.id);
+        let tmp_path = parent.display(&tmp);
+        remove(parent, &tmp)?;
+        let mut out = parent.open_file(&tmp, Access::ReadWriteNew).map_err(io_err("create", &tmp_path))?;
+        let copied = (|| {
+            let mut src = &inner.data;
+            // Only positioned reads and writes use this handle elsewhere, so its cursor is free.
+            src.rewind()?;
+            let n = std::io::copy(&mut src.take(meta.length), &mut out)?;
+            if n != meta.length {
+                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "data file shorter than the download"));
+            }
+            out.sync_all()?;
+            hash_open_file(&out, &tmp_path, &meta.name, meta.chunk_size).map_err(std::io::Error::other)
+        })();
+        let result = match copied {
+            Err(e) => Err(io_err("copy into place", &tmp_path)(e)),
+            Ok(m) if m.root != meta.root => {
+                Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: 0 })
+            }
+            Ok(_) => match parent.link_from(parent, &tmp, last) {
+                Ok(()) => Ok(Placed::Copy(out)),
+                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Placed::Exists),
+                Err(_) => match parent.rename_from_noreplace(parent, &tmp, last) {
+                    Ok(()) => Ok(Placed::Copy(out)),
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Placed::Exists),
+                    Err(e) => Err(io_err("move into place", &parent.display(last))(e)),
+                },
+            },
+        };
+        remove(parent, &tmp)?;
+        fsync_dir(parent)?;
+        result
+    }
+}
+
+/// What `finish` found or put under the download's name.
+enum Placed {
+    /// The data file itself, linked or renamed into place.
+    Data,
+    /// A verified copy (the destination is on another file system), with its handle.
+    Copy(File),
+    /// A file already there (identical or not: checked next).
+    Exists,
 }
 
 impl std::fmt::Debug for Partial {

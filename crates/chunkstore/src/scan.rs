@@ -9,17 +9,18 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
 
 use proto::{validate_name, FileMeta};
 use rayon::prelude::*;
+use rustix::fs::FileType;
 use serde::{Deserialize, Serialize};
-use tracing::{debug, warn};
+use tracing::warn;
 
+use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
-use crate::hash::{choose_chunk_size, hash_file};
+use crate::hash::{choose_chunk_size, hash_open_file};
 
 /// Bumped whenever the cache layout or the hashing changes, so an old cache is discarded.
 const CACHE_VERSION: u32 = 1;
@@ -33,6 +34,15 @@ pub struct ScanStats {
     pub cached: usize,
     /// Entries skipped: symlinks, non-regular files, invalid names, files that failed to hash.
     pub skipped: usize,
+}
+
+/// An entry a scan did not share, and why (for the store to log once).
+#[derive(Debug, Clone)]
+pub(crate) struct Skipped {
+    /// Its path relative to the share folder (as far as it could be told).
+    pub(crate) name: String,
+    /// Why, in words.
+    pub(crate) reason: String,
 }
 
 /// The identity of a file's state on disk: if all of it is unchanged, so is the content (as far as
@@ -59,6 +69,18 @@ impl Stamp {
             chunk_size,
         }
     }
+
+    // `Stat`'s field types differ across architectures, so some conversions are no-ops here.
+    #[allow(clippy::useless_conversion)]
+    fn of_stat(st: &rustix::fs::Stat) -> Self {
+        let length = u64::try_from(st.st_size).unwrap_or(0);
+        Stamp {
+            length,
+            mtime_ns: i128::from(st.st_mtime) * 1_000_000_000 + i128::from(st.st_mtime_nsec),
+            inode: u64::from(st.st_ino),
+            chunk_size: choose_chunk_size(length),
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -77,122 +99,149 @@ struct CacheFileRef<'a> {
 /// A regular file found by the walk.
 struct Found {
     name: String,
-    path: PathBuf,
     stamp: Stamp,
 }
 
-/// Walks `root` and returns every shareable regular file, skipping the bookkeeping folder,
-/// symlinks (never followed: they could point outside the share), other non-regular entries and
-/// names that fail [`validate_name`].
-fn walk(root: &Path, stats: &mut ScanStats) -> Result<Vec<Found>, StoreError> {
+/// Walks the share folder and returns every shareable regular file, skipping the bookkeeping
+/// folder, symlinks (never followed: they could point outside the share), other non-regular
+/// entries and names that fail [`validate_name`]; each skip is recorded with its reason. Every
+/// folder is opened below its parent's handle without following links.
+fn walk(root: &Dir, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, StoreError> {
     let mut out = Vec::new();
-    // (directory path, its name prefix relative to root with '/' separators)
-    let mut stack = vec![(root.to_path_buf(), String::new())];
+    let mut skip = |name: String, reason: String| skipped.push(Skipped { name, reason });
+    // (open folder, or None for the root; its name prefix relative to root with '/' separators)
+    let mut stack: Vec<(Option<Dir>, String)> = vec![(None, String::new())];
     while let Some((dir, prefix)) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
+        let dir = dir.as_ref().unwrap_or(root);
+        let entries = match dir.entries() {
             Ok(e) => e,
             // The root itself must be readable; a subfolder that is not is skipped, not fatal.
-            Err(e) if dir != root => {
-                warn!(path = %dir.display(), error = %e, "skipping unreadable folder");
-                stats.skipped += 1;
+            Err(e) if !prefix.is_empty() => {
+                skip(prefix, format!("cannot read folder: {e}"));
                 continue;
             }
-            Err(e) => return Err(io_err("read folder", &dir)(e)),
+            Err(e) => return Err(io_err("read folder", dir.path())(e)),
         };
-        for entry in entries {
-            let entry = entry.map_err(io_err("read folder", &dir))?;
-            let path = entry.path();
-            let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
-                warn!(path = %path.display(), "skipping file whose name is not UTF-8");
-                stats.skipped += 1;
+        for (file_name, kind) in entries {
+            let Some(file_name) = file_name.to_str().map(str::to_owned) else {
+                let shown =
+                    format!("{prefix}{}{}", if prefix.is_empty() { "" } else { "/" }, file_name.to_string_lossy());
+                skip(shown, "name is not UTF-8".into());
                 continue;
             };
             if prefix.is_empty() && file_name == proto::name::RESERVED_DIR {
                 continue;
             }
-            let name = if prefix.is_empty() { file_name } else { format!("{prefix}/{file_name}") };
-            // symlink_metadata does not follow links, so a link is seen as a link.
-            let md = match fs::symlink_metadata(&path) {
-                Ok(md) => md,
+            // A copy being placed across file systems (see `Partial::finish`): not a file yet.
+            if file_name.starts_with(".p2p-") && file_name.ends_with(".tmp") {
+                continue;
+            }
+            let name = if prefix.is_empty() { file_name.clone() } else { format!("{prefix}/{file_name}") };
+            // Not following links, so a link is seen as a link.
+            let st = match dir.stat(&file_name) {
+                Ok(st) => st,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => {
-                    warn!(path = %path.display(), error = %e, "skipping entry that cannot be examined");
-                    stats.skipped += 1;
+                    skip(name, format!("cannot examine: {e}"));
                     continue;
                 }
             };
-            let ft = md.file_type();
-            if ft.is_symlink() {
-                debug!(path = %path.display(), "skipping symlink");
-                stats.skipped += 1;
-            } else if ft.is_dir() {
-                stack.push((path, name));
-            } else if !ft.is_file() {
-                debug!(path = %path.display(), "skipping non-regular file");
-                stats.skipped += 1;
-            } else if let Err(e) = validate_name(&name) {
-                warn!(name, error = %e, "skipping file with an invalid name");
-                stats.skipped += 1;
-            } else {
-                let stamp = Stamp::of(&md, choose_chunk_size(md.len()));
-                out.push(Found { name, path, stamp });
+            let kind = match kind {
+                FileType::Unknown => FileType::from_raw_mode(st.st_mode),
+                k => k,
+            };
+            match kind {
+                FileType::Symlink => skip(name, "symbolic links are not followed".into()),
+                FileType::Directory => match dir.open_dir(&file_name) {
+                    Ok(sub) => stack.push((Some(sub), name)),
+                    Err(e) => {
+                        skip(name, format!("cannot open folder: {}", io_err("open", &dir.display(&file_name))(e)))
+                    }
+                },
+                FileType::RegularFile => match validate_name(&name) {
+                    Ok(()) => out.push(Found { name, stamp: Stamp::of_stat(&st) }),
+                    Err(e) => skip(name, format!("invalid name: {e}")),
+                },
+                other => skip(name, format!("not a regular file ({other:?})")),
             }
         }
     }
     Ok(out)
 }
 
-fn load_cache(path: &Path) -> HashMap<String, (Stamp, FileMeta)> {
-    let bytes = match fs::read(path) {
-        Ok(b) => b,
-        Err(e) => {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                warn!(path = %path.display(), error = %e, "cannot read hash cache; re-hashing");
-            }
-            return HashMap::new();
+fn load_cache(dir: &Dir, name: &str) -> HashMap<String, (Stamp, FileMeta)> {
+    let mut bytes = Vec::new();
+    if let Err(e) = dir.open_file(name, Access::Read).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(path = %dir.display(name).display(), error = %e, "cannot read hash cache; re-hashing");
         }
-    };
+        return HashMap::new();
+    }
     match postcard::from_bytes::<CacheFile>(&bytes) {
         Ok(c) if c.version == CACHE_VERSION => c.entries.into_iter().map(|(s, m)| (m.name.clone(), (s, m))).collect(),
         Ok(_) => HashMap::new(),
         Err(e) => {
-            warn!(path = %path.display(), error = %e, "ignoring corrupt hash cache");
+            warn!(path = %dir.display(name).display(), error = %e, "ignoring corrupt hash cache");
             HashMap::new()
         }
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename. Readers see
-/// the old content or the new, never a torn mix.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-    f.write_all(bytes).map_err(io_err("write", &tmp))?;
-    f.sync_all().map_err(io_err("fsync", &tmp))?;
-    fs::rename(&tmp, path).map_err(io_err("rename into place", path))?;
+/// Writes `bytes` to the file `name` of `dir` atomically: a temporary file beside it, fsync,
+/// rename. Readers see the old content or the new, never a torn mix.
+pub(crate) fn write_atomic(dir: &Dir, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+    let tmp = format!("{name}.tmp");
+    let tmp_path = dir.display(&tmp);
+    let mut f = dir.open_file(&tmp, Access::WriteTruncate).map_err(io_err("create", &tmp_path))?;
+    f.write_all(bytes).map_err(io_err("write", &tmp_path))?;
+    f.sync_all().map_err(io_err("fsync", &tmp_path))?;
+    dir.rename(&tmp, name).map_err(io_err("rename into place", &dir.display(name)))?;
     Ok(())
 }
 
-/// Records in the cache at `cache_path` that the file at `path` has metadata `meta` (just
-/// verified by a finished download), so the next scan neither re-hashes it nor re-chunks it at a
-/// different chunk size.
-pub(crate) fn remember(cache_path: &Path, path: &Path, meta: &FileMeta) -> Result<(), StoreError> {
-    let md = fs::symlink_metadata(path).map_err(io_err("stat", path))?;
-    let mut cache = load_cache(cache_path);
-    cache.insert(meta.name.clone(), (Stamp::of(&md, meta.chunk_size), meta.clone()));
-    let mut entries: Vec<(Stamp, FileMeta)> = cache.into_values().collect();
+/// Records in the cache `cache` of folder `dir` that `file` has metadata `meta` (just verified by
+/// a finished download), so the next scan neither re-hashes it nor re-chunks it at a different
+/// chunk size.
+pub(crate) fn remember(dir: &Dir, cache: &str, file: &fs::File, meta: &FileMeta) -> Result<(), StoreError> {
+    let md = file.metadata().map_err(io_err("stat", &dir.display(cache)))?;
+    let mut entries = load_cache(dir, cache);
+    entries.insert(meta.name.clone(), (Stamp::of(&md, meta.chunk_size), meta.clone()));
+    let mut entries: Vec<(Stamp, FileMeta)> = entries.into_values().collect();
     entries.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     let bytes = postcard::to_stdvec(&CacheFileRef { version: CACHE_VERSION, entries: &entries })
-        .map_err(|e| StoreError::Corrupt { path: cache_path.to_path_buf(), reason: e.to_string() })?;
-    write_atomic(cache_path, &bytes)
+        .map_err(|e| StoreError::Corrupt { path: dir.display(cache), reason: e.to_string() })?;
+    write_atomic(dir, cache, &bytes)
 }
 
-/// Scans `root` (using and refreshing the cache at `cache_path`); see [`crate::Store::scan`].
-pub(crate) fn scan(root: &Path, cache_path: &Path) -> Result<(Vec<FileMeta>, ScanStats), StoreError> {
+/// Opens `name` below `root` (refusing links) and hashes it, or says why it is not shared. The
+/// file hashed is the file opened; its state is taken from the open handle before and after, so a
+/// file written to meanwhile is not shared now (the next scan picks it up once it is stable).
+fn hash_one(root: &Dir, name: &str) -> Result<(Stamp, FileMeta), String> {
+    let path = root.display(name);
+    let file = root.open_file(name, Access::Read).map_err(|e| io_err("open", &path)(e).to_string())?;
+    let md = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
+    if !md.is_file() {
+        return Err("not a regular file".into());
+    }
+    let stamp = Stamp::of(&md, choose_chunk_size(md.len()));
+    let meta = hash_open_file(&file, &path, name, stamp.chunk_size).map_err(|e| format!("cannot hash: {e}"))?;
+    match file.metadata() {
+        Ok(after) if Stamp::of(&after, stamp.chunk_size).same_file(&stamp) => Ok((stamp, meta)),
+        _ => Err("changed while being hashed".into()),
+    }
+}
+
+/// Scans the share folder `root` (using and refreshing the cache file `cache` of folder `p2p`);
+/// see [`crate::Store::scan`]. Also returns what was skipped and why.
+pub(crate) fn scan(
+    root: &Dir,
+    p2p: &Dir,
+    cache_name: &str,
+) -> Result<(Vec<FileMeta>, ScanStats, Vec<Skipped>), StoreError> {
     let mut stats = ScanStats::default();
-    let found = walk(root, &mut stats)?;
-    let cache = load_cache(cache_path);
+    let mut skipped = Vec::new();
+    let found = walk(root, &mut skipped)?;
+    let cache = load_cache(p2p, cache_name);
 
     let (hit, miss): (Vec<_>, Vec<_>) = found.into_iter().partition(|f| {
         // A cached meta that no longer validates (e.g. a hand-edited cache) is re-hashed.
@@ -210,42 +259,30 @@ pub(crate) fn scan(root: &Path, cache_path: &Path) -> Result<(Vec<FileMeta>, Sca
 
     // Files are hashed in parallel, and each file's chunks in parallel too: rayon balances both,
     // so a folder of one huge file and a folder of many small ones both use every core.
-    let hashed: Vec<Option<(Stamp, FileMeta)>> = miss
+    let hashed: Vec<Result<(Stamp, FileMeta), Skipped>> = miss
         .par_iter()
-        .map(|f| {
-            let meta = match hash_file(&f.path, &f.name, f.stamp.chunk_size) {
-                Ok(m) => m,
-                Err(e) => {
-                    warn!(name = f.name, error = %e, "skipping file that failed to hash");
-                    return None;
-                }
-            };
-            // A file written to while it was hashed may have mixed content: don't share or cache
-            // it now; the next scan picks it up once it is stable.
-            match fs::symlink_metadata(&f.path) {
-                Ok(md) if Stamp::of(&md, f.stamp.chunk_size).same_file(&f.stamp) => Some((f.stamp, meta)),
-                _ => {
-                    warn!(name = f.name, "skipping file that changed while being hashed");
-                    None
-                }
-            }
-        })
+        .map(|f| hash_one(root, &f.name).map_err(|reason| Skipped { name: f.name.clone(), reason }))
         .collect();
     let before = entries.len();
-    entries.extend(hashed.into_iter().flatten());
+    for h in hashed {
+        match h {
+            Ok(e) => entries.push(e),
+            Err(s) => skipped.push(s),
+        }
+    }
     stats.hashed = entries.len() - before;
-    stats.skipped += miss.len() - stats.hashed;
+    stats.skipped = skipped.len();
 
     entries.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     // Rewrite the cache only when it changed (something hashed, or something gone).
     if stats.hashed > 0 || cache.len() != stats.cached {
         let bytes = postcard::to_stdvec(&CacheFileRef { version: CACHE_VERSION, entries: &entries })
-            .map_err(|e| StoreError::Corrupt { path: cache_path.to_path_buf(), reason: e.to_string() })?;
+            .map_err(|e| StoreError::Corrupt { path: p2p.display(cache_name), reason: e.to_string() })?;
         // A share folder may be read-only: failing to save the cache costs a re-hash next
         // time, not this scan.
-        if let Err(e) = write_atomic(cache_path, &bytes) {
+        if let Err(e) = write_atomic(p2p, cache_name, &bytes) {
             warn!(error = %e, "cannot save hash cache");
         }
     }
-    Ok((entries.into_iter().map(|(_, m)| m).collect(), stats))
+    Ok((entries.into_iter().map(|(_, m)| m).collect(), stats, skipped))
 }

@@ -1,8 +1,8 @@
 //! The share folder: scanning it, serving chunks of complete files, and the registry of partial
 //! downloads kept under its bookkeeping folder.
 
-use std::collections::HashMap;
-use std::fs::{self, File};
+use std::collections::{HashMap, HashSet};
+use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -14,10 +14,11 @@ use proto::name::RESERVED_DIR;
 use proto::{validate_name, ChunkIndex, FileMeta, MetaError};
 use tracing::{debug, warn};
 
+use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
 use crate::hash::chunk_span;
 use crate::partial::{self, Partial};
-use crate::scan::{self, ScanStats};
+use crate::scan::{self, ScanStats, Skipped};
 
 /// Folder under the bookkeeping folder that holds partial downloads.
 const PARTIAL_DIR: &str = "partial";
@@ -26,19 +27,29 @@ const CACHE_FILE: &str = "hash-cache";
 
 /// A share folder: complete files under their names, partial downloads and the hash cache under
 /// its `.p2p` folder (see the crate docs for the layout). Cheap to clone; all clones share state.
+///
+/// Every file access below the share folder goes through an open handle of it ([`Dir`]), refusing
+/// symbolic links in every component atomically with the open: nothing is checked by path first
+/// and used later, so swapping a component for a link at any moment cannot make the store read or
+/// write outside the folder.
 #[derive(Clone)]
 pub struct Store {
     pub(crate) inner: Arc<Inner>,
 }
 
 pub(crate) struct Inner {
-    /// Canonical path of the share folder, so a root given through a symlink is resolved once
-    /// here and every path below it is checked component by component.
+    /// Canonical path of the share folder, for messages and for the paths `finish` returns.
     root: PathBuf,
-    pub(crate) partial_dir: PathBuf,
-    cache_path: PathBuf,
+    /// The share folder, held open: everything below it is resolved from this handle.
+    pub(crate) root_dir: Dir,
+    /// The bookkeeping folder (`.p2p`), held open for the hash cache.
+    p2p_dir: Dir,
+    /// `.p2p/partial`, held open: partial downloads' files are opened by name in it.
+    pub(crate) partial_dir: Dir,
     /// Serialises scans: two concurrent scans would race on the cache's temporary file.
     scan_lock: Mutex<()>,
+    /// Entries the last scan skipped, so each is warned about once, not at every scan.
+    warned: Mutex<HashSet<String>>,
     /// Partial downloads currently open, by id. Opening the same download twice returns the same
     /// handle, so there is only ever one bitmap and one lock per download; two independent
     /// handles would overwrite each other's bookkeeping.
@@ -51,16 +62,6 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// Fails with [`StoreError::Symlink`] if `path` exists and is a symbolic link.
-fn refuse_symlink(path: &Path) -> Result<(), StoreError> {
-    match fs::symlink_metadata(path) {
-        Ok(md) if md.file_type().is_symlink() => Err(StoreError::Symlink { path: path.to_path_buf() }),
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err("examine", path)(e)),
-    }
-}
-
 impl Store {
     /// Opens the share folder at `root`, creating it and its bookkeeping folders
     /// (`root/.p2p/partial`) if needed, and sweeping bookkeeping left behind by a crash.
@@ -68,18 +69,21 @@ impl Store {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io_err("create share folder", &root))?;
         let root = fs::canonicalize(&root).map_err(io_err("resolve share folder", &root))?;
-        let p2p = root.join(RESERVED_DIR);
-        let partial_dir = p2p.join(PARTIAL_DIR);
-        // A symlinked bookkeeping folder would let writes land outside the share folder.
-        refuse_symlink(&p2p)?;
-        refuse_symlink(&partial_dir)?;
-        fs::create_dir_all(&partial_dir).map_err(io_err("create folder", &partial_dir))?;
+        let root_dir = Dir::open_anchor(&root).map_err(io_err("open share folder", &root))?;
+        // Created and opened without following links: a symlinked bookkeeping folder would let
+        // writes land outside the share folder.
+        let p2p_dir =
+            root_dir.create_dir_all(RESERVED_DIR).map_err(io_err("create folder", &root.join(RESERVED_DIR)))?;
+        let partial_dir =
+            p2p_dir.create_dir_all(PARTIAL_DIR).map_err(io_err("create folder", &p2p_dir.display(PARTIAL_DIR)))?;
         let store = Store {
             inner: Arc::new(Inner {
                 root,
-                cache_path: p2p.join(CACHE_FILE),
+                root_dir,
+                p2p_dir,
                 partial_dir,
                 scan_lock: Mutex::new(()),
+                warned: Mutex::new(HashSet::new()),
                 open: Mutex::new(HashMap::new()),
             }),
         };
@@ -96,18 +100,17 @@ impl Store {
     /// bitmap files whose `.meta` is gone (`finish` deletes the `.meta` first).
     fn sweep_orphans(&self) -> Result<(), StoreError> {
         let dir = &self.inner.partial_dir;
-        for entry in fs::read_dir(dir).map_err(io_err("read folder", dir))? {
-            let path = entry.map_err(io_err("read folder", dir))?.path();
-            let ext = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
-            let orphan = match ext {
-                "tmp" => true,
-                "data" | "have" => !path.with_extension("meta").exists(),
+        for (name, _) in dir.entries().map_err(io_err("read folder", dir.path()))? {
+            let Some(name) = name.to_str() else { continue };
+            let orphan = match name.rsplit_once('.') {
+                Some((_, "tmp")) => true,
+                Some((stem, "data" | "have")) => dir.stat(&format!("{stem}.meta")).is_err(),
                 _ => false,
             };
             if orphan {
-                debug!(path = %path.display(), "removing stale bookkeeping file");
-                if let Err(e) = fs::remove_file(&path) {
-                    warn!(path = %path.display(), error = %e, "cannot remove stale bookkeeping file");
+                debug!(path = %dir.display(name).display(), "removing stale bookkeeping file");
+                if let Err(e) = dir.remove_file(name) {
+                    warn!(path = %dir.display(name).display(), error = %e, "cannot remove stale bookkeeping file");
                 }
             }
         }
@@ -116,8 +119,9 @@ impl Store {
 
     /// Scans the share folder: every regular file under it (recursively, names relative with `/`
     /// separators), sorted by name. Skips the `.p2p` folder, symlinks, non-regular files and
-    /// (with a warning) names that fail [`validate_name`]. New or changed files are hashed on all
-    /// cores; unchanged ones come from the hash cache.
+    /// names that fail [`validate_name`], with a warning saying what and why (once per entry, not
+    /// at every scan). New or changed files are hashed on all cores; unchanged ones come from the
+    /// hash cache.
     pub fn scan(&self) -> Result<Vec<FileMeta>, StoreError> {
         self.scan_with_stats().map(|(metas, _)| metas)
     }
@@ -125,39 +129,35 @@ impl Store {
     /// [`Store::scan`], also telling how many files were hashed and how many came from the cache.
     pub fn scan_with_stats(&self) -> Result<(Vec<FileMeta>, ScanStats), StoreError> {
         let _guard = lock(&self.inner.scan_lock);
-        let (metas, stats) = scan::scan(&self.inner.root, &self.inner.cache_path)?;
+        let (metas, stats, skipped) = scan::scan(&self.inner.root_dir, &self.inner.p2p_dir, CACHE_FILE)?;
+        self.report_skipped(skipped);
         debug!(files = metas.len(), hashed = stats.hashed, cached = stats.cached, skipped = stats.skipped, "scanned");
         Ok((metas, stats))
     }
 
-    /// Records a just-verified file in the hash cache (see [`scan::remember`]); failure only costs
-    /// a re-hash later, so it is logged, not returned.
-    pub(crate) fn remember(&self, path: &Path, meta: &FileMeta) {
-        let _guard = lock(&self.inner.scan_lock);
-        if let Err(e) = scan::remember(&self.inner.cache_path, path, meta) {
-            warn!(name = meta.name, error = %e, "cannot record finished download in the hash cache");
+    /// Logs what a scan skipped: at the default level the first time an entry is skipped, at
+    /// debug level while it stays skipped, so a folder full of links does not flood the log.
+    fn report_skipped(&self, skipped: Vec<Skipped>) {
+        let mut warned = lock(&self.inner.warned);
+        let mut now = HashSet::with_capacity(skipped.len());
+        for s in skipped {
+            if warned.contains(&s.name) {
+                debug!(name = s.name, reason = %s.reason, "skipped (still)");
+            } else {
+                warn!(name = s.name, reason = %s.reason, "not sharing {:?}: {}", s.name, s.reason);
+            }
+            now.insert(s.name);
         }
+        *warned = now;
     }
 
-    /// The path of `name` under the share folder, refusing unsafe names and any existing path
-    /// component that is a symbolic link. Components that do not exist yet are allowed (a
-    /// download creates them).
-    ///
-    /// The check and the later open are not atomic; it guards against links in the share folder,
-    /// not against a local attacker racing the peer, who could write the folder anyway.
-    pub(crate) fn path_of(&self, name: &str) -> Result<PathBuf, StoreError> {
-        validate_name(name)?;
-        let mut p = self.inner.root.clone();
-        for comp in name.split('/') {
-            p.push(comp);
-            match fs::symlink_metadata(&p) {
-                Ok(md) if md.file_type().is_symlink() => return Err(StoreError::Symlink { path: p }),
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::NotFound => return Ok(self.inner.root.join(name)),
-                Err(e) => return Err(io_err("examine", &p)(e)),
-            }
+    /// Records a just-verified file in the hash cache (see [`scan::remember`]); failure only costs
+    /// a re-hash later, so it is logged, not returned.
+    pub(crate) fn remember(&self, file: &fs::File, meta: &FileMeta) {
+        let _guard = lock(&self.inner.scan_lock);
+        if let Err(e) = scan::remember(&self.inner.p2p_dir, CACHE_FILE, file, meta) {
+            warn!(name = meta.name, error = %e, "cannot record finished download in the hash cache");
         }
-        Ok(p)
     }
 
     /// Reads chunk `i` of the complete file `meta` describes, by offset, without loading the file.
@@ -182,9 +182,12 @@ impl Store {
                 num_chunks: meta.num_chunks(),
             }));
         }
-        let path = self.path_of(&meta.name)?;
+        validate_name(&meta.name)?;
+        let path = self.inner.root_dir.display(&meta.name);
         let changed = || StoreError::FileChanged { name: meta.name.clone() };
-        let file = match File::open(&path) {
+        // Opened below the share folder's handle, refusing links in every component: the file
+        // checked below is the file read, whatever happens to the path meanwhile.
+        let file = match self.inner.root_dir.open_file(&meta.name, Access::Read) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => return Err(changed()),
             Err(e) => return Err(io_err("open", &path)(e)),
@@ -212,15 +215,11 @@ impl Store {
     pub fn partials(&self) -> Result<Vec<FileMeta>, StoreError> {
         let dir = &self.inner.partial_dir;
         let mut out = Vec::new();
-        for entry in fs::read_dir(dir).map_err(io_err("read folder", dir))? {
-            let path = entry.map_err(io_err("read folder", dir))?.path();
-            if path.extension().and_then(|e| e.to_str()) != Some("meta") {
-                continue;
-            }
-            match partial::read_meta(&path) {
-                Ok(meta) if path.file_stem().and_then(|s| s.to_str()) == Some(&partial::partial_id(&meta)) => {
-                    out.push(meta)
-                }
+        for (name, _) in dir.entries().map_err(io_err("read folder", dir.path()))? {
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
+            let path = dir.display(&format!("{stem}.meta"));
+            match partial::read_meta(dir, &format!("{stem}.meta")) {
+                Ok(meta) if stem == partial::partial_id(&meta) => out.push(meta),
                 Ok(_) => warn!(path = %path.display(), "skipping partial download filed under the wrong id"),
                 Err(e) => warn!(path = %path.display(), error = %e, "skipping unreadable partial download"),
             }
