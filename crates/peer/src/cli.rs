@@ -81,6 +81,9 @@ struct NodeArgs {
     /// Most downloaders served at once.
     #[arg(long, default_value_t = 256)]
     max_uploads: usize,
+    /// Most downloaders served at once from one IP address, so one host cannot take every slot.
+    #[arg(long, default_value_t = 4)]
+    max_uploads_per_ip: usize,
 }
 
 /// Exit code for an interrupted run.
@@ -137,6 +140,7 @@ fn node_config(tracker: SocketAddr, a: NodeArgs) -> NodeConfig {
     c.download.pipeline = a.pipeline.max(1);
     c.download.max_sources = a.max_sources.max(1);
     c.serve.max_uploads = a.max_uploads.max(1);
+    c.serve.max_uploads_per_ip = a.max_uploads_per_ip.max(1);
     c
 }
 

@@ -50,7 +50,7 @@ impl NodeConfig {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             upload_rate: None,
             download_rate: None,
-            serve: ServeConfig { max_uploads: 256, idle_timeout: Duration::from_secs(30) },
+            serve: ServeConfig::default(),
             download: DownloadConfig::default(),
             request_timeout: Duration::from_secs(10),
         }
@@ -93,14 +93,13 @@ impl Node {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let uploaded = Arc::new(AtomicU64::new(0));
-        let uploader = Arc::new(Uploader {
-            shares: shares.clone(),
-            store: store.clone(),
-            limiter: Arc::new(RateLimiter::new(config.upload_rate)),
-            uploaded: uploaded.clone(),
-            config: config.serve.clone(),
-            fresh: std::sync::Mutex::default(),
-        });
+        let uploader = Arc::new(Uploader::new(
+            shares.clone(),
+            store.clone(),
+            Arc::new(RateLimiter::new(config.upload_rate)),
+            uploaded.clone(),
+            config.serve.clone(),
+        ));
         tasks.spawn(
             serve::serve(listener, uploader, shutdown.clone()).instrument(tracing::info_span!("serve", %listen)),
         );

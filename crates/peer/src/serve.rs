@@ -2,8 +2,14 @@
 //! chunk requests in order, reading chunks from disk by offset (complete files) or from the
 //! verified chunks of partial downloads. Memory per connection is one chunk buffer, reused, plus
 //! small buffers; chunk bytes go from that buffer to the socket without another copy.
+//!
+//! Fairness under hostile clients: connections are capped in total and per remote address (so one
+//! host cannot take every slot), and a send that makes no progress for
+//! [`ServeConfig::send_timeout`] ends its connection (so clients that never read cannot hold slots),
+//! while a slow reader that keeps reading is served however long its replies take.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -38,8 +44,24 @@ const REQUEST_MAX_FRAME: usize = 1024;
 pub struct ServeConfig {
     /// Concurrent downloader connections; extras get [`PeerError::Busy`].
     pub max_uploads: usize,
+    /// Concurrent downloader connections from one IP address; extras get [`PeerError::Busy`].
+    pub max_uploads_per_ip: usize,
     /// A connection that sends nothing for this long is closed; also the handshake deadline.
     pub idle_timeout: Duration,
+    /// A reply whose bytes make no progress into the socket for this long ends the connection:
+    /// the downloader is not reading. Measured per write, so a slow but steady reader is served.
+    pub send_timeout: Duration,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_uploads: 256,
+            max_uploads_per_ip: 4,
+            idle_timeout: Duration::from_secs(30),
+            send_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 /// What the server needs, shared by all connections.
@@ -57,6 +79,26 @@ pub struct Uploader {
     /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
     /// for [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
     pub fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
+    /// Open upload connections per remote IP, for [`ServeConfig::max_uploads_per_ip`].
+    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// One connection's place in [`Uploader::per_ip`], given back when dropped.
+struct IpSlot {
+    up: Arc<Uploader>,
+    ip: IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut per_ip = self.up.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// The chunks of one file a server has sent to anyone, for [`PeerRequest::GetFresh`].
@@ -68,6 +110,30 @@ pub struct Fresh {
 }
 
 impl Uploader {
+    /// A new server's shared state.
+    pub fn new(
+        shares: Shares,
+        store: Store,
+        limiter: Arc<RateLimiter>,
+        uploaded: Arc<AtomicU64>,
+        config: ServeConfig,
+    ) -> Self {
+        Uploader { shares, store, limiter, uploaded, config, fresh: Mutex::default(), per_ip: Mutex::default() }
+    }
+
+    /// Takes a connection slot for `remote`'s IP (IPv4-mapped addresses counted as IPv4), or
+    /// None if that IP already holds [`ServeConfig::max_uploads_per_ip`].
+    fn ip_slot(self: &Arc<Self>, remote: SocketAddr) -> Option<IpSlot> {
+        let ip = remote.ip().to_canonical();
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = per_ip.entry(ip).or_insert(0);
+        if *n >= self.config.max_uploads_per_ip {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot { up: self.clone(), ip })
+    }
+
     /// The chunk to send for a request of `chunk` of the complete file `meta`: `chunk` itself
     /// unless fresh was asked for, this server already sent it, and another chunk was never sent;
     /// then that one. Marks the answer sent.
@@ -110,8 +176,9 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
         };
         let _ = stream.set_nodelay(true);
         let mut conn = Conn::new(stream);
-        match permits.clone().try_acquire_owned() {
-            Ok(permit) => {
+        // The address's slot first, so one address refused in bulk never holds a global slot.
+        match up.ip_slot(remote).zip(permits.clone().try_acquire_owned().ok()) {
+            Some((slot, permit)) => {
                 let (up, shutdown) = (up.clone(), shutdown.clone());
                 tasks.spawn(
                     async move {
@@ -119,14 +186,15 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
                             _ = shutdown.cancelled() => {}
                             r = connection(&mut conn, &up) => if let Err(e) = r { debug!(error = %e, "upload ended") },
                         }
-                        drop(permit);
+                        drop((slot, permit));
                     }
                     .instrument(tracing::debug_span!("upload", %remote)),
                 );
             }
-            Err(_) => {
+            None => {
+                debug!(%remote, "upload cap reached (in total or for this address)");
                 tasks.spawn(async move {
-                    let _ = conn.send(PeerResponse::Error(PeerError::Busy), Duration::from_secs(1)).await;
+                    let _ = conn.send(PeerResponse::Error(PeerError::Busy), GOODBYE_TIMEOUT).await;
                 });
             }
         }
@@ -136,8 +204,12 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
     tasks.wait().await;
 }
 
+/// How long a refusal may take to send before the connection is dropped anyway.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
+
 async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
     let idle = up.config.idle_timeout;
+    let send = up.config.send_timeout;
     let (name, root) = match timeout(idle, conn.requests.next()).await {
         Ok(Some(Ok(Ok(PeerRequest::Hello { hello, name, root })))) => match hello.check() {
             Ok(()) => (name, root),
@@ -160,32 +232,42 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
         Shared::Complete(_) => None,
     };
     let mut told = shared.have().to_bitmap(shared.meta().num_chunks());
-    conn.send(PeerResponse::Welcome { have: shared.have() }, idle).await?;
+    conn.send(PeerResponse::Welcome { have: shared.have() }, send).await?;
     conn.requests.decoder_mut().set_max_frame(REQUEST_MAX_FRAME);
     // One buffer for every chunk this connection sends: no allocation per chunk.
     let mut buf = Vec::new();
     let mut idle_until = Instant::now() + idle;
-    loop {
+    // Failed reads are warned about once per connection, then counted: a client asking again and
+    // again for a chunk that cannot be read must not flood the log.
+    let mut failed_reads = ReadFailures::default();
+    let result = loop {
         let next = tokio::select! {
             r = conn.requests.next() => r,
-            _ = tokio::time::sleep_until(idle_until) => return Ok(()),
+            _ = tokio::time::sleep_until(idle_until) => break Ok(()),
             n = next_news(&mut news) => {
-                announce(conn, &shared, &mut told, n, &mut news, idle).await?;
+                if let Err(e) = announce(conn, &shared, &mut told, n, &mut news, send).await {
+                    break Err(e);
+                }
                 continue;
             }
         };
         idle_until = Instant::now() + idle;
         let (chunk, fresh) = match next {
-            None => return Ok(()),
-            Some(Err(e)) => return Err(e.to_string()),
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e.to_string()),
             Some(Ok(Err(e))) => {
-                conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), idle).await?;
+                if let Err(e) = conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), send).await {
+                    break Err(e);
+                }
                 continue;
             }
             Some(Ok(Ok(PeerRequest::GetChunk { chunk }))) => (chunk, false),
             Some(Ok(Ok(PeerRequest::GetFresh { chunk }))) => (chunk, true),
             Some(Ok(Ok(PeerRequest::Hello { .. }))) => {
-                conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), idle).await?;
+                if let Err(e) = conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), send).await
+                {
+                    break Err(e);
+                }
                 continue;
             }
         };
@@ -195,15 +277,47 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
             Shared::Complete(meta) if chunk < meta.num_chunks() => up.choose(meta, chunk, fresh),
             _ => chunk,
         };
-        let (read, returned) = read_chunk(up, current, chunk, buf).await;
+        let (read, returned) = read_chunk(up, current, chunk, buf, &mut failed_reads).await;
         buf = returned;
-        match read {
+        let sent = match read {
             Ok(()) => {
                 up.limiter.acquire(buf.len()).await;
-                conn.send_chunk(chunk, &buf, idle).await?;
-                up.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                let r = conn.send_chunk(chunk, &buf, send).await;
+                if r.is_ok() {
+                    up.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                }
+                r
             }
-            Err(reply) => conn.send(reply, idle).await?,
+            Err(reply) => conn.send(reply, send).await,
+        };
+        if let Err(e) = sent {
+            break Err(e);
+        }
+    };
+    failed_reads.summarize(&name);
+    result
+}
+
+/// Failed chunk reads on one connection: the first is logged as a warning with its reason, the
+/// rest only counted, and the count logged once when the connection ends.
+#[derive(Default)]
+struct ReadFailures {
+    count: u64,
+}
+
+impl ReadFailures {
+    fn record(&mut self, chunk: u32, error: &dyn std::fmt::Display) {
+        self.count += 1;
+        if self.count == 1 {
+            warn!(chunk, %error, "cannot read chunk for upload (further failures on this connection are counted)");
+        } else {
+            debug!(chunk, %error, "cannot read chunk for upload");
+        }
+    }
+
+    fn summarize(&self, name: &str) {
+        if self.count > 1 {
+            warn!(name, failures = self.count, "chunk reads failed on this upload connection");
         }
     }
 }
@@ -255,6 +369,7 @@ async fn read_chunk(
     shared: Shared,
     chunk: u32,
     mut buf: Vec<u8>,
+    failures: &mut ReadFailures,
 ) -> (Result<(), PeerResponse>, Vec<u8>) {
     let meta: &FileMeta = shared.meta();
     let Ok(idx) = meta.chunk(chunk) else {
@@ -273,11 +388,11 @@ async fn read_chunk(
         Ok((Ok(()), buf)) => (Ok(()), buf),
         Ok((Err(StoreError::NotHeld { .. }), buf)) => (Err(PeerResponse::DontHave { chunk }), buf),
         Ok((Err(e), buf)) => {
-            warn!(chunk, error = %e, "cannot read chunk for upload");
+            failures.record(chunk, &e);
             (Err(PeerResponse::Error(PeerError::Internal)), buf)
         }
         Err(e) => {
-            warn!(chunk, error = %e, "chunk read task failed");
+            failures.record(chunk, &e);
             (Err(PeerResponse::Error(PeerError::Internal)), Vec::new())
         }
     }
@@ -323,13 +438,18 @@ impl Conn {
         r
     }
 
-    /// Writes all of `frame` within `deadline`.
-    async fn write(&mut self, frame: &mut impl Buf, deadline: Duration) -> Result<(), String> {
-        match timeout(deadline, self.out.write_all_buf(frame)).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err("send timed out".into()),
+    /// Writes all of `frame`, failing if no byte of it goes out for `stalled` at any point: the
+    /// deadline is on progress, not on the whole reply, so a slow reader gets all of a large one.
+    async fn write(&mut self, frame: &mut impl Buf, stalled: Duration) -> Result<(), String> {
+        while frame.has_remaining() {
+            match timeout(stalled, self.out.write_buf(frame)).await {
+                Ok(Ok(0)) => return Err("connection closed while sending".into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e.to_string()),
+                Err(_) => return Err(format!("send made no progress for {stalled:?}")),
+            }
         }
+        Ok(())
     }
 
     async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), String> {
@@ -340,7 +460,11 @@ impl Conn {
 
     async fn refuse(&mut self, e: PeerError) -> Result<(), String> {
         debug!(error = %e, "refusing downloader");
-        let _ = self.send(PeerResponse::Error(e), Duration::from_secs(1)).await;
+        let _ = self.send(PeerResponse::Error(e), GOODBYE_TIMEOUT).await;
         Ok(())
     }
 }
+
+#[cfg(test)]
+#[path = "serve_tests.rs"]
+mod tests;
