@@ -154,9 +154,7 @@ fn walk(root: &Dir, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, StoreError
                 FileType::Symlink => skip(name, "symbolic links are not followed".into()),
                 FileType::Directory => match dir.open_dir(&file_name) {
                     Ok(sub) => stack.push((Some(sub), name)),
-                    Err(e) => {
-                        skip(name, format!("cannot open folder: {}", io_err("open", &dir.display(&file_name))(e)))
-                    }
+                    Err(e) => skip(name, open_failure("folder", &e)),
                 },
                 FileType::RegularFile => match validate_name(&name) {
                     Ok(()) => out.push(Found { name, stamp: Stamp::of_stat(&st) }),
@@ -213,18 +211,36 @@ pub(crate) fn remember(dir: &Dir, cache: &str, file: &fs::File, meta: &FileMeta)
     write_atomic(dir, cache, &bytes)
 }
 
+/// `e` with the OS error it wraps, if any (`StoreError`'s message names only the action).
+fn with_source(e: &StoreError) -> String {
+    match std::error::Error::source(e) {
+        Some(src) => format!("{e}: {src}"),
+        None => e.to_string(),
+    }
+}
+
+/// Why a file or folder could not be opened, in words (the OS error included).
+fn open_failure(what: &str, e: &std::io::Error) -> String {
+    if crate::beneath::is_symlink_refusal(e) {
+        format!("{what} became a symbolic link (links are not followed)")
+    } else {
+        format!("cannot open {what}: {e}")
+    }
+}
+
 /// Opens `name` below `root` (refusing links) and hashes it, or says why it is not shared. The
 /// file hashed is the file opened; its state is taken from the open handle before and after, so a
 /// file written to meanwhile is not shared now (the next scan picks it up once it is stable).
 fn hash_one(root: &Dir, name: &str) -> Result<(Stamp, FileMeta), String> {
     let path = root.display(name);
-    let file = root.open_file(name, Access::Read).map_err(|e| io_err("open", &path)(e).to_string())?;
+    let file = root.open_file(name, Access::Read).map_err(|e| open_failure("file", &e))?;
     let md = file.metadata().map_err(|e| format!("cannot stat: {e}"))?;
     if !md.is_file() {
         return Err("not a regular file".into());
     }
     let stamp = Stamp::of(&md, choose_chunk_size(md.len()));
-    let meta = hash_open_file(&file, &path, name, stamp.chunk_size).map_err(|e| format!("cannot hash: {e}"))?;
+    let meta = hash_open_file(&file, &path, name, stamp.chunk_size)
+        .map_err(|e| format!("cannot hash: {}", with_source(&e)))?;
     match file.metadata() {
         Ok(after) if Stamp::of(&after, stamp.chunk_size).same_file(&stamp) => Ok((stamp, meta)),
         _ => Err("changed while being hashed".into()),

@@ -101,7 +101,7 @@ fn skipped_entries_are_warned_about_once_with_the_reason() {
     let store = Store::open(&share).unwrap();
     fs::write(share.join("ok.bin"), b"fine").unwrap();
     std::os::unix::fs::symlink("/etc/hostname", share.join("link")).unwrap();
-    rustix::fs::mkfifoat(rustix::fs::CWD, &share.join("fifo"), rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
+    rustix::fs::mkfifoat(rustix::fs::CWD, share.join("fifo"), rustix::fs::Mode::from_raw_mode(0o644)).unwrap();
     fs::write(share.join("bad\\name"), b"x").unwrap();
 
     let sink = Sink::default();
