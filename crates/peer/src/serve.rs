@@ -239,7 +239,7 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
     let mut idle_until = Instant::now() + idle;
     // Failed reads are warned about once per connection, then counted: a client asking again and
     // again for a chunk that cannot be read must not flood the log.
-    let mut failed_reads = ReadFailures::default();
+    let mut failed_reads = ReadFailures { name: name.clone(), count: 0 };
     let result = loop {
         let next = tokio::select! {
             r = conn.requests.next() => r,
@@ -294,14 +294,14 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
             break Err(e);
         }
     };
-    failed_reads.summarize(&name);
     result
 }
 
 /// Failed chunk reads on one connection: the first is logged as a warning with its reason, the
-/// rest only counted, and the count logged once when the connection ends.
-#[derive(Default)]
+/// rest only counted, and the count logged once when the connection ends, however it ends (so
+/// also when its task is cancelled).
 struct ReadFailures {
+    name: String,
     count: u64,
 }
 
@@ -314,10 +314,12 @@ impl ReadFailures {
             debug!(chunk, %error, "cannot read chunk for upload");
         }
     }
+}
 
-    fn summarize(&self, name: &str) {
+impl Drop for ReadFailures {
+    fn drop(&mut self) {
         if self.count > 1 {
-            warn!(name, failures = self.count, "chunk reads failed on this upload connection");
+            warn!(name = self.name, failures = self.count, "chunk reads failed on this upload connection");
         }
     }
 }
