@@ -69,6 +69,9 @@ fuzz_target!(|ops: Vec<Op>| {
         list_page: 2,
         list_page_bytes: 1 << 20,
         allow_foreign_endpoints: false,
+        // About two of these small files per session, six in all: the byte budgets bind too.
+        max_meta_bytes_per_session: 1000,
+        max_meta_bytes_total: 3000,
     });
     let metas = metas();
     let mut peers: Vec<PeerId> = Vec::new();

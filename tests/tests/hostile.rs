@@ -92,7 +92,7 @@ async fn abusive_requests_get_typed_errors_and_change_nothing() {
         assert_eq!(t.registry().list(None), before, "the file list is unchanged");
         assert_eq!(t.registry().stats().files, loc_before.files);
         match owner.call(TrackerRequest::FileMeta { name: "f".into() }).await {
-            TrackerResponse::FileMeta(m) => assert_eq!(m, good),
+            TrackerResponse::FileMeta(m) => assert_eq!(*m, good),
             other => panic!("{other:?}"),
         }
         t.shutdown().await.unwrap();
@@ -293,7 +293,7 @@ async fn hostile_tracker_cannot_make_a_peer_write_outside_its_share() {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut m = test_meta("x", 1, 2);
                 m.name = hostile[i % hostile.len()].clone();
-                TrackerResponse::FileMeta(m)
+                TrackerResponse::FileMeta(std::sync::Arc::new(m))
             }
             TrackerRequest::KeepAlive => TrackerResponse::KeepAlive,
             _ => TrackerResponse::Error(RequestError::UnknownFile("?".into())),

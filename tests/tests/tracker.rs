@@ -44,7 +44,7 @@ async fn every_request_happy_path() {
         }
         assert_eq!(
             b.call(TrackerRequest::FileMeta { name: m.name.clone() }).await,
-            TrackerResponse::FileMeta(m.clone())
+            TrackerResponse::FileMeta(std::sync::Arc::new(m.clone()))
         );
 
         let loc = |r| match r {
@@ -453,7 +453,7 @@ async fn locations_reply_size_for_10k_chunks_100_sources() {
             l.availability.len()
         );
         assert!(body_len < 160_000, "reply grew: {body_len} bytes");
-        let meta_frame = postcard::to_stdvec(&TrackerResponse::FileMeta(meta)).unwrap().len() + LEN_PREFIX;
+        let meta_frame = postcard::to_stdvec(&TrackerResponse::FileMeta(std::sync::Arc::new(meta))).unwrap().len() + LEN_PREFIX;
         println!("File Meta reply for the same file: {meta_frame} bytes");
         t.shutdown().await.unwrap();
     })

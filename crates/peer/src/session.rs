@@ -5,6 +5,7 @@
 //! Callers hold a cheap [`TrackerSession`] handle and await typed replies.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -95,9 +96,10 @@ impl TrackerSession {
     pub async fn file_meta(&self, name: &str) -> Result<FileMeta, Error> {
         match self.call(TrackerRequest::FileMeta { name: name.to_owned() }).await? {
             TrackerResponse::FileMeta(meta) => {
+                let meta = Arc::unwrap_or_clone(meta);
                 // The tracker is trusted for metadata, but not to be free of bugs or tampering:
                 // a wrong name or hashes that do not add up to the root are refused here.
-                meta.validate().map_err(|reason| Error::BadMeta { name: name.to_owned(), reason })?;
+                let meta = validate_off_runtime(name, meta).await?;
                 if meta.name != name {
                     return Err(Error::TrackerProtocol(format!(
                         "asked for {name:?}, got metadata for {:?}",
@@ -349,6 +351,24 @@ impl Actor {
                 Err(e) => debug!(error = %e, "reconnect failed"),
             }
         }
+    }
+}
+
+/// Checks `meta` on a blocking thread: up to 2^18 hash merges, too long for an async worker
+/// (it would stall every other task on it). At most one check per core at a time, so a burst of
+/// downloads cannot fill the blocking pool with them.
+async fn validate_off_runtime(name: &str, meta: FileMeta) -> Result<FileMeta, Error> {
+    static CHECKS: std::sync::OnceLock<tokio::sync::Semaphore> = std::sync::OnceLock::new();
+    let cores = std::thread::available_parallelism().map_or(2, usize::from);
+    let checks = CHECKS.get_or_init(|| tokio::sync::Semaphore::new(cores));
+    // The semaphore is never closed, so acquiring cannot fail; were it to, check anyway.
+    let _permit = checks.acquire().await.ok();
+    match tokio::task::spawn_blocking(move || meta.validate().map(|()| meta)).await {
+        Ok(r) => r.map_err(|reason| Error::BadMeta { name: name.to_owned(), reason }),
+        // A panic inside `validate` is resumed where it belongs.
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Err(Error::Cancelled),
     }
 }
 

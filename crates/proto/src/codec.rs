@@ -70,31 +70,63 @@ pub enum MessageError {
 pub trait WireMessage: Sized {
     /// Appends the body to `dst`.
     fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error>;
+    /// The exact length of the body [`WireMessage::encode_body`] would append, computed without
+    /// writing it (one pass over the message, no allocation).
+    fn body_len(&self) -> Result<usize, postcard::Error>;
     /// Decodes one whole body.
     fn decode_body(frame: BytesMut) -> Result<Self, MessageError>;
 }
 
-/// Serializes `msg` straight into `dst`'s memory (postcard's slice flavor, the fastest): into
-/// 1 KiB of room, enough for most messages, doubled until it fits. No temporary vector to grow
-/// and copy.
+/// Room tried first by [`encode_into`]: enough for most messages.
+const SMALL_MESSAGE: usize = 1024;
+
+/// Serializes `msg` straight into `dst`'s memory. Small messages (most of them) go through
+/// postcard's slice flavor, the fastest, into [`SMALL_MESSAGE`] bytes of room. A larger message
+/// has its exact size computed first (a pass that writes nothing), `dst` grows once by exactly
+/// that much, and the message is appended: no doubling, no zero-filling, no temporary vector to
+/// grow and copy (a File Meta reply of 2^18 chunks is 8 MiB).
 fn encode_into<T: serde::Serialize>(msg: &T, dst: &mut BytesMut) -> Result<(), postcard::Error> {
     let start = dst.len();
-    let mut room = 1024;
-    loop {
-        dst.resize(start + room, 0);
-        match postcard::to_slice(msg, &mut dst[start..]) {
-            Ok(used) => {
-                let n = used.len();
-                dst.truncate(start + n);
-                return Ok(());
-            }
-            // A length prefix cannot say more than 4 GiB: no frame is larger.
-            Err(postcard::Error::SerializeBufferFull) if room <= u32::MAX as usize / 2 => room *= 2,
-            Err(e) => {
-                dst.truncate(start);
-                return Err(e);
-            }
+    dst.resize(start + SMALL_MESSAGE, 0);
+    match postcard::to_slice(msg, &mut dst[start..]) {
+        Ok(used) => {
+            let n = used.len();
+            dst.truncate(start + n);
+            return Ok(());
         }
+        Err(postcard::Error::SerializeBufferFull) => dst.truncate(start),
+        Err(e) => {
+            dst.truncate(start);
+            return Err(e);
+        }
+    }
+    let len = postcard::experimental::serialized_size(msg)?;
+    dst.reserve(len);
+    let result = postcard::serialize_with_flavor(msg, Append(dst));
+    if result.is_err() {
+        dst.truncate(start);
+    }
+    result
+}
+
+/// A postcard flavor that appends to a `BytesMut` (which [`encode_into`] has grown to fit).
+struct Append<'a>(&'a mut BytesMut);
+
+impl postcard::ser_flavors::Flavor for Append<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.put_u8(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
     }
 }
 
@@ -109,6 +141,9 @@ macro_rules! postcard_message {
             fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
                 encode_into(self, dst)
             }
+            fn body_len(&self) -> Result<usize, postcard::Error> {
+                postcard::experimental::serialized_size(self)
+            }
             fn decode_body(frame: BytesMut) -> Result<Self, MessageError> {
                 let (msg, used) = postcard_decode(&frame)?;
                 match frame.len() - used {
@@ -122,9 +157,9 @@ macro_rules! postcard_message {
 
 postcard_message!(TrackerRequest, TrackerResponse, PeerRequest);
 
-impl WireMessage for PeerResponse {
-    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
-        let header = match self {
+impl PeerResponse {
+    fn header(&self) -> Result<ResponseHeader, postcard::Error> {
+        Ok(match self {
             PeerResponse::Welcome { have } => ResponseHeader::Welcome { have: have.clone() },
             PeerResponse::Chunk { chunk, data } => {
                 let len = u32::try_from(data.len()).map_err(|_| postcard::Error::SerializeBufferFull)?;
@@ -133,12 +168,25 @@ impl WireMessage for PeerResponse {
             PeerResponse::DontHave { chunk } => ResponseHeader::DontHave { chunk: *chunk },
             PeerResponse::Error(e) => ResponseHeader::Error(e.clone()),
             PeerResponse::Have { chunk } => ResponseHeader::Have { chunk: *chunk },
-        };
-        dst.extend_from_slice(&postcard::to_stdvec(&header)?);
+        })
+    }
+}
+
+impl WireMessage for PeerResponse {
+    fn encode_body(&self, dst: &mut BytesMut) -> Result<(), postcard::Error> {
+        dst.extend_from_slice(&postcard::to_stdvec(&self.header()?)?);
         if let PeerResponse::Chunk { data, .. } = self {
             dst.extend_from_slice(data);
         }
         Ok(())
+    }
+
+    fn body_len(&self) -> Result<usize, postcard::Error> {
+        let data = match self {
+            PeerResponse::Chunk { data, .. } => data.len(),
+            _ => 0,
+        };
+        Ok(postcard::experimental::serialized_size(&self.header()?)? + data)
     }
 
     fn decode_body(mut frame: BytesMut) -> Result<Self, MessageError> {
@@ -217,6 +265,19 @@ impl<In, Out> Codec<In, Out> {
     /// The current receive limit.
     pub fn max_frame(&self) -> usize {
         self.max_frame
+    }
+}
+
+impl<In, Out: WireMessage> Codec<In, Out> {
+    /// The bytes encoding `item` would append to the write buffer (length prefix included),
+    /// computed without writing anything, or the error encoding it would give (e.g. the frame
+    /// limit). A server that budgets its memory asks before it encodes.
+    pub fn encoded_len(&self, item: &Out) -> Result<usize, CodecError> {
+        let len = item.body_len()?;
+        if len > self.max_encode {
+            return Err(CodecError::FrameTooLarge { len, max: self.max_encode });
+        }
+        Ok(LEN_PREFIX + len)
     }
 }
 

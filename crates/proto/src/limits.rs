@@ -59,3 +59,23 @@ pub const DEFAULT_SESSION_TIMEOUT_MS: u64 = 6_000;
 
 /// Default deadline for the handshake of a new connection, in milliseconds.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_MS: u64 = 5_000;
+
+/// Default budget of metadata bytes one tracker session may hold registered (256 MiB), counted
+/// by the tracker's estimate of what each holding costs it (see `tracker::registry`): the chunk
+/// hashes (32 bytes a chunk), the encoded File Meta reply (32), the availability counters (4),
+/// the holder's bitmap row (1/8), the name three times and a fixed overhead. About 3.9 million
+/// chunks: 14 files of [`MAX_CHUNKS_PER_FILE`] chunks (18 MiB each), 3.7 TiB of data in 1 MiB
+/// chunks, or [`DEFAULT_MAX_FILES_PER_SESSION`] small files several times over: an honest peer
+/// sharing a large library fits, one session alone cannot fill the tracker.
+pub const DEFAULT_MAX_META_BYTES_PER_SESSION: u64 = 256 * 1024 * 1024;
+
+/// Default budget of metadata bytes the tracker holds in total (2 GiB), counted as for
+/// [`DEFAULT_MAX_META_BYTES_PER_SESSION`] (each file's metadata once, plus every holder's row):
+/// eight sessions at their full budget, about 31 million chunks, or a million small files; what
+/// the registry may take of a tracker host's memory.
+pub const DEFAULT_MAX_META_BYTES_TOTAL: u64 = 2 * 1024 * 1024 * 1024;
+
+/// Default budget of bytes the tracker holds queued to clients (encoded replies not yet written
+/// to their sockets), over all connections (256 MiB): 32 File Meta replies of the largest file
+/// in flight at once. Beyond it the connections furthest behind are dropped.
+pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;

@@ -6,6 +6,7 @@
 //! request with exactly one response, in order. Append-only: new variants go at the end.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -87,8 +88,9 @@ pub enum TrackerResponse {
         /// True when more files follow this page.
         more: bool,
     },
-    /// A file's metadata.
-    FileMeta(FileMeta),
+    /// A file's metadata. Shared (`Arc`), so the tracker encodes the registry's copy without
+    /// cloning it; on the wire exactly a `FileMeta` (serde's `rc` feature).
+    FileMeta(Arc<FileMeta>),
     /// A file's sources.
     FileLocations(Locations),
     /// Chunk Register succeeded.
@@ -199,6 +201,18 @@ pub enum RejectReason {
         /// The quota.
         max: usize,
     },
+    /// The metadata this session holds registered would exceed its budget in bytes.
+    #[error("session metadata quota of {max} bytes reached")]
+    SessionMetaQuota {
+        /// The budget, in bytes.
+        max: u64,
+    },
+    /// The metadata the tracker holds would exceed its budget in bytes.
+    #[error("tracker metadata quota of {max} bytes reached")]
+    GlobalMetaQuota {
+        /// The budget, in bytes.
+        max: u64,
+    },
 }
 
 /// A typed error reply. The request changed nothing.
@@ -262,5 +276,15 @@ pub enum RequestError {
         len: usize,
         /// The limit.
         max: usize,
+    },
+    /// The reply cannot be queued now: with it, the bytes the tracker has queued to all its
+    /// clients would exceed its budget, even after dropping every connection further behind
+    /// than this one. Nothing else is wrong with the session; retry later.
+    #[error("reply of {len} bytes does not fit the tracker's budget of {max} bytes queued to clients")]
+    Overloaded {
+        /// The reply's size, in bytes (length prefix included).
+        len: u64,
+        /// The budget, in bytes.
+        max: u64,
     },
 }

@@ -60,6 +60,8 @@ fn responses() -> Vec<TrackerResponse> {
                 Err(RejectReason::InconsistentMeta(MetaError::RootMismatch)),
                 Err(RejectReason::ContentConflict { existing: meta().root }),
                 Err(RejectReason::SessionQuota { max: 3 }),
+                Err(RejectReason::SessionMetaQuota { max: 1 << 28 }),
+                Err(RejectReason::GlobalMetaQuota { max: 1 << 31 }),
             ],
         },
         TrackerResponse::FileList {
@@ -73,7 +75,7 @@ fn responses() -> Vec<TrackerResponse> {
             }],
             more: true,
         },
-        TrackerResponse::FileMeta(meta()),
+        TrackerResponse::FileMeta(std::sync::Arc::new(meta())),
         TrackerResponse::FileLocations(Locations {
             root: meta().root,
             num_chunks: 4,
@@ -90,6 +92,7 @@ fn responses() -> Vec<TrackerResponse> {
         TrackerResponse::Error(RequestError::ChunkOutOfRange { chunk: 9, num_chunks: 4 }),
         TrackerResponse::Error(RequestError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })),
         TrackerResponse::Error(RequestError::ReplyTooLarge { len: 1 << 25, max: 1 << 24 }),
+        TrackerResponse::Error(RequestError::Overloaded { len: 1 << 23, max: 1 << 28 }),
     ]
 }
 
@@ -319,4 +322,47 @@ fn chunk_frame_header_matches_the_encoder() {
         assert_eq!(split, framed);
     }
     assert!(matches!(proto::codec::chunk_frame_header(1, 2000, 1000), Err(proto::CodecError::FrameTooLarge { .. })));
+}
+
+/// `encoded_len` says exactly what encoding appends, for every message, without writing.
+#[test]
+fn encoded_len_is_exact() {
+    fn check<T: WireMessage + Clone>(msgs: &[T]) {
+        let mut codec = Codec::<T, T>::new(limits::DEFAULT_MAX_FRAME);
+        for m in msgs {
+            let mut buf = BytesMut::from(&b"queued"[..]);
+            let want = codec.encoded_len(m).unwrap();
+            codec.encode(m.clone(), &mut buf).unwrap();
+            assert_eq!(buf.len() - 6, want);
+        }
+    }
+    check(&requests());
+    check(&responses());
+    check(&peer_responses());
+    let big = PeerResponse::Chunk { chunk: 0, data: Bytes::from(vec![0u8; 200]) };
+    assert!(matches!(PeerServerCodec::new(100).encoded_len(&big), Err(CodecError::FrameTooLarge { max: 100, .. })));
+}
+
+/// A large message (metadata of 2^16 chunks, 2 MiB) is encoded into a buffer grown once to its
+/// exact size, after whatever was queued before it: no doubling, no slack.
+#[test]
+fn large_messages_are_encoded_into_exactly_sized_buffers() {
+    let n = 1usize << 16;
+    let hashes: Vec<Hash> = (0..n).map(|i| Hash([(i % 251) as u8; 32])).collect();
+    let length = n as u64 * u64::from(MIN_CHUNK_SIZE);
+    let root = proto::meta::root_from_chunks(length, MIN_CHUNK_SIZE, &hashes);
+    let meta = FileMeta { name: "big".into(), length, chunk_size: MIN_CHUNK_SIZE, root, chunk_hashes: hashes };
+    let reply = TrackerResponse::FileMeta(std::sync::Arc::new(meta));
+    let mut codec = TrackerServerCodec::new(limits::DEFAULT_MAX_FRAME);
+    let mut buf = BytesMut::new();
+    codec.encode(TrackerResponse::KeepAlive, &mut buf).unwrap();
+    let small = buf.len();
+    let len = codec.encoded_len(&reply).unwrap();
+    assert!(len > 32 * n);
+    codec.encode(reply.clone(), &mut buf).unwrap();
+    assert_eq!(buf.len(), small + len);
+    assert_eq!(buf.capacity(), buf.len(), "the buffer grew to exactly the frames it holds");
+    let mut client = TrackerClientCodec::new(limits::DEFAULT_MAX_FRAME);
+    assert_eq!(client.decode(&mut buf).unwrap().unwrap().unwrap(), TrackerResponse::KeepAlive);
+    assert_eq!(client.decode(&mut buf).unwrap().unwrap().unwrap(), reply);
 }

@@ -17,7 +17,7 @@ fn enc<T: WireMessage>(m: T) -> Vec<u8> {
 
 #[test]
 fn golden_tracker_requests() {
-    assert_eq!(enc(TrackerRequest::Hello(Hello::current())), [0, 0, 0, 6, 0, b'P', b'2', b'P', b'F', 2]);
+    assert_eq!(enc(TrackerRequest::Hello(Hello::current())), [0, 0, 0, 6, 0, b'P', b'2', b'P', b'F', 3]);
     assert_eq!(
         enc(TrackerRequest::ChunkRegister { name: "ab".into(), chunk: 300 }),
         [0, 0, 0, 6, 5, 2, b'a', b'b', 0xac, 0x02]
@@ -30,6 +30,32 @@ fn golden_tracker_requests() {
 fn golden_tracker_responses() {
     assert_eq!(enc(TrackerResponse::ChunkRegistered), [0, 0, 0, 1, 5]);
     assert_eq!(enc(TrackerResponse::Error(tracker::RequestError::NotRegistered)), [0, 0, 0, 2, 8, 4]);
+    // Version 3: the budgets' errors, appended at the ends of their enums.
+    let rejected = |r| TrackerResponse::Registered { results: vec![Err(r)] };
+    assert_eq!(
+        enc(rejected(tracker::RejectReason::SessionMetaQuota { max: 300 })),
+        [0, 0, 0, 6, 1, 1, 1, 7, 0xac, 0x02]
+    );
+    assert_eq!(
+        enc(rejected(tracker::RejectReason::GlobalMetaQuota { max: 300 })),
+        [0, 0, 0, 6, 1, 1, 1, 8, 0xac, 0x02]
+    );
+    assert_eq!(
+        enc(TrackerResponse::Error(tracker::RequestError::Overloaded { len: 300, max: 1 })),
+        [0, 0, 0, 5, 8, 13, 0xac, 0x02, 1]
+    );
+}
+
+/// The File Meta reply holds its metadata in an `Arc` (the tracker encodes it from its registry
+/// without a copy): on the wire it is exactly the metadata, as before.
+#[test]
+fn golden_file_meta_reply_is_the_plain_metadata() {
+    let meta = FileMeta { name: "a".into(), length: 0, chunk_size: 16384, root: Hash([7; 32]), chunk_hashes: vec![] };
+    let mut want = vec![0, 0, 0, 40, 3, 1, b'a', 0, 0x80, 0x80, 0x01];
+    want.extend([7; 32]);
+    want.push(0);
+    assert_eq!(enc(TrackerResponse::FileMeta(std::sync::Arc::new(meta.clone()))), want);
+    assert_eq!(want[5..], postcard::to_stdvec(&meta).unwrap()[..]);
 }
 
 #[test]

@@ -22,6 +22,13 @@ pub struct Limits {
     /// Whether a peer may register an endpoint on another IP than the one its session comes from.
     /// Off by default: otherwise anyone could point a swarm's downloaders at a third party.
     pub allow_foreign_endpoints: bool,
+    /// Metadata bytes one session may hold registered, by the registry's estimate
+    /// ([`crate::registry::session_cost`] per file held): valid metadata needs no file data, so
+    /// without a budget in bytes one session could fill the tracker's memory at its upload rate.
+    pub max_meta_bytes_per_session: u64,
+    /// Metadata bytes the registry holds in total ([`crate::registry::file_bytes`] per file,
+    /// [`crate::registry::holding_bytes`] per holding).
+    pub max_meta_bytes_total: u64,
 }
 
 impl Default for Limits {
@@ -34,6 +41,8 @@ impl Default for Limits {
             list_page: limits::DEFAULT_LIST_PAGE,
             list_page_bytes: limits::DEFAULT_MAX_FRAME / 2,
             allow_foreign_endpoints: false,
+            max_meta_bytes_per_session: limits::DEFAULT_MAX_META_BYTES_PER_SESSION,
+            max_meta_bytes_total: limits::DEFAULT_MAX_META_BYTES_TOTAL,
         }
     }
 }
@@ -49,10 +58,17 @@ pub struct Config {
     pub max_connections: usize,
     /// Keep-alive interval asked of clients.
     pub keepalive: Duration,
-    /// A session silent for this long is removed; also the deadline for any one frame.
+    /// A session silent for this long is removed; also the deadline for any one frame to arrive,
+    /// and for each write of replies to make progress (a reply may take longer in all, as long as
+    /// its bytes keep leaving).
     pub session_timeout: Duration,
     /// Deadline for the handshake of a new connection.
     pub handshake_timeout: Duration,
+    /// Bytes of replies encoded but not yet written to their sockets, over all connections. A
+    /// reply that would take the total over it makes room by dropping the connections furthest
+    /// behind (most bytes unsent); if that cannot make room, it is refused with
+    /// `RequestError::Overloaded`.
+    pub max_queued_bytes: usize,
 }
 
 impl Default for Config {
@@ -64,6 +80,7 @@ impl Default for Config {
             keepalive: Duration::from_millis(limits::DEFAULT_KEEPALIVE_MS),
             session_timeout: Duration::from_millis(limits::DEFAULT_SESSION_TIMEOUT_MS),
             handshake_timeout: Duration::from_millis(limits::DEFAULT_HANDSHAKE_TIMEOUT_MS),
+            max_queued_bytes: limits::DEFAULT_MAX_QUEUED_BYTES,
         }
     }
 }

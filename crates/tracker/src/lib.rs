@@ -5,7 +5,10 @@
 //! One connection is one session; everything a session registers belongs to it and disappears
 //! when it leaves, disconnects or stops sending keep-alives.
 
+mod backlog;
 pub mod config;
+mod heavy;
+mod link;
 pub mod registry;
 pub mod server;
 

@@ -20,7 +20,8 @@ struct Args {
     #[arg(long, default_value_t = limits::DEFAULT_KEEPALIVE_MS)]
     keepalive_ms: u64,
     /// A session silent for this long is removed (and its files and chunks with it), in ms.
-    /// Also the deadline for any single frame to arrive.
+    /// Also the deadline for any single frame to arrive, and for each write of replies to make
+    /// progress (a large reply to a slow client may take longer in all, as long as bytes leave).
     #[arg(long, default_value_t = limits::DEFAULT_SESSION_TIMEOUT_MS)]
     session_timeout_ms: u64,
     /// Deadline for a new connection's handshake, in milliseconds.
@@ -47,6 +48,22 @@ struct Args {
     /// Entries per File List page.
     #[arg(long, default_value_t = limits::DEFAULT_LIST_PAGE)]
     list_page: usize,
+    /// Budget of metadata bytes one session may hold registered, with units (k, M, G, Ki, Mi,
+    /// Gi). Each file held counts its chunk hashes, its encoded File Meta reply and per-chunk
+    /// counters (68 bytes a chunk), a bitmap row (1 bit a chunk), its name three times and 320
+    /// bytes; past the budget a file is refused with SessionMetaQuota. The default holds about
+    /// 3.9 million chunks (14 files of the largest size, 2^18 chunks).
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "BYTES")]
+    max_meta_bytes_per_session: u64,
+    /// Budget of metadata bytes the tracker holds in total (each file's metadata once, plus each
+    /// holder's bitmap row), with units; past it a file is refused with GlobalMetaQuota.
+    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "BYTES")]
+    max_meta_bytes_total: u64,
+    /// Budget of reply bytes queued to clients (encoded, not yet written to their sockets) over
+    /// all connections, with units. A reply that would exceed it drops the connections furthest
+    /// behind (most bytes unsent); if that cannot make room, the request gets Overloaded.
+    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "BYTES")]
+    max_queued_bytes: u64,
     /// Worker threads serving connections (0: one per core; 1: a single-threaded runtime, which
     /// avoids cross-thread wake-ups when the tracker shares a small machine).
     #[arg(long, default_value_t = 0)]
@@ -87,12 +104,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
             // Capped at half the frame limit by `Tracker::start`.
             list_page_bytes: tracker::Limits::default().list_page_bytes,
             allow_foreign_endpoints: args.allow_foreign_endpoints,
+            max_meta_bytes_per_session: args.max_meta_bytes_per_session,
+            max_meta_bytes_total: args.max_meta_bytes_total,
         },
         max_frame: args.max_frame,
         max_connections: args.max_connections,
         keepalive: Duration::from_millis(args.keepalive_ms),
         session_timeout: Duration::from_millis(args.session_timeout_ms),
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
+        max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
     };
     let tracker = tracker::Tracker::bind(args.listen, config)
         .await
@@ -104,6 +124,25 @@ async fn run(args: Args) -> anyhow::Result<()> {
         token.cancel();
     });
     tracker.wait().await.context("server failed")
+}
+
+/// A byte count with an optional unit: `1500`, `500k` (500,000), `256MiB` (256 x 1024^2), `2G`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: u64 = num.parse().map_err(|_| format!("invalid number in {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1000 * 1000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1000 * 1000 * 1000,
+        "gi" | "gib" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {s:?} (use k, M, G, Ki, Mi, Gi)")),
+    };
+    value.checked_mul(mult).ok_or_else(|| format!("{s:?} is out of range"))
 }
 
 async fn shutdown_signal() {
@@ -122,4 +161,30 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_units() {
+        assert_eq!(parse_size("1500"), Ok(1500));
+        assert_eq!(parse_size("500k"), Ok(500_000));
+        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("0"), Ok(0));
+        for bad in ["", "k", "10x", "-5", "1.5G", "99999999999999999999", "99999999999G"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_library() {
+        let args = Args::parse_from(["tracker"]);
+        let limits = tracker::Limits::default();
+        assert_eq!(args.max_meta_bytes_per_session, limits.max_meta_bytes_per_session);
+        assert_eq!(args.max_meta_bytes_total, limits.max_meta_bytes_total);
+        assert_eq!(args.max_queued_bytes, tracker::Config::default().max_queued_bytes as u64);
+    }
 }

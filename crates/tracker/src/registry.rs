@@ -13,7 +13,15 @@
 //!   `files[f].partial` exactly those with a partial holding of at least one chunk, with their
 //!   bitmaps in the same order in `rows`; each holding knows its index. These lists make
 //!   File Locations and File List cost O(reply), not O(holders): a popular file may have
-//!   thousands of holders.
+//!   thousands of holders;
+//! - `peers[p].meta_bytes` is the sum of [`session_cost`] over the files `p` holds, and the
+//!   state's `meta_bytes` the sum of [`file_bytes`] over the files plus [`holding_bytes`] over
+//!   every holding: the metadata budgets (`Limits::max_meta_bytes_per_session`, `_total`) are
+//!   checked against these before anything is added.
+//!
+//! Addresses are stored canonical (`IpAddr::to_canonical`): a session from an IPv4-mapped IPv6
+//! address (`::ffff:1.2.3.4`, what a dual-stack listener sees) is the IPv4 address it stands for,
+//! in the same-IP check of Register and in File Locations.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -21,9 +29,11 @@ use std::net::SocketAddr;
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use bytes::Bytes;
 use proto::tracker::{FileSummary, Locations, RegisterFile, RejectReason, RequestError, SourceInfo};
 use proto::{validate_name, Bitmap, FileMeta, Have};
 use rand::seq::SliceRandom;
+use tokio::sync::OnceCell;
 
 use crate::config::Limits;
 
@@ -76,11 +86,16 @@ struct State {
     files: BTreeMap<Arc<str>, FileEntry>,
     peers: PeerMap<PeerEntry>,
     next_id: u64,
+    /// Metadata bytes held, by the estimate of [`file_bytes`] and [`holding_bytes`].
+    meta_bytes: u64,
 }
 
 #[derive(Debug)]
 struct FileEntry {
     meta: Arc<FileMeta>,
+    /// The File Meta reply's whole frame, encoded on first request (by the server) and shared by
+    /// every connection that sends it: a reply then costs neither an encode nor a copy.
+    reply: Arc<OnceCell<Bytes>>,
     holders: PeerMap<Holding>,
     /// Holders with every chunk (see the module invariants).
     complete: Vec<Slot>,
@@ -115,6 +130,8 @@ struct PeerEntry {
     /// Where the peer serves, once it has registered.
     listen: Option<SocketAddr>,
     files: HashSet<Arc<str>>,
+    /// What its holdings cost, by [`session_cost`]: checked against the session's budget.
+    meta_bytes: u64,
 }
 
 /// Counts for tests, logs and benchmarks.
@@ -133,6 +150,7 @@ impl FileEntry {
         let n = meta.num_chunks() as usize;
         Self {
             meta,
+            reply: Arc::default(),
             holders: PeerMap::default(),
             complete: Vec::new(),
             partial: Vec::new(),
@@ -349,10 +367,11 @@ impl Registry {
 
     /// Opens a session for a connection from `observed`.
     pub fn open_session(&self, observed: SocketAddr) -> PeerId {
+        let observed = canonical(observed);
         let mut st = self.write();
         st.next_id += 1;
         let id = PeerId(st.next_id);
-        st.peers.insert(id, PeerEntry { observed, listen: None, files: HashSet::new() });
+        st.peers.insert(id, PeerEntry { observed, listen: None, files: HashSet::new(), meta_bytes: 0 });
         id
     }
 
@@ -363,35 +382,58 @@ impl Registry {
         st.peers.remove(&peer);
     }
 
-    /// Register: sets the peer's endpoint and adds its files. One result per file.
+    /// Register: sets the peer's endpoint and adds its files. One result per file. The same as
+    /// [`Registry::check_register`] then [`Registry::apply_register`].
     pub fn register(
         &self,
         peer: PeerId,
         listen: SocketAddr,
         files: Vec<RegisterFile>,
     ) -> Result<Vec<Result<(), RejectReason>>, RequestError> {
+        let checked = self.check_register(listen, files)?;
+        self.apply_register(peer, checked)
+    }
+
+    /// The first half of a Register: the checks of the request and of each file that need no
+    /// write lock (file count, port, names, metadata, bitmaps). Validating metadata merges up to
+    /// 2^18 chunk hashes per file, so the server runs this half on the blocking pool; it is
+    /// skipped for metadata identical to a file already registered (checked when it was first
+    /// registered), so a swarm re-registering a popular file costs a comparison.
+    pub fn check_register(
+        &self,
+        listen: SocketAddr,
+        files: Vec<RegisterFile>,
+    ) -> Result<CheckedRegister, RequestError> {
         if files.len() > self.limits.max_files_per_register {
             return Err(RequestError::TooManyFiles { got: files.len(), max: self.limits.max_files_per_register });
         }
+        let listen = canonical(listen);
         if listen.port() == 0 {
             return Err(RequestError::BadEndpoint(listen));
         }
-        // Validating metadata merges up to 2^18 chunk hashes per file: it is done before taking the
-        // write lock, and skipped for metadata identical to a file already registered (checked when
-        // it was first registered), so a swarm re-registering a popular file costs a comparison.
         let known: Vec<bool> = {
             let st = self.read();
             files.iter().map(|f| st.files.get(f.meta.name.as_str()).is_some_and(|e| *e.meta == f.meta)).collect()
         };
-        let checked: Vec<Result<Checked, RejectReason>> =
-            files.into_iter().zip(known).map(|(f, known)| check_file(f, !known)).collect();
+        let files = files.into_iter().zip(known).map(|(f, known)| check_file(f, !known)).collect();
+        Ok(CheckedRegister { listen, files })
+    }
 
+    /// The second half of a Register, under the write lock: sets the endpoint and adds the files
+    /// that passed [`Registry::check_register`], subject to conflicts and quotas. Fast: no
+    /// hashing, no copy of metadata.
+    pub fn apply_register(
+        &self,
+        peer: PeerId,
+        checked: CheckedRegister,
+    ) -> Result<Vec<Result<(), RejectReason>>, RequestError> {
+        let CheckedRegister { listen, files: checked } = checked;
         let mut guard = self.write();
-        let State { files: all, peers, .. } = &mut *guard;
+        let State { files: all, peers, meta_bytes, .. } = &mut *guard;
         let Some(entry) = peers.get_mut(&peer) else { return Err(RequestError::NotRegistered) };
         let addr =
             if listen.ip().is_unspecified() { SocketAddr::new(entry.observed.ip(), listen.port()) } else { listen };
-        if !self.limits.allow_foreign_endpoints && addr.ip().to_canonical() != entry.observed.ip().to_canonical() {
+        if !self.limits.allow_foreign_endpoints && addr.ip() != entry.observed.ip() {
             return Err(RequestError::BadEndpoint(listen));
         }
         if entry.listen.replace(addr).is_some_and(|old| old != addr) {
@@ -410,7 +452,7 @@ impl Registry {
                 if !seen.insert(f.file.meta.name.clone()) {
                     return Err(RejectReason::Duplicate);
                 }
-                add_file(all, entry, peer, addr, f, &self.limits)
+                add_file(all, meta_bytes, entry, peer, addr, f, &self.limits)
             });
             results.push(result);
         }
@@ -436,6 +478,7 @@ impl Registry {
             if entry.files.len() >= self.limits.max_files_per_session {
                 return Err(RequestError::Quota(RejectReason::SessionQuota { max: self.limits.max_files_per_session }));
             }
+            charge(&mut st.meta_bytes, entry, &file.meta, false, &self.limits).map_err(RequestError::Quota)?;
             entry.files.insert(key.clone());
         }
         file.add_chunk(peer, addr, chunk);
@@ -480,6 +523,15 @@ impl Registry {
         self.read().files.get(name).map(|f| f.meta.clone()).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))
     }
 
+    /// A file's metadata with the cell that holds its File Meta reply frame once encoded (see
+    /// the server): the frame is encoded at most once per file, outside the registry's lock.
+    pub fn meta_reply(&self, name: &str) -> Result<(Arc<FileMeta>, Arc<OnceCell<Bytes>>), RequestError> {
+        validate_name(name).map_err(RequestError::InvalidName)?;
+        let st = self.read();
+        let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
+        Ok((file.meta.clone(), file.reply.clone()))
+    }
+
     /// File Locations for `caller`: up to the cap of sources other than the caller, chosen at
     /// random with complete and partial sources mixed, so load spreads across the swarm. O(cap).
     pub fn locations(&self, caller: PeerId, name: &str) -> Result<Locations, RequestError> {
@@ -521,6 +573,12 @@ impl Registry {
         })
     }
 
+    /// Metadata bytes the registry holds, by the estimate its budgets are checked against (see
+    /// [`file_bytes`] and [`holding_bytes`]).
+    pub fn meta_bytes(&self) -> u64 {
+        self.read().meta_bytes
+    }
+
     /// Current counts.
     pub fn stats(&self) -> Stats {
         let st = self.read();
@@ -543,7 +601,71 @@ fn summary_size(name: &str) -> usize {
     name.len() + 32 + 6 * 10
 }
 
+/// The address canonical: an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as the IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+/// Bytes of overhead per file in the registry's estimate: the entry, its maps and lists, the
+/// metadata's fixed fields.
+const FILE_OVERHEAD: u64 = 256;
+
+/// Bytes of overhead per holding: its places in the file's holder map and lists and in the
+/// session's set of names.
+const HOLDING_OVERHEAD: u64 = 64;
+
+/// What the registry holds for one file, in bytes, about: its chunk hashes (32 bytes a chunk),
+/// its File Meta reply once encoded (32 more), its availability counters (4), its name three
+/// times (the metadata's, the map key's, the reply's) and the entry. The reply is encoded only
+/// if someone asks for it, but counted from the start: the budget is what the file may cost.
+pub fn file_bytes(meta: &FileMeta) -> u64 {
+    FILE_OVERHEAD + 3 * meta.name.len() as u64 + 68 * meta.chunk_hashes.len() as u64
+}
+
+/// What one holder of a file costs the registry, in bytes: a bitmap row (a bit per chunk; counted
+/// for every holding, whatever its state) and its places in the maps.
+pub fn holding_bytes(meta: &FileMeta) -> u64 {
+    HOLDING_OVERHEAD + (meta.chunk_hashes.len() as u64).div_ceil(8)
+}
+
+/// What one holding costs the session that holds it: the file as if it held it alone, so a
+/// session's charge depends only on what it registered, never on what others do.
+pub fn session_cost(meta: &FileMeta) -> u64 {
+    file_bytes(meta) + holding_bytes(meta)
+}
+
+/// Charges a new holding of `meta` to the session `entry` and to the registry's `total`, or
+/// refuses it if either would exceed its budget. `new_file`: the file is not in the registry yet.
+fn charge(
+    total: &mut u64,
+    entry: &mut PeerEntry,
+    meta: &FileMeta,
+    new_file: bool,
+    limits: &Limits,
+) -> Result<(), RejectReason> {
+    let session = entry.meta_bytes + session_cost(meta);
+    if session > limits.max_meta_bytes_per_session {
+        return Err(RejectReason::SessionMetaQuota { max: limits.max_meta_bytes_per_session });
+    }
+    let global = *total + holding_bytes(meta) + if new_file { file_bytes(meta) } else { 0 };
+    if global > limits.max_meta_bytes_total {
+        return Err(RejectReason::GlobalMetaQuota { max: limits.max_meta_bytes_total });
+    }
+    entry.meta_bytes = session;
+    *total = global;
+    Ok(())
+}
+
+/// A Register request after [`Registry::check_register`]: the endpoint (canonical) and each file
+/// checked, ready for [`Registry::apply_register`].
+#[derive(Debug)]
+pub struct CheckedRegister {
+    listen: SocketAddr,
+    files: Vec<Result<Checked, RejectReason>>,
+}
+
 /// A Register file that passed the checks done outside the lock.
+#[derive(Debug)]
 struct Checked {
     file: RegisterFile,
     /// Whether `meta.validate()` ran; if not, the metadata was identical to a registered file's.
@@ -564,46 +686,50 @@ fn check_file(f: RegisterFile, validate: bool) -> Result<Checked, RejectReason> 
 }
 
 /// Adds one checked file of a Register to the registry, held by `peer` (whose entry is `entry`)
-/// serving at `addr`.
+/// serving at `addr`; `total` is the registry's metadata bytes.
 fn add_file(
     files: &mut BTreeMap<Arc<str>, FileEntry>,
+    total: &mut u64,
     entry: &mut PeerEntry,
     peer: PeerId,
     addr: SocketAddr,
     checked: Checked,
     limits: &Limits,
 ) -> Result<(), RejectReason> {
-    let Checked { file: f, validated } = checked;
-    let name: &str = &f.meta.name;
-    let identical = files.get(name).is_some_and(|e| e.meta.same_content(&f.meta));
+    let Checked { file: RegisterFile { meta, have }, validated } = checked;
+    let existing = files.get(meta.name.as_str());
+    let identical = existing.is_some_and(|e| e.meta.same_content(&meta));
     if !identical && !validated {
         // The identical file it was compared with has gone meanwhile: check it now (rare).
-        f.meta.validate().map_err(RejectReason::InconsistentMeta)?;
+        meta.validate().map_err(RejectReason::InconsistentMeta)?;
     }
-    match files.get(name) {
-        Some(existing) if !existing.meta.same_content(&f.meta) => {
-            return Err(RejectReason::ContentConflict { existing: existing.meta.root })
-        }
+    match existing {
+        Some(existing) if !identical => return Err(RejectReason::ContentConflict { existing: existing.meta.root }),
         Some(_) => {}
         None if files.len() >= limits.max_files_total => {
             return Err(RejectReason::GlobalQuota { max: limits.max_files_total })
         }
         None => {}
     }
-    if !entry.files.contains(name) && entry.files.len() >= limits.max_files_per_session {
+    let held = entry.files.contains(meta.name.as_str());
+    if !held && entry.files.len() >= limits.max_files_per_session {
         return Err(RejectReason::SessionQuota { max: limits.max_files_per_session });
     }
-    let key: Arc<str> = match files.get_key_value(name) {
+    if !held {
+        charge(total, entry, &meta, existing.is_none(), limits)?;
+    }
+    let key: Arc<str> = match files.get_key_value(meta.name.as_str()) {
         Some((k, _)) => k.clone(),
         None => {
-            let key: Arc<str> = Arc::from(name);
-            files.insert(key.clone(), FileEntry::new(Arc::new(f.meta.clone())));
+            let key: Arc<str> = Arc::from(meta.name.as_str());
+            // The request's own copy becomes the registry's: metadata is never copied.
+            files.insert(key.clone(), FileEntry::new(Arc::new(meta)));
             key
         }
     };
     entry.files.insert(key.clone());
     if let Some(file) = files.get_mut(&key) {
-        file.add(peer, addr, f.have);
+        file.add(peer, addr, have);
     }
     Ok(())
 }
@@ -611,10 +737,13 @@ fn add_file(
 impl State {
     fn remove_holdings(&mut self, peer: PeerId) {
         let Some(entry) = self.peers.get_mut(&peer) else { return };
+        entry.meta_bytes = 0;
         for name in entry.files.drain() {
             if let Some(file) = self.files.get_mut(&name) {
                 file.remove(peer);
+                self.meta_bytes -= holding_bytes(&file.meta);
                 if file.holders.is_empty() {
+                    self.meta_bytes -= file_bytes(&file.meta);
                     self.files.remove(&name);
                 }
             }
@@ -660,7 +789,12 @@ impl State {
             for name in &e.files {
                 assert!(self.files[name].holders.contains_key(p));
             }
+            let cost: u64 = e.files.iter().map(|name| session_cost(&self.files[name].meta)).sum();
+            assert_eq!(e.meta_bytes, cost, "a session's metadata bytes");
         }
+        let total: u64 =
+            self.files.values().map(|f| file_bytes(&f.meta) + f.holders.len() as u64 * holding_bytes(&f.meta)).sum();
+        assert_eq!(self.meta_bytes, total, "the registry's metadata bytes");
     }
 }
 
@@ -937,6 +1071,86 @@ mod tests {
         assert_eq!(r.locations(b, "f").unwrap().sources[0].addr, SocketAddr::from(([10, 1, 2, 3], 7000)));
     }
 
+    /// Each session's metadata bytes are budgeted, and so are the registry's: a file past either
+    /// budget is refused with its typed error, in Register and in Chunk Register, and leaving gives
+    /// the bytes back.
+    #[test]
+    fn metadata_budgets_in_bytes() {
+        let (big, small) = (meta("big", 1, 64), meta("small", 1, 1));
+        let (big_cost, small_cost) = (session_cost(&big), session_cost(&small));
+        assert_eq!(big_cost, 256 + 3 * 3 + 68 * 64 + 64 + 8);
+        let limits = Limits {
+            max_meta_bytes_per_session: big_cost + small_cost,
+            max_meta_bytes_total: big_cost + small_cost + holding_bytes(&big),
+            ..Limits::default()
+        };
+        let r = Registry::new(limits.clone());
+        let (a, b, c) = (r.open_session(addr(1)), r.open_session(addr(2)), r.open_session(addr(3)));
+        assert_eq!(
+            reg(&r, a, 10, vec![(big.clone(), Have::Complete), (small.clone(), Have::Complete)]),
+            [Ok(()), Ok(())]
+        );
+        assert_eq!(r.meta_bytes(), big_cost + small_cost);
+        // a is at its budget: one more chunk of a small file is refused.
+        let per_session = RejectReason::SessionMetaQuota { max: limits.max_meta_bytes_per_session };
+        assert_eq!(reg(&r, a, 10, vec![(meta("x", 1, 1), Have::Complete)]), [Err(per_session.clone())]);
+        // Re-registering what it holds costs nothing more.
+        assert_eq!(reg(&r, a, 10, vec![(big.clone(), Have::Partial(Bitmap::new(64)))]), [Ok(())]);
+        // b may add a holding of big (a row more for the registry), not then a new file.
+        let total = RejectReason::GlobalMetaQuota { max: limits.max_meta_bytes_total };
+        assert_eq!(reg(&r, b, 20, vec![(big.clone(), Have::Complete)]), [Ok(())]);
+        assert_eq!(reg(&r, c, 30, vec![(meta("y", 2, 1), Have::Complete)]), [Err(total.clone())]);
+        // Chunk Register of a file not held yet is a new holding, under the same budgets.
+        assert_eq!(r.chunk_register(c, "small", 0), Err(RequestError::Quota(total)));
+        r.leave(b);
+        r.chunk_register(c, "small", 0).unwrap();
+        r.check_invariants();
+        assert_eq!(r.meta_bytes(), big_cost + small_cost + holding_bytes(&small));
+        let r2 = Registry::new(Limits { max_meta_bytes_per_session: big_cost - 1, ..Limits::default() });
+        let d = r2.open_session(addr(4));
+        reg(&r2, d, 40, vec![]);
+        assert_eq!(
+            reg(&r2, d, 40, vec![(big.clone(), Have::Complete)]),
+            [Err(RejectReason::SessionMetaQuota { max: big_cost - 1 })]
+        );
+        assert_eq!(r2.meta_bytes(), 0);
+        // Everything given back when the sessions end.
+        for p in [a, c] {
+            r.close_session(p);
+        }
+        r.check_invariants();
+        assert_eq!(r.meta_bytes(), 0);
+    }
+
+    /// An IPv4-mapped IPv6 address (what a dual-stack listener sees of an IPv4 client) is the
+    /// IPv4 address: for the same-IP check, for an unspecified listen IP, and in File Locations.
+    #[test]
+    fn ipv4_mapped_addresses_are_canonical() {
+        let mapped = |port| SocketAddr::new("::ffff:10.1.2.3".parse().unwrap(), port);
+        let plain = |port| SocketAddr::from(([10, 1, 2, 3], port));
+        let r = Registry::new(Limits::default());
+        let caller = r.open_session(addr(1));
+        for (observed, listen) in
+            [(mapped(5000), mapped(7000)), (plain(5001), mapped(7001)), (mapped(5002), plain(7002))]
+        {
+            let p = r.open_session(observed);
+            let files = vec![RegisterFile { meta: meta("f", 1, 1), have: Have::Complete }];
+            assert_eq!(r.register(p, listen, files), Ok(vec![Ok(())]), "{observed} {listen}");
+        }
+        let p = r.open_session(mapped(5003));
+        r.register(p, SocketAddr::new("::".parse().unwrap(), 7003), vec![]).unwrap();
+        r.chunk_register(p, "f", 0).unwrap();
+        let mut got: Vec<SocketAddr> = r.locations(caller, "f").unwrap().sources.iter().map(|s| s.addr).collect();
+        got.sort();
+        assert_eq!(got, [plain(7000), plain(7001), plain(7002), plain(7003)]);
+        // A mapped address of another host is still another host.
+        let other = SocketAddr::new("::ffff:10.9.9.9".parse().unwrap(), 7000);
+        assert_eq!(
+            r.register(p, other, vec![]),
+            Err(RequestError::BadEndpoint(SocketAddr::from(([10, 9, 9, 9], 7000))))
+        );
+    }
+
     use proptest::prelude::*;
 
     #[derive(Debug, Clone)]
@@ -968,7 +1182,15 @@ mod tests {
         /// File Locations never lists the caller nor more than the cap.
         #[test]
         fn operation_sequences_keep_invariants(ops in proptest::collection::vec(op(), 1..60)) {
-            let r = Registry::new(Limits { max_locations: 2, max_files_per_session: 2, ..Limits::default() });
+            // Byte budgets that bind too: two of the larger files exceed a session's, about five
+            // holdings the registry's.
+            let r = Registry::new(Limits {
+                max_locations: 2,
+                max_files_per_session: 2,
+                max_meta_bytes_per_session: 800,
+                max_meta_bytes_total: 2000,
+                ..Limits::default()
+            });
             // File i has i+1 chunks; variant v changes its content.
             let metas: Vec<Vec<FileMeta>> =
                 (0..3).map(|i| (0..2).map(|v| meta(&format!("f{i}"), v as u8 + 1, i + 1)).collect()).collect();
