@@ -14,12 +14,14 @@
 use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RenameFlags, ResolveFlags, CWD};
 use rustix::io::Errno;
 
 /// Set once `openat2` was found missing, so later opens go straight to the fallback.
@@ -53,10 +55,8 @@ pub(crate) struct Dir {
 pub(crate) enum Access {
     /// Read an existing file.
     Read,
-    /// Read and write, creating the file if it is missing (never truncating).
-    ReadWriteCreate,
-    /// Write a new file, replacing the content of one that exists under that name.
-    WriteTruncate,
+    /// Read and write an existing file.
+    ReadWrite,
     /// Read and write a new file that must not exist yet.
     ReadWriteNew,
 }
@@ -67,8 +67,7 @@ impl Access {
             // Non-blocking so that a FIFO planted under a shared name cannot hang the opener
             // (regular files ignore the flag).
             Access::Read => OFlags::RDONLY | OFlags::NONBLOCK,
-            Access::ReadWriteCreate => OFlags::RDWR | OFlags::CREATE,
-            Access::WriteTruncate => OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC,
+            Access::ReadWrite => OFlags::RDWR,
             Access::ReadWriteNew => OFlags::RDWR | OFlags::CREATE | OFlags::EXCL,
         }
     }
@@ -85,6 +84,15 @@ fn components(rel: &str) -> io::Result<Vec<&str>> {
         return Err(invalid(rel));
     }
     Ok(parts)
+}
+
+/// Checks that `name` is one component (no `/`), as the methods that act on an entry of the
+/// folder itself require: a deeper path would be resolved by the kernel without our checks.
+fn single(name: &str) -> io::Result<()> {
+    match components(name)?.len() {
+        1 => Ok(()),
+        _ => Err(invalid(name)),
+    }
 }
 
 /// Whether `e` says a component was a symbolic link that was not followed.
@@ -208,24 +216,25 @@ impl Dir {
 
     /// The type and status of the entry `name` in this folder, not following a link.
     pub(crate) fn stat(&self, name: &str) -> io::Result<rustix::fs::Stat> {
-        components(name)?;
+        single(name)?;
         Ok(rustix::fs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW)?)
     }
 
     /// Links the file `src` of folder `from` under the name `dst` here: an atomic "create unless
     /// the name exists" that never replaces a file (`AlreadyExists` then). Links are not followed.
     pub(crate) fn link_from(&self, from: &Dir, src: &str, dst: &str) -> io::Result<()> {
-        components(src)?;
-        components(dst)?;
+        single(src)?;
+        single(dst)?;
         Ok(rustix::fs::linkat(&from.fd, src, &self.fd, dst, AtFlags::empty())?)
     }
 
     /// Renames `src` of folder `from` to `dst` here without replacing anything (`AlreadyExists`
     /// if `dst` exists), for file systems without hard links. Where the file system cannot say
-    /// "no replace" (`EINVAL`), the name is checked first; nothing else writes there.
+    /// "no replace" (`EINVAL`: a few network and FUSE file systems), the name is checked first,
+    /// which is not atomic: there a local writer racing the rename can lose their file to it.
     pub(crate) fn rename_from_noreplace(&self, from: &Dir, src: &str, dst: &str) -> io::Result<()> {
-        components(src)?;
-        components(dst)?;
+        single(src)?;
+        single(dst)?;
         match rustix::fs::renameat_with(&from.fd, src, &self.fd, dst, RenameFlags::NOREPLACE) {
             Err(Errno::INVAL) | Err(Errno::NOSYS) => match self.stat(dst) {
                 Ok(_) => Err(io::ErrorKind::AlreadyExists.into()),
@@ -240,18 +249,40 @@ impl Dir {
 
     /// Renames `src` to `dst` within this folder, replacing `dst`.
     pub(crate) fn rename(&self, src: &str, dst: &str) -> io::Result<()> {
-        components(src)?;
-        components(dst)?;
+        single(src)?;
+        single(dst)?;
         Ok(rustix::fs::renameat(&self.fd, src, &self.fd, dst)?)
     }
 
     /// Removes the file `name` of this folder; a missing file is not an error.
     pub(crate) fn remove_file(&self, name: &str) -> io::Result<()> {
-        components(name)?;
+        single(name)?;
         match rustix::fs::unlinkat(&self.fd, name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => Ok(()),
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// Gives the open `file` the name `dst` in this folder, never replacing a file. The name is
+    /// made for the file the handle holds, not for whatever some path names by then: `linkat` of
+    /// `/proc/self/fd/N`, following that one magic link (as `open(2)` documents for `O_TMPFILE`).
+    /// `Unsupported` where `/proc` is not mounted.
+    pub(crate) fn link_open_file(&self, file: &File, dst: &str) -> io::Result<()> {
+        single(dst)?;
+        let handle = format!("/proc/self/fd/{}", file.as_raw_fd());
+        match rustix::fs::linkat(CWD, handle.as_str(), &self.fd, dst, AtFlags::SYMLINK_FOLLOW) {
+            Err(Errno::NOENT) if !Path::new("/proc/self/fd").exists() => Err(io::ErrorKind::Unsupported.into()),
+            other => Ok(other?),
+        }
+    }
+
+    /// Whether the entry `name` of this folder is the file `file` holds (same device and inode).
+    // `Stat`'s field types differ across architectures, so some conversions are no-ops here.
+    #[allow(clippy::useless_conversion)]
+    pub(crate) fn is_same_file(&self, name: &str, file: &File) -> io::Result<bool> {
+        let st = self.stat(name)?;
+        let md = file.metadata()?;
+        Ok(u64::from(st.st_dev) == md.dev() && u64::from(st.st_ino) == md.ino())
     }
 
     /// Flushes the folder's entries to disk (after creating, linking or removing in it).
@@ -319,6 +350,15 @@ mod tests {
             sub.open_file("x", Access::ReadWriteNew).unwrap().write_all(b"x").unwrap();
             assert_eq!(sub.open_file("x", Access::ReadWriteNew).unwrap_err().kind(), io::ErrorKind::AlreadyExists);
             sub.link_from(&sub, "x", "y").unwrap();
+            let x = sub.open_file("x", Access::Read).unwrap();
+            sub.link_open_file(&x, "v").unwrap();
+            assert!(sub.is_same_file("v", &x).unwrap() && sub.is_same_file("y", &x).unwrap());
+            assert_eq!(sub.link_open_file(&x, "y").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
+            sub.remove_file("v").unwrap();
+            for deep in ["a/b", "../x"] {
+                assert_eq!(dir.stat(deep).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{deep}");
+                assert_eq!(dir.remove_file(deep).unwrap_err().kind(), io::ErrorKind::InvalidInput, "{deep}");
+            }
             assert_eq!(sub.link_from(&sub, "x", "y").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
             assert_eq!(sub.rename_from_noreplace(&sub, "x", "y").unwrap_err().kind(), io::ErrorKind::AlreadyExists);
             sub.rename_from_noreplace(&sub, "x", "z").unwrap();

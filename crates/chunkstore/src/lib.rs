@@ -53,4 +53,6 @@ pub use scan::ScanStats;
 pub use store::Store;
 
 #[cfg(test)]
+mod link_tests;
+#[cfg(test)]
 mod tests;

@@ -110,6 +110,11 @@ fn remove(dir: &Dir, name: &str) -> Result<(), StoreError> {
     dir.remove_file(name).map_err(io_err("remove", &dir.display(name)))
 }
 
+/// Whether `file` has no other name than the one it was opened by.
+fn only_link(file: &File) -> bool {
+    file.metadata().is_ok_and(|md| std::os::unix::fs::MetadataExt::nlink(&md) == 1)
+}
+
 fn fsync_dir(dir: &Dir) -> Result<(), StoreError> {
     dir.sync().map_err(io_err("fsync folder", dir.path()))
 }
@@ -146,24 +151,42 @@ pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError
             false
         }
     };
-    if !resumed {
-        // The meta is written (atomically) before any data, so every data file on disk has a meta
-        // saying what it holds; stale data and bitmap files go first.
-        remove(dir, &data_name)?;
-        remove(dir, &have_name)?;
-        let bytes = postcard::to_stdvec(meta)
-            .map_err(|e| StoreError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
-        write_atomic(dir, &meta_name, &bytes)?;
-    }
-
-    let data = dir.open_file(&data_name, Access::ReadWriteCreate).map_err(io_err("open", &data_path))?;
+    // A hard link planted under one of these predictable names must never make the store write
+    // to the file it points at: a resumed download's files must have no other link, and a new
+    // download's are created exclusively (O_EXCL) after removing whatever had their names.
+    let reopened = if resumed {
+        let open = |name: &str| dir.open_file(name, Access::ReadWrite).ok().filter(only_link);
+        match (open(&data_name), open(&have_name)) {
+            (Some(data), Some(have)) => Some((data, have)),
+            _ => {
+                warn!(name = meta.name, "partial download's files are missing or linked elsewhere; starting over");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let resumed = reopened.is_some();
+    let (data, mut have_file) = match reopened {
+        Some(files) => files,
+        None => {
+            // The meta is written (atomically) before any data, so every data file on disk has a
+            // meta saying what it holds; stale data and bitmap files go first.
+            remove(dir, &data_name)?;
+            remove(dir, &have_name)?;
+            let bytes = postcard::to_stdvec(meta)
+                .map_err(|e| StoreError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
+            write_atomic(dir, &meta_name, &bytes)?;
+            let data = dir.open_file(&data_name, Access::ReadWriteNew).map_err(io_err("create", &data_path))?;
+            let have = dir.open_file(&have_name, Access::ReadWriteNew).map_err(io_err("create", &have_path))?;
+            (data, have)
+        }
+    };
     let len = data.metadata().map_err(io_err("stat", &data_path))?.len();
     if len != meta.length {
         // Sparse: unwritten chunks are holes, so a large download takes no space up front.
         data.set_len(meta.length).map_err(io_err("resize", &data_path))?;
     }
-
-    let mut have_file = dir.open_file(&have_name, Access::ReadWriteCreate).map_err(io_err("open", &have_path))?;
     let n = meta.num_chunks();
     let mut have = if resumed {
         let mut bytes = Vec::new();
@@ -463,22 +486,14 @@ impl Partial {
         };
         let partials = &store.inner.partial_dir;
         let data_name = format!("{}.data", inner.id);
-        // A hard link is an atomic "rename unless the name exists": it never replaces a file.
-        let placed: Placed = match parent.link_from(partials, &data_name, last) {
-            Ok(()) => Placed::Data,
-            Err(e) if e.kind() == ErrorKind::AlreadyExists => Placed::Exists,
-            // The destination folder is on another file system (a mount inside the share).
-            Err(e) if e.kind() == ErrorKind::CrossesDevices => self.copy_into(parent, last)?,
-            // Some file systems have no hard links: a rename that refuses to replace.
-            Err(e) => {
-                debug!(error = %e, "hard link failed; renaming instead");
-                match parent.rename_from_noreplace(partials, &data_name, last) {
-                    Ok(()) => Placed::Data,
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Placed::Exists,
-                    Err(e) if e.kind() == ErrorKind::CrossesDevices => self.copy_into(parent, last)?,
-                    Err(e) => return Err(io_err("move into place", &dest)(e)),
-                }
-            }
+        let placed = match place(parent, last, &inner.data, partials, &data_name) {
+            Ok(Outcome::Placed) => Placed::Data,
+            Ok(Outcome::Exists) => Placed::Exists,
+            // The destination folder is on another file system (a mount inside the share), or the
+            // verified file can no longer be named safely (its data file's name was taken, say):
+            // a verified copy is placed instead.
+            Ok(Outcome::OtherFileSystem | Outcome::Unnameable) => self.copy_into(parent, last)?,
+            Err(e) => return Err(io_err("move into place", &dest)(e)),
         };
         let file = match placed {
             Placed::Data => {
@@ -543,19 +558,69 @@ impl Partial {
             Ok(m) if m.root != meta.root => {
                 Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: 0 })
             }
-            Ok(_) => match parent.link_from(parent, &tmp, last) {
-                Ok(()) => Ok(Placed::Copy(out)),
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Placed::Exists),
-                Err(_) => match parent.rename_from_noreplace(parent, &tmp, last) {
-                    Ok(()) => Ok(Placed::Copy(out)),
-                    Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(Placed::Exists),
-                    Err(e) => Err(io_err("move into place", &parent.display(last))(e)),
-                },
+            Ok(_) => match place(parent, last, &out, parent, &tmp) {
+                Ok(Outcome::Placed) => Ok(Placed::Copy(out)),
+                Ok(Outcome::Exists) => Ok(Placed::Exists),
+                Ok(Outcome::OtherFileSystem | Outcome::Unnameable) => {
+                    Err(io_err("move into place", &parent.display(last))(std::io::Error::other(
+                        "the copy was replaced while it was being placed",
+                    )))
+                }
+                Err(e) => Err(io_err("move into place", &parent.display(last))(e)),
             },
         };
         remove(parent, &tmp)?;
         fsync_dir(parent)?;
         result
+    }
+}
+
+/// What [`place`] did.
+enum Outcome {
+    /// The file has its name.
+    Placed,
+    /// Something else already has the name; nothing was changed.
+    Exists,
+    /// The folder is on another file system than the file; nothing was changed.
+    OtherFileSystem,
+    /// The file cannot be given the name from its handle (it has no name left, or `/proc` is
+    /// missing) and `src` no longer names it; nothing was changed.
+    Unnameable,
+}
+
+/// Gives the verified `file` (named `src` in folder `from`) the name `last` in `parent`, never
+/// replacing a file. From the open handle where the system allows, so the name can only ever
+/// be the verified file's, whatever was done meanwhile to `src`. Otherwise by name: a hard link,
+/// or a rename where the file system has none, after which the name is checked to hold the
+/// verified file (device and inode) and removed again if it does not ([`Outcome::Unnameable`]).
+fn place(parent: &Dir, last: &str, file: &File, from: &Dir, src: &str) -> std::io::Result<Outcome> {
+    let by_name = match parent.link_open_file(file, last) {
+        Ok(()) => return Ok(Outcome::Placed),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Outcome::Exists),
+        Err(e) if e.kind() == ErrorKind::CrossesDevices => return Ok(Outcome::OtherFileSystem),
+        Err(e) => {
+            debug!(error = %e, "cannot link the open file; placing it by name");
+            match parent.link_from(from, src, last) {
+                Err(e) if !matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::CrossesDevices) => {
+                    debug!(error = %e, "hard link failed; renaming instead");
+                    parent.rename_from_noreplace(from, src, last)
+                }
+                linked => linked,
+            }
+        }
+    };
+    match by_name {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Outcome::Exists),
+        Err(e) if e.kind() == ErrorKind::CrossesDevices => return Ok(Outcome::OtherFileSystem),
+        Err(e) => return Err(e),
+    }
+    if parent.is_same_file(last, file)? {
+        Ok(Outcome::Placed)
+    } else {
+        warn!(name = last, "the verified file's name was taken by another file; not placing that one");
+        parent.remove_file(last)?;
+        Ok(Outcome::Unnameable)
     }
 }
 

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
 
 use proto::{validate_name, FileMeta};
 use rayon::prelude::*;
@@ -96,6 +97,23 @@ struct CacheFileRef<'a> {
     entries: &'a [(Stamp, FileMeta)],
 }
 
+/// A folder the walk holds open: the share folder itself, or one below it.
+#[derive(Clone)]
+enum Held<'a> {
+    Root(&'a Dir),
+    Sub(Arc<Dir>),
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Dir;
+    fn deref(&self) -> &Dir {
+        match self {
+            Held::Root(d) => d,
+            Held::Sub(d) => d,
+        }
+    }
+}
+
 /// A regular file found by the walk.
 struct Found {
     name: String,
@@ -109,10 +127,22 @@ struct Found {
 fn walk(root: &Dir, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, StoreError> {
     let mut out = Vec::new();
     let mut skip = |name: String, reason: String| skipped.push(Skipped { name, reason });
-    // (open folder, or None for the root; its name prefix relative to root with '/' separators)
-    let mut stack: Vec<(Option<Dir>, String)> = vec![(None, String::new())];
-    while let Some((dir, prefix)) = stack.pop() {
-        let dir = dir.as_ref().unwrap_or(root);
+    // Folders still to list: (the open parent, the folder's own name in it or None for the
+    // parent itself, its name prefix relative to root with '/' separators). A folder is opened
+    // only when its turn comes, so the walk holds open only the folders on the current path
+    // (depth-first), not one descriptor per folder waiting its turn.
+    let mut stack: Vec<(Held<'_>, Option<String>, String)> = vec![(Held::Root(root), None, String::new())];
+    while let Some((parent, child, prefix)) = stack.pop() {
+        let dir = match child {
+            None => parent,
+            Some(child) => match parent.open_dir(&child) {
+                Ok(sub) => Held::Sub(Arc::new(sub)),
+                Err(e) => {
+                    skip(prefix, open_failure("folder", &e));
+                    continue;
+                }
+            },
+        };
         let entries = match dir.entries() {
             Ok(e) => e,
             // The root itself must be readable; a subfolder that is not is skipped, not fatal.
@@ -152,10 +182,7 @@ fn walk(root: &Dir, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, StoreError
             };
             match kind {
                 FileType::Symlink => skip(name, "symbolic links are not followed".into()),
-                FileType::Directory => match dir.open_dir(&file_name) {
-                    Ok(sub) => stack.push((Some(sub), name)),
-                    Err(e) => skip(name, open_failure("folder", &e)),
-                },
+                FileType::Directory => stack.push((dir.clone(), Some(file_name), name)),
                 FileType::RegularFile => match validate_name(&name) {
                     Ok(()) => out.push(Found { name, stamp: Stamp::of_stat(&st) }),
                     Err(e) => skip(name, format!("invalid name: {e}")),
@@ -190,7 +217,10 @@ fn load_cache(dir: &Dir, name: &str) -> HashMap<String, (Stamp, FileMeta)> {
 pub(crate) fn write_atomic(dir: &Dir, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = format!("{name}.tmp");
     let tmp_path = dir.display(&tmp);
-    let mut f = dir.open_file(&tmp, Access::WriteTruncate).map_err(io_err("create", &tmp_path))?;
+    // Exclusively: whatever has the temporary's name (a crash's leftover, or a link planted
+    // there) is removed, never written through.
+    dir.remove_file(&tmp).map_err(io_err("remove", &tmp_path))?;
+    let mut f = dir.open_file(&tmp, Access::ReadWriteNew).map_err(io_err("create", &tmp_path))?;
     f.write_all(bytes).map_err(io_err("write", &tmp_path))?;
     f.sync_all().map_err(io_err("fsync", &tmp_path))?;
     dir.rename(&tmp, name).map_err(io_err("rename into place", &dir.display(name)))?;
