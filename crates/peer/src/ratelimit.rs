@@ -54,28 +54,14 @@ impl RateLimiter {
     }
 }
 
-/// Parses a byte rate or size with optional unit: `1500`, `500k`/`500K`/`500KB` (×1000),
-/// `20MiB`/`20Mi` (×1024²), `1.5G`, `2GiB`. A trailing `/s` is allowed.
+/// Parses a byte rate with optional unit (see [`proto::units::parse_bytes`]): `1500`, `500k`
+/// (x1000), `20MiB` (x1024^2), `1.5G`, `2GiB`, with an optional trailing `/s`. At least one byte
+/// per second.
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s");
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num.parse().map_err(|_| format!("invalid number in {s:?}"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "ki" | "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mi" | "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gi" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use k, M, G, Ki, Mi, Gi)")),
-    };
-    let v = value * mult;
-    if !v.is_finite() || v < 1.0 || v > u64::MAX as f64 {
-        return Err(format!("{s:?} is out of range"));
+    match proto::units::parse_bytes(s.trim().trim_end_matches("/s"))? {
+        0 => Err(format!("{s:?} is not a rate: at least 1 byte per second")),
+        v => Ok(v),
     }
-    Ok(v as u64)
 }
 
 #[cfg(test)]

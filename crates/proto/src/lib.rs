@@ -13,6 +13,7 @@ pub mod meta;
 pub mod name;
 pub mod peer;
 pub mod tracker;
+pub mod units;
 
 pub use bitmap::{Bitmap, BitmapError, Have};
 pub use codec::{

@@ -53,16 +53,16 @@ struct Args {
     /// counters (68 bytes a chunk), a bitmap row (1 bit a chunk), its name three times and 320
     /// bytes; past the budget a file is refused with SessionMetaQuota. The default holds about
     /// 3.9 million chunks (14 files of the largest size, 2^18 chunks).
-    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "BYTES")]
+    #[arg(long, default_value = "256MiB", value_parser = proto::units::parse_bytes, value_name = "BYTES")]
     max_meta_bytes_per_session: u64,
     /// Budget of metadata bytes the tracker holds in total (each file's metadata once, plus each
     /// holder's bitmap row), with units; past it a file is refused with GlobalMetaQuota.
-    #[arg(long, default_value = "2GiB", value_parser = parse_size, value_name = "BYTES")]
+    #[arg(long, default_value = "2GiB", value_parser = proto::units::parse_bytes, value_name = "BYTES")]
     max_meta_bytes_total: u64,
     /// Budget of reply bytes queued to clients (encoded, not yet written to their sockets) over
     /// all connections, with units. A reply that would exceed it drops the connections furthest
     /// behind (most bytes unsent); if that cannot make room, the request gets Overloaded.
-    #[arg(long, default_value = "256MiB", value_parser = parse_size, value_name = "BYTES")]
+    #[arg(long, default_value = "256MiB", value_parser = proto::units::parse_bytes, value_name = "BYTES")]
     max_queued_bytes: u64,
     /// Worker threads serving connections (0: one per core; 1: a single-threaded runtime, which
     /// avoids cross-thread wake-ups when the tracker shares a small machine).
@@ -127,24 +127,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// A byte count with an optional unit: `1500`, `500k` (500,000), `256MiB` (256 x 1024^2), `2G`.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: u64 = num.parse().map_err(|_| format!("invalid number in {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" => 1000,
-        "ki" | "kib" => 1 << 10,
-        "m" | "mb" => 1000 * 1000,
-        "mi" | "mib" => 1 << 20,
-        "g" | "gb" => 1000 * 1000 * 1000,
-        "gi" | "gib" => 1 << 30,
-        other => return Err(format!("unknown unit {other:?} in {s:?} (use k, M, G, Ki, Mi, Gi)")),
-    };
-    value.checked_mul(mult).ok_or_else(|| format!("{s:?} is out of range"))
-}
-
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -166,18 +148,6 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sizes_take_units() {
-        assert_eq!(parse_size("1500"), Ok(1500));
-        assert_eq!(parse_size("500k"), Ok(500_000));
-        assert_eq!(parse_size("256MiB"), Ok(256 << 20));
-        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
-        assert_eq!(parse_size("0"), Ok(0));
-        for bad in ["", "k", "10x", "-5", "1.5G", "99999999999999999999", "99999999999G"] {
-            assert!(parse_size(bad).is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn defaults_match_the_library() {
