@@ -83,6 +83,14 @@ pub struct Uploader {
     pub per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
+/// The address a connection from `ip` is counted under for the per-address cap.
+fn slot_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
+        v4 => v4,
+    }
+}
+
 /// One connection's place in [`Uploader::per_ip`], given back when dropped.
 struct IpSlot {
     up: Arc<Uploader>,
@@ -121,10 +129,11 @@ impl Uploader {
         Uploader { shares, store, limiter, uploaded, config, fresh: Mutex::default(), per_ip: Mutex::default() }
     }
 
-    /// Takes a connection slot for `remote`'s IP (IPv4-mapped addresses counted as IPv4), or
-    /// None if that IP already holds [`ServeConfig::max_uploads_per_ip`].
+    /// Takes a connection slot for `remote`'s address (IPv4-mapped addresses counted as IPv4, and
+    /// IPv6 addresses by their /64, which one host can fill with addresses of its own), or None
+    /// if that address already holds [`ServeConfig::max_uploads_per_ip`].
     fn ip_slot(self: &Arc<Self>, remote: SocketAddr) -> Option<IpSlot> {
-        let ip = remote.ip().to_canonical();
+        let ip = slot_key(remote.ip());
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
         let n = per_ip.entry(ip).or_insert(0);
         if *n >= self.config.max_uploads_per_ip {
@@ -177,7 +186,7 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
         let _ = stream.set_nodelay(true);
         let mut conn = Conn::new(stream);
         // The address's slot first, so one address refused in bulk never holds a global slot.
-        match up.ip_slot(remote).zip(permits.clone().try_acquire_owned().ok()) {
+        match up.ip_slot(remote).and_then(|slot| Some((slot, permits.clone().try_acquire_owned().ok()?))) {
             Some((slot, permit)) => {
                 let (up, shutdown) = (up.clone(), shutdown.clone());
                 tasks.spawn(

@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use super::Conn;
+use super::{slot_key, Conn};
 
 /// A connected pair with small socket buffers, so a large write drains only as fast as the
 /// client reads.
@@ -51,4 +51,14 @@ async fn a_client_that_reads_nothing_is_cut_off_after_one_deadline() {
     let err = conn.write(&mut &reply[..], Duration::from_millis(200)).await.unwrap_err();
     assert!(err.contains("no progress"), "{err}");
     assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+}
+
+#[test]
+fn addresses_are_counted_by_host() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(slot_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
+    assert_eq!(slot_key(ip("10.1.2.3")), ip("10.1.2.3"));
+    assert_eq!(slot_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
+    assert_eq!(slot_key(ip("2001:db8:1:2::1")), slot_key(ip("2001:db8:1:2:ffff::9")));
+    assert_ne!(slot_key(ip("2001:db8:1:2::1")), slot_key(ip("2001:db8:1:3::1")));
 }

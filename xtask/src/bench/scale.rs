@@ -107,6 +107,9 @@ async fn scale(
     let node = |dir: &Path| {
         let mut cfg = NodeConfig::new(tracker, dir);
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        // Every node is on 127.0.0.1: the per-address cap, meant for separate hosts, would make
+        // a seed serve 4 of them at a time.
+        cfg.serve.max_uploads_per_ip = cfg.serve.max_uploads;
         Node::start(cfg)
     };
     let mut seeds = Vec::new();

@@ -101,6 +101,9 @@ async fn swarm(setup: Setup, root: &Path, seed_dir: &Path) -> anyhow::Result<Out
     let node = |dir: &Path| {
         let mut cfg = NodeConfig::new(tracker.addr(), dir);
         cfg.listen = loopback;
+        // Every node is on 127.0.0.1: the per-address cap, meant for separate hosts, would make
+        // a seed serve 4 of them at a time.
+        cfg.serve.max_uploads_per_ip = cfg.serve.max_uploads;
         cfg.upload_rate = Some(setup.rate);
         Node::start(cfg)
     };
