@@ -398,10 +398,24 @@ async fn the_furthest_behind_are_dropped_and_a_reply_too_large_is_refused() {
         .await;
         let behind = t.queued_bytes();
 
-        // c reads: its reply needs the room a holds, and a is dropped for it.
+        // c reads: its reply needs the room a holds. Until a has stalled for the grace period
+        // (`STALLED`, 1 s) c is told Overloaded and asks again; then a is dropped for it.
         let mut c = raw_session(addr, None).await;
-        c.write_all(&ask).await.unwrap();
-        assert_eq!(read_frame(&mut c).await, large.reply_frame(), "c gets its reply whole");
+        let asked = Instant::now();
+        let overloaded =
+            reply_frame(TrackerResponse::Error(RequestError::Overloaded { len: large_len as u64, max: budget as u64 }));
+        let mut refusals = 0;
+        loop {
+            c.write_all(&ask).await.unwrap();
+            let frame = read_frame(&mut c).await;
+            if frame == large.reply_frame() {
+                break;
+            }
+            assert_eq!(frame, overloaded, "c is refused with a typed error while a is not yet stalled");
+            refusals += 1;
+            assert!(asked.elapsed() < Duration::from_secs(10), "a was never dropped");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let (got, closed) = tokio::time::timeout(Duration::from_secs(5), async {
             let mut buf = vec![0u8; 1 << 16];
             let mut got = 0;
@@ -422,7 +436,8 @@ async fn the_furthest_behind_are_dropped_and_a_reply_too_large_is_refused() {
         assert!(!holder.is_finished(), "the holder, an idle reader, kept its session");
         println!(
             "drop policy: budget {budget} bytes; a non-reader with {behind} bytes unsent dropped for a reader's \
-             {large_len}-byte reply (it had read {got} bytes)"
+             {large_len}-byte reply (it had read {got} bytes) after {:?} ({refusals} Overloaded before)",
+            asked.elapsed()
         );
         holder.abort();
         t.shutdown().await.unwrap();
@@ -437,7 +452,7 @@ async fn the_furthest_behind_are_dropped_and_a_reply_too_large_is_refused() {
             TrackerResponse::Error(RequestError::Overloaded { len: large_len as u64, max: large_len as u64 - 1 })
         );
         assert_eq!(d.call(TrackerRequest::KeepAlive).await, TrackerResponse::KeepAlive);
-        assert_eq!(t.queued_bytes(), 0);
+        eventually("nothing left queued", Duration::from_secs(5), || t.queued_bytes() == 0).await;
         holder.abort();
         t.shutdown().await.unwrap();
     })
@@ -572,7 +587,10 @@ async fn maximal_registers_do_not_hold_up_keepalives() {
             under.len()
         );
         assert_eq!(failed, 0);
-        assert!(under_p99 <= base_p99 * 2 + Duration::from_millis(1), "p99 {base_p99:?} -> {under_p99:?}");
+        // 2x the baseline, with 2.5 ms of slack: on two cores shared with the four clients'
+        // hashing, scheduler noise alone has reached 1.6 ms; with the checks made inline on the
+        // async workers this p99 measured 4.8-5.9 ms, so the test still tells the two apart.
+        assert!(under_p99 <= base_p99 * 2 + Duration::from_micros(2500), "p99 {base_p99:?} -> {under_p99:?}");
         drop(sessions);
         t.shutdown().await.unwrap();
     })

@@ -3,20 +3,28 @@
 //!
 //! Each connection keeps its count current ([`Queued::set`] as its bytes leave) and asks before
 //! it queues a reply ([`Queued::admit`]). When a reply would take the total over the budget, the
-//! connections furthest behind (most bytes unsent) are dropped, largest first, until it fits:
-//! their counts are released at once and their cancellation token tells their task to close the
-//! connection (freeing the buffer). Only connections further behind than the one asking are ever
-//! dropped, so a client that reads its replies is never dropped to make room for one that does
-//! not. If dropping all of those could not make room, nobody is dropped and the reply is refused
-//! ([`Refused::Overloaded`]): the session answers with a typed error instead.
+//! connections furthest behind are dropped until it fits: those whose replies have made no
+//! progress for [`STALLED`] (they are not reading), the longest stalled first, then the most bytes
+//! unsent. Their counts are released at once and their cancellation token tells their task to
+//! close the connection (freeing the buffer). A client that keeps reading, however slowly, is
+//! never dropped, so opening fresh connections and asking cannot evict an honest slow reader. If
+//! dropping every stalled connection could not make room, nobody is dropped and the reply is
+//! refused ([`Refused::Overloaded`]): the session answers with a typed error instead, and may ask
+//! again.
 //!
 //! A synchronous structure behind one `Mutex`, taken briefly per reply and per write that makes
 //! progress, never across an `.await`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
+
+/// A connection whose queued replies made no progress for this long is not reading, and may be
+/// dropped to make room. Long enough that a reader whose socket drains in bursts (the kernel
+/// takes a new batch only when it is down to its low-water mark) is never taken for one.
+pub(crate) const STALLED: Duration = Duration::from_secs(1);
 
 /// The shared budget.
 #[derive(Debug)]
@@ -36,6 +44,9 @@ struct State {
 #[derive(Debug)]
 struct Conn {
     unsent: usize,
+    /// When its replies last made progress, or when it last went from nothing queued to
+    /// something: how long it has been stalled is measured from here.
+    since: Instant,
     /// Cancelled when the connection is dropped to make room.
     dropped: CancellationToken,
 }
@@ -69,7 +80,7 @@ impl Backlog {
         let mut st = self.lock();
         st.next_id += 1;
         let id = st.next_id;
-        st.conns.insert(id, Conn { unsent: 0, dropped: dropped.clone() });
+        st.conns.insert(id, Conn { unsent: 0, since: Instant::now(), dropped: dropped.clone() });
         Queued { backlog: self.clone(), id, dropped }
     }
 
@@ -93,35 +104,49 @@ pub(crate) struct Queued {
 impl Queued {
     /// This connection now has `unsent` bytes queued (after some left, or after encoding).
     pub(crate) fn set(&self, unsent: usize) {
+        self.set_at(unsent, Instant::now());
+    }
+
+    fn set_at(&self, unsent: usize, now: Instant) {
         let mut guard = self.backlog.lock();
         let st = &mut *guard;
         if let Some(c) = st.conns.get_mut(&self.id) {
+            if unsent < c.unsent {
+                c.since = now;
+            }
             st.total = st.total - c.unsent + unsent;
             c.unsent = unsent;
         }
     }
 
-    /// Counts `len` more bytes for this connection, dropping connections further behind if the
-    /// total would exceed the budget (see the module docs).
+    /// Counts `len` more bytes for this connection, dropping stalled connections if the total
+    /// would exceed the budget (see the module docs).
     pub(crate) fn admit(&self, len: usize) -> Result<(), Refused> {
+        self.admit_at(len, Instant::now())
+    }
+
+    fn admit_at(&self, len: usize, now: Instant) -> Result<(), Refused> {
         let max = self.backlog.max;
         let mut guard = self.backlog.lock();
         let st = &mut *guard;
-        let Some(mine) = st.conns.get(&self.id).map(|c| c.unsent) else { return Err(Refused::Dropped) };
+        if !st.conns.contains_key(&self.id) {
+            return Err(Refused::Dropped);
+        }
         if st.total + len > max {
-            let mut behind: Vec<(usize, u64)> = st
+            // (stalled since, unsent, id) of every other connection not reading.
+            let mut behind: Vec<(Instant, usize, u64)> = st
                 .conns
                 .iter()
-                .filter(|(id, c)| **id != self.id && c.unsent > mine)
-                .map(|(id, c)| (c.unsent, *id))
+                .filter(|(id, c)| **id != self.id && c.unsent > 0 && now.saturating_duration_since(c.since) >= STALLED)
+                .map(|(id, c)| (c.since, c.unsent, *id))
                 .collect();
-            let freeable: usize = behind.iter().map(|(unsent, _)| unsent).sum();
+            let freeable: usize = behind.iter().map(|(_, unsent, _)| unsent).sum();
             if st.total - freeable + len > max {
                 return Err(Refused::Overloaded { max });
             }
-            // Furthest behind first.
-            behind.sort_unstable_by(|a, b| b.cmp(a));
-            for (unsent, id) in behind {
+            // Furthest behind first: stalled the longest, then the most unsent.
+            behind.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            for (_, unsent, id) in behind {
                 if st.total + len <= max {
                     break;
                 }
@@ -133,6 +158,10 @@ impl Queued {
         }
         st.total += len;
         if let Some(c) = st.conns.get_mut(&self.id) {
+            if c.unsent == 0 {
+                // It starts waiting on its client now.
+                c.since = now;
+            }
             c.unsent += len;
         }
         Ok(())
@@ -171,51 +200,59 @@ mod tests {
         assert!(!x.dropped.is_cancelled());
     }
 
-    /// The connections furthest behind go first, and only as many as needed.
+    /// Stalled connections go first, the longest stalled first, and only as many as needed.
     #[test]
     fn the_furthest_behind_are_dropped_until_the_reply_fits() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let b = Backlog::new(100);
         let (a, c, d, me) = (b.join(), b.join(), b.join(), b.join());
-        a.admit(50).unwrap();
-        c.admit(30).unwrap();
-        d.admit(15).unwrap();
-        me.admit(5).unwrap();
+        a.admit_at(50, at(0)).unwrap();
+        c.admit_at(30, at(100)).unwrap();
+        d.admit_at(15, at(200)).unwrap();
+        me.admit_at(5, at(300)).unwrap();
         assert_eq!(b.total(), 100);
-        // 30 more: dropping a (50) is enough; c and d stay.
-        me.admit(30).unwrap();
+        // Nobody has stalled long enough yet: refused, nobody dropped.
+        assert_eq!(me.admit_at(30, at(900)), Err(Refused::Overloaded { max: 100 }));
+        // 30 more once all have stalled: dropping a (stalled longest) is enough; c and d stay.
+        me.admit_at(30, at(2000)).unwrap();
         assert!(a.dropped.is_cancelled() && !c.dropped.is_cancelled() && !d.dropped.is_cancelled());
         assert_eq!(b.total(), 80);
         // A dropped connection's later updates count for nothing, and its own requests are refused.
-        a.set(1000);
+        a.set_at(1000, at(2000));
         assert_eq!(b.total(), 80);
-        assert_eq!(a.admit(1), Err(Refused::Dropped));
-        // 60 for a fresh connection: me (35) then c (30) must go; d (15) stays.
+        assert_eq!(a.admit_at(1, at(2000)), Err(Refused::Dropped));
+        // c keeps reading (progress at 2500); me and d stall. 60 for a fresh connection at 3000:
+        // d (stalled since 200) then me (since 300) go, c stays although it has the most unsent.
+        c.set_at(29, at(2500));
         let fresh = b.join();
-        fresh.admit(60).unwrap();
-        assert!(me.dropped.is_cancelled() && c.dropped.is_cancelled() && !d.dropped.is_cancelled());
-        assert_eq!(b.total(), 75);
-        drop((a, c, me));
-        assert_eq!(b.total(), 75);
+        fresh.admit_at(40, at(3000)).unwrap();
+        assert!(d.dropped.is_cancelled() && me.dropped.is_cancelled() && !c.dropped.is_cancelled());
+        assert_eq!(b.total(), 69);
+        drop((a, d, me));
+        assert_eq!(b.total(), 69);
         assert!(!fresh.dropped.is_cancelled());
     }
 
-    /// Connections no further behind than the asker are never dropped for it, and nobody is
-    /// dropped for a reply that would not fit anyway.
+    /// A reader that keeps making progress is never dropped, whatever it has queued, and nobody
+    /// is dropped for a reply that would not fit anyway.
     #[test]
-    fn nobody_is_dropped_in_vain() {
+    fn readers_are_never_dropped_and_nobody_in_vain() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
         let b = Backlog::new(100);
-        let (a, me) = (b.join(), b.join());
-        a.admit(40).unwrap();
-        me.admit(40).unwrap();
-        assert_eq!(me.admit(30), Err(Refused::Overloaded { max: 100 }), "a is no further behind than me");
-        assert!(!a.dropped.is_cancelled());
+        let (reader, idle) = (b.join(), b.join());
+        reader.admit_at(90, at(0)).unwrap();
+        for ms in (500..10_000).step_by(500) {
+            reader.set_at(90 - (ms / 500) as usize, at(ms));
+        }
         let fresh = b.join();
-        assert_eq!(fresh.admit(101), Err(Refused::Overloaded { max: 100 }), "larger than the whole budget");
-        assert!(!a.dropped.is_cancelled() && !me.dropped.is_cancelled());
-        assert_eq!(b.total(), 80);
-        // Behind a and me both, a fresh connection's 30 bytes drop one of them, not both.
-        fresh.admit(30).unwrap();
-        assert_eq!(u8::from(a.dropped.is_cancelled()) + u8::from(me.dropped.is_cancelled()), 1);
-        assert_eq!(b.total(), 70);
+        assert_eq!(fresh.admit_at(50, at(10_000)), Err(Refused::Overloaded { max: 100 }));
+        assert!(!reader.dropped.is_cancelled());
+        assert_eq!(idle.admit_at(101, at(10_000)), Err(Refused::Overloaded { max: 100 }), "larger than the budget");
+        assert!(!reader.dropped.is_cancelled() && !idle.dropped.is_cancelled());
+        // Once it stops reading for the stall time, it may go.
+        fresh.admit_at(50, at(9_500 + STALLED.as_millis() as u64)).unwrap();
+        assert!(reader.dropped.is_cancelled());
     }
 }
