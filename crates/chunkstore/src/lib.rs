@@ -39,12 +39,20 @@
 //!   against its root hash before it is linked to its name.
 //! - Scanning hashes on all cores and caches results, so unchanged files are not re-hashed.
 
+// No module imports one that imports it back. In layers, each importing only layers below it:
+// `store`; `partials` (the registry of open downloads); `partial` (one download); `place`
+// (putting a verified file under its name); `files` (a download's bookkeeping on disk); `scan`
+// (with the hash cache); `hash`; `error`; `beneath` and `sync`.
 mod beneath;
 mod error;
+mod files;
 mod hash;
 mod partial;
+mod partials;
+mod place;
 mod scan;
 mod store;
+mod sync;
 
 pub use error::StoreError;
 pub use hash::{choose_chunk_size, hash_file, SMALLEST_CHOSEN_CHUNK, TARGET_CHUNKS};
@@ -54,5 +62,7 @@ pub use store::Store;
 
 #[cfg(test)]
 mod link_tests;
+#[cfg(test)]
+mod open_tests;
 #[cfg(test)]
 mod tests;

@@ -7,7 +7,7 @@ use std::fs;
 use proto::limits::MIN_CHUNK_SIZE;
 use proto::FileMeta;
 
-use crate::partial::partial_id;
+use crate::files::partial_id;
 use crate::Store;
 
 fn bytes(len: usize, seed: u8) -> Vec<u8> {

@@ -1,49 +1,65 @@
 //! A partial download: verify-then-write of chunks into a data file, a persisted bitmap of the
-//! chunks held, resume after a crash, and whole-file verification and atomic promotion.
+//! chunks held, and whole-file verification before the file is placed.
 //!
 //! Invariants:
 //! - A bit is set in memory only after its chunk's bytes were verified against the chunk hash and
 //!   written to the data file; it is set on disk only after it is set in memory.
-//! - Nothing a bitmap on disk claims is trusted after a restart: [`open`] re-hashes every claimed
-//!   chunk and clears the bits whose bytes do not match. So chunks are never fsynced one by one:
-//!   a crash can lose the last chunks written or leave a bit set over torn bytes, and either way
-//!   the next open finds out and fetches those chunks again.
+//! - Nothing a bitmap on disk claims is trusted after a restart: opening a download re-hashes every
+//!   claimed chunk and clears the bits whose bytes do not match (`files.rs`). So chunks are never
+//!   fsynced one by one: a crash can lose the last chunks written or leave a bit set over torn
+//!   bytes, and either way the next open finds out and fetches those chunks again.
 //! - A file appears under its name only after every chunk was read back from disk and matched,
-//!   the data was fsynced, and it was linked into place without replacing anything.
+//!   the data was fsynced, and it was linked into place without replacing anything (`place.rs`).
+//!
+//! A download knows of its store only what [`Home`] gives it: the folders it works in and the hash
+//! cache. Which downloads are open, and that each has one handle, is the registry's business
+//! (`partials.rs`); finishing never waits for it.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Seek};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use proto::meta::root_from_chunks;
 use proto::{Bitmap, ChunkIndex, FileMeta, Hash, MetaError};
 use rayon::prelude::*;
-use tracing::{debug, info, warn};
+use tracing::warn;
 
-use crate::beneath::{split_parent, Access, Dir};
+use crate::beneath::Dir;
 use crate::error::{io_err, StoreError};
-use crate::hash::{chunk_span, hash_chunk_at, hash_open_file};
-use crate::scan::write_atomic;
-use crate::store::{lock, Store};
+use crate::files::{self, Opened};
+use crate::hash::{chunk_span, hash_chunk_at};
+use crate::place::promote;
+use crate::scan::HashCache;
+use crate::sync::lock;
 
 /// A download in progress: a handle to its data file and chunk bitmap. Cheap to clone; all clones
-/// (and every [`Store::open_partial`] of the same metadata while one is alive) share one state.
-/// Every method is safe to call from many threads at once.
+/// (and every [`crate::Store::open_partial`] of the same metadata while one is alive) share one
+/// state. Every method is safe to call from many threads at once.
 #[derive(Clone)]
 pub struct Partial {
     inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    store: Store,
+/// What a download needs of its store, and nothing more: the folders it works in, held open, and
+/// the hash cache it records its finished file in. One per store, shared by its downloads.
+pub(crate) struct Home {
+    /// The share folder: a finished download is placed below it.
+    pub(crate) root: Arc<Dir>,
+    /// `.p2p/partial`: the downloads' own files are opened and removed by name in it.
+    pub(crate) dir: Dir,
+    /// Where a finished file is recorded, so the next scan neither re-hashes nor re-chunks it.
+    pub(crate) cache: Arc<HashCache>,
+}
+
+struct Inner {
+    home: Arc<Home>,
     meta: FileMeta,
     id: String,
-    /// Paths of the three files, for messages only: they are opened and removed by name in the
-    /// store's open `.p2p/partial` folder.
+    /// Paths of the data and bitmap files, for messages only: they are opened and removed by name
+    /// in the open partial folder.
     data_path: PathBuf,
     have_path: PathBuf,
     /// The data file, opened once for positioned reads and writes, which share no cursor and so
@@ -83,164 +99,56 @@ enum Phase {
     Finished,
 }
 
-/// The id a download is filed under: hex of the first 16 bytes of
-/// `blake3(name ++ 0 ++ root ++ chunk_size as u32 little-endian)`. The chunk size is included
-/// because the same content chunked differently has a different bitmap.
-pub(crate) fn partial_id(meta: &FileMeta) -> String {
-    let mut h = blake3::Hasher::new();
-    h.update(meta.name.as_bytes());
-    h.update(&[0]);
-    h.update(meta.root.as_bytes());
-    h.update(&meta.chunk_size.to_le_bytes());
-    h.finalize().to_hex()[..32].to_owned()
-}
+/// A reference to a download that does not keep it open: what the registry holds, so a download
+/// nobody uses is closed.
+#[derive(Default)]
+pub(crate) struct WeakPartial(Weak<Inner>);
 
-/// Reads and validates the `.meta` file `name` of `dir`.
-pub(crate) fn read_meta(dir: &Dir, name: &str) -> Result<FileMeta, StoreError> {
-    let path = dir.display(name);
-    let mut bytes = Vec::new();
-    dir.open_file(name, Access::Read).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io_err("read", &path))?;
-    let corrupt = |reason: String| StoreError::Corrupt { path: path.clone(), reason };
-    let meta: FileMeta = postcard::from_bytes(&bytes).map_err(|e| corrupt(e.to_string()))?;
-    meta.validate().map_err(|e| corrupt(e.to_string()))?;
-    Ok(meta)
-}
-
-fn remove(dir: &Dir, name: &str) -> Result<(), StoreError> {
-    dir.remove_file(name).map_err(io_err("remove", &dir.display(name)))
-}
-
-/// Whether `file` has no other name than the one it was opened by.
-fn only_link(file: &File) -> bool {
-    file.metadata().is_ok_and(|md| std::os::unix::fs::MetadataExt::nlink(&md) == 1)
-}
-
-fn fsync_dir(dir: &Dir) -> Result<(), StoreError> {
-    dir.sync().map_err(io_err("fsync folder", dir.path()))
-}
-
-/// See [`Store::open_partial`].
-pub(crate) fn open(store: &Store, meta: &FileMeta) -> Result<Partial, StoreError> {
-    meta.validate()?;
-    let id = partial_id(meta);
-    // Held while creating or resuming, so two callers cannot both create a handle for one
-    // download; resuming a large download re-hashes it, which delays other opens meanwhile.
-    let mut registry = lock(&store.inner.open);
-    registry.retain(|_, w| w.strong_count() > 0);
-    if let Some(inner) = registry.get(&id).and_then(|w| w.upgrade()) {
-        if inner.meta == *meta {
-            return Ok(Partial { inner });
-        }
-        // Same id, different metadata: only a BLAKE3 collision could get here.
-        return Err(StoreError::AlreadyExists { name: meta.name.clone() });
+impl WeakPartial {
+    /// The download, if a handle to it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<Partial> {
+        self.0.upgrade().map(|inner| Partial { inner })
     }
 
-    let dir = &store.inner.partial_dir;
-    let (data_name, meta_name, have_name) = (format!("{id}.data"), format!("{id}.meta"), format!("{id}.have"));
-    let (data_path, meta_path, have_path) = (dir.display(&data_name), dir.display(&meta_name), dir.display(&have_name));
-
-    let resumed = match read_meta(dir, &meta_name) {
-        Ok(m) if m == *meta => true,
-        Ok(_) => {
-            warn!(name = meta.name, "partial download on disk has other metadata; starting over");
-            false
-        }
-        Err(StoreError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => false,
-        Err(e) => {
-            warn!(name = meta.name, error = %e, "partial download on disk is unreadable; starting over");
-            false
-        }
-    };
-    // A hard link planted under one of these predictable names must never make the store write
-    // to the file it points at: a resumed download's files must have no other link, and a new
-    // download's are created exclusively (O_EXCL) after removing whatever had their names.
-    let reopened = if resumed {
-        let open = |name: &str| dir.open_file(name, Access::ReadWrite).ok().filter(only_link);
-        match (open(&data_name), open(&have_name)) {
-            (Some(data), Some(have)) => Some((data, have)),
-            _ => {
-                warn!(name = meta.name, "partial download's files are missing or linked elsewhere; starting over");
-                None
-            }
-        }
-    } else {
-        None
-    };
-    let resumed = reopened.is_some();
-    let (data, mut have_file) = match reopened {
-        Some(files) => files,
-        None => {
-            // The meta is written (atomically) before any data, so every data file on disk has a
-            // meta saying what it holds; stale data and bitmap files go first.
-            remove(dir, &data_name)?;
-            remove(dir, &have_name)?;
-            let bytes = postcard::to_stdvec(meta)
-                .map_err(|e| StoreError::Corrupt { path: meta_path.clone(), reason: e.to_string() })?;
-            write_atomic(dir, &meta_name, &bytes)?;
-            let data = dir.open_file(&data_name, Access::ReadWriteNew).map_err(io_err("create", &data_path))?;
-            let have = dir.open_file(&have_name, Access::ReadWriteNew).map_err(io_err("create", &have_path))?;
-            (data, have)
-        }
-    };
-    let len = data.metadata().map_err(io_err("stat", &data_path))?.len();
-    if len != meta.length {
-        // Sparse: unwritten chunks are holes, so a large download takes no space up front.
-        data.set_len(meta.length).map_err(io_err("resize", &data_path))?;
+    /// Whether a handle to the download is still alive.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.0.strong_count() > 0
     }
-    let n = meta.num_chunks();
-    let mut have = if resumed {
-        let mut bytes = Vec::new();
-        have_file.read_to_end(&mut bytes).map_err(io_err("read", &have_path))?;
-        Bitmap::from_parts(n, bytes).unwrap_or_else(|e| {
-            warn!(name = meta.name, error = %e, "chunk bitmap on disk is corrupt; re-fetching every chunk");
-            Bitmap::new(n)
-        })
-    } else {
-        Bitmap::new(n)
-    };
-
-    // Re-verify every claimed chunk (see the module docs): a bit may have reached the disk
-    // before its data did.
-    let claimed: Vec<u32> = have.iter_ones().collect();
-    let bad: Vec<u32> = claimed
-        .par_iter()
-        .copied()
-        .filter(|&i| match hash_chunk_at(&data, meta.length, meta.chunk_size, n, i) {
-            Ok(h) => h != meta.chunk_hashes[i as usize],
-            Err(e) => {
-                warn!(name = meta.name, chunk = i, error = %e, "cannot re-read chunk; re-fetching it");
-                true
-            }
-        })
-        .collect();
-    for &i in &bad {
-        have.clear(i);
-    }
-    have_file.set_len(have.as_bytes().len() as u64).map_err(io_err("resize", &have_path))?;
-    have_file.write_all_at(have.as_bytes(), 0).map_err(io_err("write", &have_path))?;
-    if resumed {
-        info!(name = meta.name, held = have.count(), dropped = bad.len(), chunks = n, "resumed partial download");
-    } else {
-        debug!(name = meta.name, chunks = n, id, "started partial download");
-    }
-
-    let inner = Arc::new(Inner {
-        store: store.clone(),
-        meta: meta.clone(),
-        id: id.clone(),
-        data_path,
-        have_path,
-        data,
-        state: Mutex::new(State { have, have_file, phase: Phase::Open }),
-        unflushed: AtomicU64::new(0),
-        flushing: AtomicBool::new(false),
-        flush_error: Mutex::new(None),
-    });
-    registry.insert(id, Arc::downgrade(&inner));
-    Ok(Partial { inner })
 }
 
 impl Partial {
+    /// Creates or resumes the download of `meta`, filed under `id` in `home`'s partial folder
+    /// (see [`files::open`]: a resume re-hashes every chunk it claims). The caller makes sure there
+    /// is only one handle per download: two would overwrite each other's bookkeeping.
+    pub(crate) fn open(home: Arc<Home>, meta: &FileMeta, id: String) -> Result<Partial, StoreError> {
+        let Opened { data, have_file, have, data_path, have_path } = files::open(&home.dir, meta, &id)?;
+        Ok(Partial {
+            inner: Arc::new(Inner {
+                home,
+                meta: meta.clone(),
+                id,
+                data_path,
+                have_path,
+                data,
+                state: Mutex::new(State { have, have_file, phase: Phase::Open }),
+                unflushed: AtomicU64::new(0),
+                flushing: AtomicBool::new(false),
+                flush_error: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// A reference that does not keep the download open.
+    pub(crate) fn downgrade(&self) -> WeakPartial {
+        WeakPartial(Arc::downgrade(&self.inner))
+    }
+
+    /// Whether the download was placed under its name: its files are gone, so opening the same
+    /// metadata again starts a new download rather than returning this handle.
+    pub(crate) fn is_finished(&self) -> bool {
+        lock(&self.inner.state).phase == Phase::Finished
+    }
+
     /// The metadata of the file being downloaded.
     pub fn meta(&self) -> &FileMeta {
         &self.inner.meta
@@ -410,8 +318,8 @@ impl Partial {
         let result = self.verify_and_promote();
         let mut st = lock(&inner.state);
         if result.is_ok() {
+            // The registry needs no word: it treats a finished download as gone (`is_finished`).
             st.phase = Phase::Finished;
-            lock(&inner.store.inner.open).remove(&inner.id);
         } else {
             // Nothing was put in place: the download stays open, to be fixed and finished again.
             st.phase = Phase::Open;
@@ -419,7 +327,10 @@ impl Partial {
         result
     }
 
-    fn verify_and_promote(&self) -> Result<PathBuf, StoreError> {
+    /// Checks the whole data file against the root hash and makes it durable: restores its length
+    /// if someone changed it, then fsyncs it on one thread while reading it back and hashing it on
+    /// all the others. A mismatch marks the bad chunks missing ([`StoreError::WholeFileMismatch`]).
+    fn verify(&self) -> Result<(), StoreError> {
         let inner = &*self.inner;
         let meta = &inner.meta;
         let data_path = &inner.data_path;
@@ -468,170 +379,20 @@ impl Partial {
         if let Some((kind, msg)) = lock(&inner.flush_error).clone() {
             return Err(io_err("flush", data_path)(std::io::Error::new(kind, msg)));
         }
+        Ok(())
+    }
 
-        let store = &inner.store;
-        let root = &store.inner.root_dir;
-        let dest = root.display(&meta.name);
-        // The parent folders are created and opened below the share folder's handle without
-        // following links, and the file is linked into the folder held open: no path is resolved
-        // twice, so no component swapped for a link meanwhile can redirect it.
-        let (parent_rel, last) = split_parent(&meta.name);
-        let created;
-        let parent = match parent_rel {
-            Some(rel) => {
-                created = root.create_dir_all(rel).map_err(io_err("create folder", &root.display(rel)))?;
-                &created
-            }
-            None => root,
-        };
-        let partials = &store.inner.partial_dir;
-        let data_name = format!("{}.data", inner.id);
-        let placed = match place(parent, last, &inner.data, partials, &data_name) {
-            Ok(Outcome::Placed) => Placed::Data,
-            Ok(Outcome::Exists) => Placed::Exists,
-            // The destination folder is on another file system (a mount inside the share), or the
-            // verified file can no longer be named safely (its data file's name was taken, say):
-            // a verified copy is placed instead.
-            Ok(Outcome::OtherFileSystem | Outcome::Unnameable) => self.copy_into(parent, last)?,
-            Err(e) => return Err(io_err("move into place", &dest)(e)),
-        };
-        let file = match placed {
-            Placed::Data => {
-                fsync_dir(parent)?;
-                info!(name = meta.name, bytes = meta.length, "download complete");
-                None
-            }
-            Placed::Copy(file) => {
-                info!(name = meta.name, bytes = meta.length, "download complete (copied across file systems)");
-                Some(file)
-            }
-            Placed::Exists => {
-                let existing = parent
-                    .open_file(last, Access::Read)
-                    .ok()
-                    .filter(|f| f.metadata().is_ok_and(|md| md.is_file() && md.len() == meta.length));
-                let identical = existing.filter(|f| {
-                    hash_open_file(f, &dest, &meta.name, meta.chunk_size).is_ok_and(|m| m.root == meta.root)
-                });
-                let Some(existing) = identical else {
-                    return Err(StoreError::AlreadyExists { name: meta.name.clone() });
-                };
-                info!(name = meta.name, "identical file already in place; dropping the download");
-                Some(existing)
-            }
-        };
-        // The meta goes first: a crash part way leaves only orphans that `Store::open` sweeps,
-        // never a meta that would make the finished download look unfinished.
-        remove(partials, &format!("{}.meta", inner.id))?;
-        remove(partials, &data_name)?;
-        remove(partials, &format!("{}.have", inner.id))?;
-        fsync_dir(partials)?;
-        store.remember(file.as_ref().unwrap_or(&inner.data), meta);
+    /// Verifies the file, places it (`place.rs`), deletes the bookkeeping and records the file in
+    /// the hash cache.
+    fn verify_and_promote(&self) -> Result<PathBuf, StoreError> {
+        self.verify()?;
+        let inner = &*self.inner;
+        let home = &*inner.home;
+        let (dest, file) = promote(&home.root, &home.dir, &inner.data, &inner.meta, &inner.id)?;
+        files::remove_all(&home.dir, &inner.id)?;
+        home.cache.remember(file.as_ref().unwrap_or(&inner.data), &inner.meta);
         Ok(dest)
     }
-
-    /// Places the verified data file under `last` in `parent` when `parent` is on another file
-    /// system: copies it to a temporary file there, fsyncs it, checks the copy against the root
-    /// hash, then links it to its name (never replacing a file) and fsyncs the folder. The name
-    /// appears atomically, and only with verified content. A crash leaves at most the hidden
-    /// temporary, which the next attempt replaces.
-    fn copy_into(&self, parent: &Dir, last: &str) -> Result<Placed, StoreError> {
-        let inner = &*self.inner;
-        let meta = &inner.meta;
-        let tmp = format!(".p2p-{}.tmp", inner.id);
-        let tmp_path = parent.display(&tmp);
-        remove(parent, &tmp)?;
-        let mut out = parent.open_file(&tmp, Access::ReadWriteNew).map_err(io_err("create", &tmp_path))?;
-        let copied = (|| {
-            let mut src = &inner.data;
-            // Only positioned reads and writes use this handle elsewhere, so its cursor is free.
-            src.rewind()?;
-            let n = std::io::copy(&mut src.take(meta.length), &mut out)?;
-            if n != meta.length {
-                return Err(std::io::Error::new(ErrorKind::UnexpectedEof, "data file shorter than the download"));
-            }
-            out.sync_all()?;
-            hash_open_file(&out, &tmp_path, &meta.name, meta.chunk_size).map_err(std::io::Error::other)
-        })();
-        let result = match copied {
-            Err(e) => Err(io_err("copy into place", &tmp_path)(e)),
-            Ok(m) if m.root != meta.root => {
-                Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: 0 })
-            }
-            Ok(_) => match place(parent, last, &out, parent, &tmp) {
-                Ok(Outcome::Placed) => Ok(Placed::Copy(out)),
-                Ok(Outcome::Exists) => Ok(Placed::Exists),
-                Ok(Outcome::OtherFileSystem | Outcome::Unnameable) => {
-                    Err(io_err("move into place", &parent.display(last))(std::io::Error::other(
-                        "the copy was replaced while it was being placed",
-                    )))
-                }
-                Err(e) => Err(io_err("move into place", &parent.display(last))(e)),
-            },
-        };
-        remove(parent, &tmp)?;
-        fsync_dir(parent)?;
-        result
-    }
-}
-
-/// What [`place`] did.
-enum Outcome {
-    /// The file has its name.
-    Placed,
-    /// Something else already has the name; nothing was changed.
-    Exists,
-    /// The folder is on another file system than the file; nothing was changed.
-    OtherFileSystem,
-    /// The file cannot be given the name from its handle (it has no name left, or `/proc` is
-    /// missing) and `src` no longer names it; nothing was changed.
-    Unnameable,
-}
-
-/// Gives the verified `file` (named `src` in folder `from`) the name `last` in `parent`, never
-/// replacing a file. From the open handle where the system allows, so the name can only ever
-/// be the verified file's, whatever was done meanwhile to `src`. Otherwise by name: a hard link,
-/// or a rename where the file system has none, after which the name is checked to hold the
-/// verified file (device and inode) and removed again if it does not ([`Outcome::Unnameable`]).
-fn place(parent: &Dir, last: &str, file: &File, from: &Dir, src: &str) -> std::io::Result<Outcome> {
-    let by_name = match parent.link_open_file(file, last) {
-        Ok(()) => return Ok(Outcome::Placed),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Outcome::Exists),
-        Err(e) if e.kind() == ErrorKind::CrossesDevices => return Ok(Outcome::OtherFileSystem),
-        Err(e) => {
-            debug!(error = %e, "cannot link the open file; placing it by name");
-            match parent.link_from(from, src, last) {
-                Err(e) if !matches!(e.kind(), ErrorKind::AlreadyExists | ErrorKind::CrossesDevices) => {
-                    debug!(error = %e, "hard link failed; renaming instead");
-                    parent.rename_from_noreplace(from, src, last)
-                }
-                linked => linked,
-            }
-        }
-    };
-    match by_name {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Outcome::Exists),
-        Err(e) if e.kind() == ErrorKind::CrossesDevices => return Ok(Outcome::OtherFileSystem),
-        Err(e) => return Err(e),
-    }
-    if parent.is_same_file(last, file)? {
-        Ok(Outcome::Placed)
-    } else {
-        warn!(name = last, "the verified file's name was taken by another file; not placing that one");
-        parent.remove_file(last)?;
-        Ok(Outcome::Unnameable)
-    }
-}
-
-/// What `finish` found or put under the download's name.
-enum Placed {
-    /// The data file itself, linked or renamed into place.
-    Data,
-    /// A verified copy (the destination is on another file system), with its handle.
-    Copy(File),
-    /// A file already there (identical or not: checked next).
-    Exists,
 }
 
 impl std::fmt::Debug for Partial {

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::MetadataExt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use proto::{validate_name, FileMeta};
 use rayon::prelude::*;
@@ -22,9 +22,48 @@ use tracing::warn;
 use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
 use crate::hash::{choose_chunk_size, hash_open_file};
+use crate::sync::lock;
 
 /// Bumped whenever the cache layout or the hashing changes, so an old cache is discarded.
 const CACHE_VERSION: u32 = 1;
+
+/// File under the bookkeeping folder that holds the hash cache.
+const CACHE_FILE: &str = "hash-cache";
+
+/// The hash cache of one share folder, held by the store and by every download of it (which
+/// records its finished file here). Both scans and finished downloads rewrite the whole cache
+/// (read, change, write a temporary, rename), so they take turns.
+pub(crate) struct HashCache {
+    /// The bookkeeping folder (`.p2p`), held open: the cache and its temporary are opened by name
+    /// in it.
+    dir: Dir,
+    /// Serialises the cache's writers: two at once would race on the temporary file, and the
+    /// entries of one would be lost.
+    lock: Mutex<()>,
+}
+
+impl HashCache {
+    /// The cache in the open bookkeeping folder `dir`.
+    pub(crate) fn new(dir: Dir) -> Self {
+        HashCache { dir, lock: Mutex::new(()) }
+    }
+
+    /// Scans the share folder `root`, using and refreshing the cache; see [`crate::Store::scan`].
+    /// Also returns what was skipped and why.
+    pub(crate) fn scan(&self, root: &Dir) -> Result<(Vec<FileMeta>, ScanStats, Vec<Skipped>), StoreError> {
+        let _guard = lock(&self.lock);
+        scan(root, &self.dir, CACHE_FILE)
+    }
+
+    /// Records a just-verified file (see [`remember`]). A failure only costs a re-hash at the next
+    /// scan, so it is logged, not returned.
+    pub(crate) fn remember(&self, file: &fs::File, meta: &FileMeta) {
+        let _guard = lock(&self.lock);
+        if let Err(e) = remember(&self.dir, CACHE_FILE, file, meta) {
+            warn!(name = meta.name, error = %e, "cannot record finished download in the hash cache");
+        }
+    }
+}
 
 /// What a scan did, for logs and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -230,7 +269,7 @@ pub(crate) fn write_atomic(dir: &Dir, name: &str, bytes: &[u8]) -> Result<(), St
 /// Records in the cache `cache` of folder `dir` that `file` has metadata `meta` (just verified by
 /// a finished download), so the next scan neither re-hashes it nor re-chunks it at a different
 /// chunk size.
-pub(crate) fn remember(dir: &Dir, cache: &str, file: &fs::File, meta: &FileMeta) -> Result<(), StoreError> {
+fn remember(dir: &Dir, cache: &str, file: &fs::File, meta: &FileMeta) -> Result<(), StoreError> {
     let md = file.metadata().map_err(io_err("stat", &dir.display(cache)))?;
     let mut entries = load_cache(dir, cache);
     entries.insert(meta.name.clone(), (Stamp::of(&md, meta.chunk_size), meta.clone()));
@@ -279,11 +318,7 @@ fn hash_one(root: &Dir, name: &str) -> Result<(Stamp, FileMeta), String> {
 
 /// Scans the share folder `root` (using and refreshing the cache file `cache` of folder `p2p`);
 /// see [`crate::Store::scan`]. Also returns what was skipped and why.
-pub(crate) fn scan(
-    root: &Dir,
-    p2p: &Dir,
-    cache_name: &str,
-) -> Result<(Vec<FileMeta>, ScanStats, Vec<Skipped>), StoreError> {
+fn scan(root: &Dir, p2p: &Dir, cache_name: &str) -> Result<(Vec<FileMeta>, ScanStats, Vec<Skipped>), StoreError> {
     let mut stats = ScanStats::default();
     let mut skipped = Vec::new();
     let found = walk(root, &mut skipped)?;

@@ -1,12 +1,12 @@
-//! The share folder: scanning it, serving chunks of complete files, and the registry of partial
-//! downloads kept under its bookkeeping folder.
+//! The share folder: scanning it, serving chunks of complete files, and access to its partial
+//! downloads (owned by [`Partials`]).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs;
 use std::io::ErrorKind;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use proto::meta::{check_chunk_size, chunk_count};
@@ -17,13 +17,13 @@ use tracing::{debug, warn};
 use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
 use crate::hash::chunk_span;
-use crate::partial::{self, Partial};
-use crate::scan::{self, ScanStats, Skipped};
+use crate::partial::{Home, Partial};
+use crate::partials::Partials;
+use crate::scan::{HashCache, ScanStats, Skipped};
+use crate::sync::lock;
 
 /// Folder under the bookkeeping folder that holds partial downloads.
 const PARTIAL_DIR: &str = "partial";
-/// File under the bookkeeping folder that holds the hash cache.
-const CACHE_FILE: &str = "hash-cache";
 
 /// A share folder: complete files under their names, partial downloads and the hash cache under
 /// its `.p2p` folder (see the crate docs for the layout). Cheap to clone; all clones share state.
@@ -34,32 +34,21 @@ const CACHE_FILE: &str = "hash-cache";
 /// write outside the folder.
 #[derive(Clone)]
 pub struct Store {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
+struct Inner {
     /// Canonical path of the share folder, for messages and for the paths `finish` returns.
     root: PathBuf,
-    /// The share folder, held open: everything below it is resolved from this handle.
-    pub(crate) root_dir: Dir,
-    /// The bookkeeping folder (`.p2p`), held open for the hash cache.
-    p2p_dir: Dir,
-    /// `.p2p/partial`, held open: partial downloads' files are opened by name in it.
-    pub(crate) partial_dir: Dir,
-    /// Serialises scans: two concurrent scans would race on the cache's temporary file.
-    scan_lock: Mutex<()>,
+    /// The share folder, held open: everything below it is resolved from this handle. Shared with
+    /// the downloads, which place finished files below it.
+    root_dir: Arc<Dir>,
+    /// The hash cache in `.p2p`, shared with the downloads, which record finished files in it.
+    cache: Arc<HashCache>,
     /// Entries the last scan skipped, so each is warned about once, not at every scan.
     warned: Mutex<HashSet<String>>,
-    /// Partial downloads currently open, by id. Opening the same download twice returns the same
-    /// handle, so there is only ever one bitmap and one lock per download; two independent
-    /// handles would overwrite each other's bookkeeping.
-    pub(crate) open: Mutex<HashMap<String, Weak<partial::Inner>>>,
-}
-
-/// Locks a mutex, ignoring poisoning: every critical section here leaves the data consistent
-/// (bitmap updates are single operations), so a panic elsewhere does not make it unusable.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    /// The partial downloads: which are open, and the `.p2p/partial` folder they live in.
+    partials: Partials,
 }
 
 impl Store {
@@ -69,52 +58,22 @@ impl Store {
         let root = root.into();
         fs::create_dir_all(&root).map_err(io_err("create share folder", &root))?;
         let root = fs::canonicalize(&root).map_err(io_err("resolve share folder", &root))?;
-        let root_dir = Dir::open_anchor(&root).map_err(io_err("open share folder", &root))?;
+        let root_dir = Arc::new(Dir::open_anchor(&root).map_err(io_err("open share folder", &root))?);
         // Created and opened without following links: a symlinked bookkeeping folder would let
         // writes land outside the share folder.
         let p2p_dir =
             root_dir.create_dir_all(RESERVED_DIR).map_err(io_err("create folder", &root.join(RESERVED_DIR)))?;
         let partial_dir =
             p2p_dir.create_dir_all(PARTIAL_DIR).map_err(io_err("create folder", &p2p_dir.display(PARTIAL_DIR)))?;
-        let store = Store {
-            inner: Arc::new(Inner {
-                root,
-                root_dir,
-                p2p_dir,
-                partial_dir,
-                scan_lock: Mutex::new(()),
-                warned: Mutex::new(HashSet::new()),
-                open: Mutex::new(HashMap::new()),
-            }),
-        };
-        store.sweep_orphans()?;
-        Ok(store)
+        let cache = Arc::new(HashCache::new(p2p_dir));
+        let home = Home { root: root_dir.clone(), dir: partial_dir, cache: cache.clone() };
+        let partials = Partials::new(Arc::new(home))?;
+        Ok(Store { inner: Arc::new(Inner { root, root_dir, cache, warned: Mutex::new(HashSet::new()), partials }) })
     }
 
     /// The share folder (canonical path).
     pub fn root(&self) -> &Path {
         &self.inner.root
-    }
-
-    /// Removes bookkeeping a crash can leave behind: temporaries of atomic writes, and data or
-    /// bitmap files whose `.meta` is gone (`finish` deletes the `.meta` first).
-    fn sweep_orphans(&self) -> Result<(), StoreError> {
-        let dir = &self.inner.partial_dir;
-        for (name, _) in dir.entries().map_err(io_err("read folder", dir.path()))? {
-            let Some(name) = name.to_str() else { continue };
-            let orphan = match name.rsplit_once('.') {
-                Some((_, "tmp")) => true,
-                Some((stem, "data" | "have")) => dir.stat(&format!("{stem}.meta")).is_err(),
-                _ => false,
-            };
-            if orphan {
-                debug!(path = %dir.display(name).display(), "removing stale bookkeeping file");
-                if let Err(e) = dir.remove_file(name) {
-                    warn!(path = %dir.display(name).display(), error = %e, "cannot remove stale bookkeeping file");
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Scans the share folder: every regular file under it (recursively, names relative with `/`
@@ -128,8 +87,7 @@ impl Store {
 
     /// [`Store::scan`], also telling how many files were hashed and how many came from the cache.
     pub fn scan_with_stats(&self) -> Result<(Vec<FileMeta>, ScanStats), StoreError> {
-        let _guard = lock(&self.inner.scan_lock);
-        let (metas, stats, skipped) = scan::scan(&self.inner.root_dir, &self.inner.p2p_dir, CACHE_FILE)?;
+        let (metas, stats, skipped) = self.inner.cache.scan(&self.inner.root_dir)?;
         self.report_skipped(skipped);
         debug!(files = metas.len(), hashed = stats.hashed, cached = stats.cached, skipped = stats.skipped, "scanned");
         Ok((metas, stats))
@@ -149,15 +107,6 @@ impl Store {
             now.insert(s.name);
         }
         *warned = now;
-    }
-
-    /// Records a just-verified file in the hash cache (see [`scan::remember`]); failure only costs
-    /// a re-hash later, so it is logged, not returned.
-    pub(crate) fn remember(&self, file: &fs::File, meta: &FileMeta) {
-        let _guard = lock(&self.inner.scan_lock);
-        if let Err(e) = scan::remember(&self.inner.p2p_dir, CACHE_FILE, file, meta) {
-            warn!(name = meta.name, error = %e, "cannot record finished download in the hash cache");
-        }
     }
 
     /// Reads chunk `i` of the complete file `meta` describes, by offset, without loading the file.
@@ -213,19 +162,7 @@ impl Store {
     /// Metadata of the partial downloads present on disk, sorted by name, so a restarted peer can
     /// resume them and register the chunks it holds. Unreadable entries are skipped with a warning.
     pub fn partials(&self) -> Result<Vec<FileMeta>, StoreError> {
-        let dir = &self.inner.partial_dir;
-        let mut out = Vec::new();
-        for (name, _) in dir.entries().map_err(io_err("read folder", dir.path()))? {
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".meta")) else { continue };
-            let path = dir.display(&format!("{stem}.meta"));
-            match partial::read_meta(dir, &format!("{stem}.meta")) {
-                Ok(meta) if stem == partial::partial_id(&meta) => out.push(meta),
-                Ok(_) => warn!(path = %path.display(), "skipping partial download filed under the wrong id"),
-                Err(e) => warn!(path = %path.display(), error = %e, "skipping unreadable partial download"),
-            }
-        }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(out)
+        self.inner.partials.on_disk()
     }
 
     /// Creates the partial download of `meta`, or resumes it if it is on disk (re-verifying every
@@ -233,7 +170,13 @@ impl Store {
     ///
     /// `meta` is validated first; an unsafe name gives [`StoreError::InvalidName`].
     pub fn open_partial(&self, meta: &FileMeta) -> Result<Partial, StoreError> {
-        partial::open(self, meta)
+        self.inner.partials.open(meta)
+    }
+
+    /// The registry of partial downloads, for tests that stop an open part way.
+    #[cfg(test)]
+    pub(crate) fn partials_for_test(&self) -> &Partials {
+        &self.inner.partials
     }
 }
 
