@@ -1,0 +1,309 @@
+//! The registry: which files exist, which peers are online, and which chunks each peer holds.
+//!
+//! A cheap-to-clone handle around `Arc<RwLock<State>>` with synchronous methods, so no lock is
+//! ever held across an `.await`. Every mutation is made on behalf of one session's [`PeerId`], and
+//! no method takes another peer's id from the network: that is what makes impersonation impossible.
+//!
+//! The parts, each keeping its own facts:
+//! - this module: the handle, the sessions and the map of files, and the read-only requests
+//!   (File List, File Meta, File Locations);
+//! - `register`: Register and Chunk Register, step by step;
+//! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
+//!   File Locations, as one type whose methods keep those arrays in step;
+//! - `budget`: what metadata costs in bytes, charged and given back in one place.
+//!
+//! Invariants (checked by [`Registry::check_invariants`], which the tests and the fuzz target call):
+//! - a file is present iff at least one peer holds it (registered or chunk-registered);
+//! - `peers[p].files` contains `f` iff `files[f].holders` contains `p`, and every holder has an
+//!   endpoint (`peers[p].listen`);
+//! - each file's holders keep the invariants of the `holders` module, with every slot at its
+//!   peer's current endpoint;
+//! - `peers[p].meta_bytes` is the sum of [`session_cost`] over the files `p` holds, and the
+//!   state's `meta_bytes` the sum of [`file_bytes`] over the files plus [`holding_bytes`] over
+//!   every holding: the metadata budgets (`Limits::max_meta_bytes_per_session`, `_total`) are
+//!   checked against these before anything is added.
+//!
+//! Addresses are stored canonical (`IpAddr::to_canonical`): a session from an IPv4-mapped IPv6
+//! address (`::ffff:1.2.3.4`, what a dual-stack listener sees) is the IPv4 address it stands for,
+//! in the same-IP check of Register and in File Locations.
+
+mod budget;
+mod holders;
+mod register;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+use std::net::SocketAddr;
+use std::ops::Bound;
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use bytes::Bytes;
+use proto::tracker::{FileSummary, Locations, RequestError};
+use proto::{validate_name, FileMeta};
+use tokio::sync::OnceCell;
+
+use crate::config::Limits;
+use holders::Holders;
+
+pub use budget::{file_bytes, holding_bytes, session_cost};
+pub use register::CheckedRegister;
+
+/// A session's identity inside the tracker. Assigned by the tracker, never sent by a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(u64);
+
+/// A map keyed by [`PeerId`]. Ids are assigned by the tracker, never chosen by a client, so a fast
+/// unkeyed hash cannot be steered into collisions; the keyed default costs File Locations a
+/// third of its time.
+type PeerMap<V> = HashMap<PeerId, V, BuildHasherDefault<IdHasher>>;
+
+/// Fibonacci hashing of a [`PeerId`].
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// The shared registry handle.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    state: Arc<RwLock<State>>,
+    limits: Arc<Limits>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    files: BTreeMap<Arc<str>, FileEntry>,
+    peers: PeerMap<PeerEntry>,
+    next_id: u64,
+    /// Metadata bytes held, by the estimate of [`file_bytes`] and [`holding_bytes`].
+    meta_bytes: u64,
+}
+
+#[derive(Debug)]
+struct FileEntry {
+    meta: Arc<FileMeta>,
+    /// The File Meta reply's whole frame, encoded on first request (by the server) and shared by
+    /// every connection that sends it: a reply then costs neither an encode nor a copy.
+    reply: Arc<OnceCell<Bytes>>,
+    holders: Holders,
+}
+
+#[derive(Debug)]
+struct PeerEntry {
+    /// Address the session connects from; replaces an unspecified listen IP.
+    observed: SocketAddr,
+    /// Where the peer serves, once it has registered.
+    listen: Option<SocketAddr>,
+    files: HashSet<Arc<str>>,
+    /// What its holdings cost, by [`session_cost`]: checked against the session's budget.
+    meta_bytes: u64,
+}
+
+/// Counts for tests, logs and benchmarks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stats {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Distinct files.
+    pub files: usize,
+    /// (peer, file) registrations.
+    pub holdings: usize,
+}
+
+impl FileEntry {
+    fn new(meta: Arc<FileMeta>) -> Self {
+        let holders = Holders::new(meta.num_chunks());
+        Self { meta, reply: Arc::default(), holders }
+    }
+}
+
+impl Registry {
+    /// An empty registry enforcing `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self { state: Arc::default(), limits: Arc::new(limits) }
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    // A panic while holding the lock cannot leave the state half-updated in a way later readers
+    // care about more than availability, so a poisoned lock is taken over rather than spreading
+    // the panic to every session.
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Opens a session for a connection from `observed`.
+    pub fn open_session(&self, observed: SocketAddr) -> PeerId {
+        let observed = canonical(observed);
+        let mut st = self.write();
+        st.next_id += 1;
+        let id = PeerId(st.next_id);
+        st.peers.insert(id, PeerEntry { observed, listen: None, files: HashSet::new(), meta_bytes: 0 });
+        id
+    }
+
+    /// Closes a session: the same as Leave, and the id is forgotten.
+    pub fn close_session(&self, peer: PeerId) {
+        let mut st = self.write();
+        st.remove_holdings(peer);
+        st.peers.remove(&peer);
+    }
+
+    /// Leave: removes every registration of the session's peer. The session stays open.
+    pub fn leave(&self, peer: PeerId) {
+        self.write().remove_holdings(peer);
+    }
+
+    /// One page of the file list, sorted by name, starting after `after`.
+    /// A page holds at most `list_page` entries and about `list_page_bytes` bytes (at least one
+    /// entry, so paging always advances).
+    pub fn list(&self, after: Option<&str>) -> (Vec<FileSummary>, bool) {
+        let st = self.read();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let mut it = st.files.range::<str, _>((start, Bound::Unbounded)).peekable();
+        let mut bytes = 0;
+        let mut page = Vec::new();
+        while let Some((name, f)) = it.next_if(|(name, _)| {
+            page.is_empty()
+                || (page.len() < self.limits.list_page && bytes + summary_size(name) <= self.limits.list_page_bytes)
+        }) {
+            bytes += summary_size(name);
+            page.push(FileSummary {
+                name: name.to_string(),
+                length: f.meta.length,
+                root: f.meta.root,
+                chunk_size: f.meta.chunk_size,
+                sources: f.holders.sources(),
+                complete_sources: f.holders.complete_sources(),
+            });
+        }
+        let more = it.peek().is_some();
+        (page, more)
+    }
+
+    /// A file's metadata.
+    pub fn meta(&self, name: &str) -> Result<Arc<FileMeta>, RequestError> {
+        validate_name(name).map_err(RequestError::InvalidName)?;
+        self.read().files.get(name).map(|f| f.meta.clone()).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))
+    }
+
+    /// A file's metadata with the cell that holds its File Meta reply frame once encoded (see
+    /// the server): the frame is encoded at most once per file, outside the registry's lock.
+    pub fn meta_reply(&self, name: &str) -> Result<(Arc<FileMeta>, Arc<OnceCell<Bytes>>), RequestError> {
+        validate_name(name).map_err(RequestError::InvalidName)?;
+        let st = self.read();
+        let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
+        Ok((file.meta.clone(), file.reply.clone()))
+    }
+
+    /// File Locations for `caller`: up to the cap of sources other than the caller, chosen at
+    /// random with complete and partial sources mixed, so load spreads across the swarm. O(cap).
+    pub fn locations(&self, caller: PeerId, name: &str) -> Result<Locations, RequestError> {
+        validate_name(name).map_err(RequestError::InvalidName)?;
+        let st = self.read();
+        let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
+        let (sources, total_sources) = file.holders.draw(caller, self.limits.max_locations, &mut rand::rng());
+        Ok(Locations {
+            root: file.meta.root,
+            num_chunks: file.meta.num_chunks(),
+            total_sources,
+            sources,
+            availability: file.holders.availability().to_vec(),
+        })
+    }
+
+    /// Metadata bytes the registry holds, by the estimate its budgets are checked against (see
+    /// [`file_bytes`] and [`holding_bytes`]).
+    pub fn meta_bytes(&self) -> u64 {
+        self.read().meta_bytes
+    }
+
+    /// Current counts.
+    pub fn stats(&self) -> Stats {
+        let st = self.read();
+        Stats {
+            sessions: st.peers.len(),
+            files: st.files.len(),
+            holdings: st.peers.values().map(|p| p.files.len()).sum(),
+        }
+    }
+
+    /// Checks every invariant of the module docs, panicking on the first that is broken. For tests
+    /// and fuzzing: it walks the whole registry.
+    pub fn check_invariants(&self) {
+        self.read().check_invariants();
+    }
+}
+
+/// An upper bound of a [`FileSummary`]'s encoded size: the name, a hash, and six varints.
+fn summary_size(name: &str) -> usize {
+    name.len() + 32 + 6 * 10
+}
+
+/// The address canonical: an IPv4-mapped IPv6 address (`::ffff:1.2.3.4`) as the IPv4 address.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
+}
+
+impl State {
+    /// Takes every holding of `peer` away, giving back what they cost, and drops the files left
+    /// with no holder.
+    fn remove_holdings(&mut self, peer: PeerId) {
+        let Some(entry) = self.peers.get_mut(&peer) else { return };
+        // A session is charged only for what it holds, and it is about to hold nothing.
+        entry.meta_bytes = 0;
+        for name in entry.files.drain() {
+            if let Some(file) = self.files.get_mut(&name) {
+                file.holders.remove(peer);
+                let gone = file.holders.is_empty();
+                budget::release(&mut self.meta_bytes, &file.meta, gone);
+                if gone {
+                    self.files.remove(&name);
+                }
+            }
+        }
+    }
+
+    fn check_invariants(&self) {
+        for (name, f) in &self.files {
+            assert!(!f.holders.is_empty(), "{name} has no holders");
+            for p in f.holders.peers() {
+                assert!(self.peers[&p].files.contains(name));
+                assert!(self.peers[&p].listen.is_some(), "a holder has an endpoint");
+            }
+            f.holders.check_invariants(name, |p| self.peers[&p].listen);
+        }
+        for (p, e) in &self.peers {
+            for name in &e.files {
+                assert!(self.files[name].holders.contains(*p));
+            }
+            let cost = budget::session_total(e.files.iter().map(|name| &*self.files[name].meta));
+            assert_eq!(e.meta_bytes, cost, "a session's metadata bytes");
+        }
+        let total = budget::registry_total(self.files.values().map(|f| (&*f.meta, f.holders.len())));
+        assert_eq!(self.meta_bytes, total, "the registry's metadata bytes");
+    }
+}
