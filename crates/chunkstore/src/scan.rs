@@ -226,7 +226,15 @@ fn walk(root: &Dir, skipped: &mut Vec<Skipped>) -> Result<Vec<Found>, StoreError
                     Ok(()) => out.push(Found { name, stamp: Stamp::of_stat(&st) }),
                     Err(e) => skip(name, format!("invalid name: {e}")),
                 },
-                other => skip(name, format!("not a regular file ({other:?})")),
+                other => {
+                    let what = match other {
+                        FileType::Fifo => "a FIFO",
+                        FileType::Socket => "a socket",
+                        FileType::CharacterDevice | FileType::BlockDevice => "a device",
+                        _ => "of an unknown kind",
+                    };
+                    skip(name, format!("not a regular file ({what})"))
+                }
             }
         }
     }

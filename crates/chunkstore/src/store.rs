@@ -102,7 +102,7 @@ impl Store {
             if warned.contains(&s.name) {
                 debug!(name = s.name, reason = %s.reason, "skipped (still)");
             } else {
-                warn!(name = s.name, reason = %s.reason, "not sharing {:?}: {}", s.name, s.reason);
+                warn!("not sharing {:?}: {}", s.name, s.reason);
             }
             now.insert(s.name);
         }
