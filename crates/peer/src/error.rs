@@ -2,9 +2,11 @@
 //! kept apart from local failures and from the tracker's typed refusals.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use chunkstore::StoreError;
-use proto::tracker::RequestError;
+use proto::codec::MessageError;
+use proto::tracker::{RequestError, TrackerResponse};
 use proto::MetaError;
 
 /// Everything that can make a peer operation fail.
@@ -16,14 +18,14 @@ pub enum Error {
         /// The tracker's address.
         addr: SocketAddr,
         /// What went wrong.
-        reason: String,
+        reason: ConnectError,
     },
     /// The tracker refused the request.
     #[error("tracker refused: {0}")]
     Tracker(RequestError),
     /// The tracker answered with a reply that does not fit the request.
-    #[error("unexpected reply from tracker: {0}")]
-    TrackerProtocol(String),
+    #[error("bad reply from tracker: {0}")]
+    TrackerProtocol(TrackerProtocolError),
     /// The connection to the tracker was lost during the request (it reconnects by itself).
     #[error("connection to tracker lost")]
     TrackerLost,
@@ -91,6 +93,59 @@ pub enum Error {
     /// The operation was cancelled (shutdown or Ctrl-C).
     #[error("cancelled")]
     Cancelled,
+}
+
+/// Why a tracker session could not be opened (connect, handshake and first registration).
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The TCP connection could not be made.
+    #[error("connect failed: {0}")]
+    Connect(#[source] std::io::Error),
+    /// The TCP connection was not made within the request timeout.
+    #[error("connect timed out after {0:?}")]
+    ConnectTimeout(Duration),
+    /// The connection was lost (or the request timed out) during a step.
+    #[error("connection lost during the {step}")]
+    Lost {
+        /// The step: "handshake" or "registration".
+        step: &'static str,
+    },
+    /// The tracker refused a step.
+    #[error("tracker refused the {step}: {error}")]
+    Refused {
+        /// The step: "handshake" or "registration".
+        step: &'static str,
+        /// The tracker's reason.
+        error: RequestError,
+    },
+    /// The tracker's reply to a step broke the protocol.
+    #[error("bad reply to the {step}: {error}")]
+    Protocol {
+        /// The step: "handshake" or "registration".
+        step: &'static str,
+        /// What was wrong with the reply.
+        #[source]
+        error: TrackerProtocolError,
+    },
+}
+
+/// A tracker reply that breaks the protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerProtocolError {
+    /// A well-framed reply held no valid message.
+    #[error("undecodable reply: {0}")]
+    Undecodable(#[source] MessageError),
+    /// A reply of the wrong kind for the request.
+    #[error("reply of the wrong kind: {0:?}")]
+    Unexpected(Box<TrackerResponse>),
+    /// Metadata for a different file than the one asked for.
+    #[error("asked for {asked:?}, got metadata for {got:?}")]
+    WrongFile {
+        /// The name asked for.
+        asked: String,
+        /// The name in the reply.
+        got: String,
+    },
 }
 
 /// Why one source of a download stopped.

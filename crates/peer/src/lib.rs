@@ -15,7 +15,7 @@ pub mod session;
 pub mod shares;
 
 pub use download::{DownloadConfig, DownloadOptions, DownloadReport, Progress, SourceReport};
-pub use error::{Error, SourceError};
+pub use error::{ConnectError, Error, SourceError, TrackerProtocolError};
 pub use node::{Node, NodeConfig};
 pub use ratelimit::{parse_bytes, RateLimiter};
 pub use serve::ServeConfig;

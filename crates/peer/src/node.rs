@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chunkstore::{Store, StoreError};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn, Instrument};
 
@@ -69,13 +69,17 @@ pub(crate) struct Context {
     pub(crate) config: DownloadConfig,
 }
 
-/// A running peer.
+/// A running peer. Dropping it without [`Node::shutdown`] still stops its tasks (without
+/// waiting for them): the upload server, the tracker session (which says Leave) and downloads.
 pub struct Node {
     ctx: Context,
     uploaded: Arc<AtomicU64>,
     /// Cancelled on shutdown: stops the server, the session (which says Leave) and downloads.
     shutdown: CancellationToken,
     tasks: TaskTracker,
+    /// Cancels `shutdown` when the node is dropped, so a node dropped without [`Node::shutdown`]
+    /// (or a `start` abandoned halfway) leaves no task running.
+    _stop_on_drop: DropGuard,
 }
 
 impl Node {
@@ -91,6 +95,8 @@ impl Node {
             .map_err(|source| Error::Io { action: "bind the listen address", source })?;
         let listen = listener.local_addr().map_err(|source| Error::Io { action: "read the listen address", source })?;
         let shutdown = CancellationToken::new();
+        // From here on, returning early or being dropped mid-start stops what was spawned.
+        let stop_on_drop = shutdown.clone().drop_guard();
         let tasks = TaskTracker::new();
         let uploaded = Arc::new(AtomicU64::new(0));
         let uploader = Arc::new(Uploader::new(
@@ -130,7 +136,7 @@ impl Node {
             limiter: Arc::new(RateLimiter::new(config.download_rate)),
             config: config.download,
         };
-        Ok(Node { ctx, uploaded, shutdown, tasks })
+        Ok(Node { ctx, uploaded, shutdown, tasks, _stop_on_drop: stop_on_drop })
     }
 
     /// Where this node accepts other peers.

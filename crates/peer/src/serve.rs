@@ -9,6 +9,7 @@
 //! while a slow reader that keeps reading is served however long its replies take.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use futures::StreamExt;
-use proto::codec::{chunk_frame_header, PeerServerCodec};
+use proto::codec::{chunk_frame_header, CodecError, PeerServerCodec};
 use proto::limits::{DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{validate_name, Bitmap, FileMeta, Hash};
@@ -216,7 +217,38 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
 /// How long a refusal may take to send before the connection is dropped anyway.
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
 
-async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
+/// Why an upload connection ended early. Its normal ends (the downloader closed it, went idle, or
+/// was refused with a reply) are not errors.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    /// The downloader's requests could not be read: the transport failed or a frame was over the
+    /// limit.
+    #[error("cannot read requests: {0}")]
+    Receive(#[source] CodecError),
+    /// A reply could not be encoded.
+    #[error("cannot encode reply: {0}")]
+    Encode(#[source] CodecError),
+    /// A chunk is longer than a frame can announce.
+    #[error("chunk of {len} bytes too large to send")]
+    FrameTooLarge {
+        /// The chunk's length.
+        len: usize,
+    },
+    /// Writing a reply failed.
+    #[error("cannot send reply: {0}")]
+    Io(#[source] io::Error),
+    /// The socket accepted no more bytes: the downloader closed it.
+    #[error("connection closed while sending")]
+    Closed,
+    /// No byte of a reply went out for the send deadline: the downloader is not reading.
+    #[error("send made no progress for {after:?}")]
+    Stalled {
+        /// The send deadline.
+        after: Duration,
+    },
+}
+
+async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
     let idle = up.config.idle_timeout;
     let send = up.config.send_timeout;
     let (name, root) = match timeout(idle, conn.requests.next()).await {
@@ -226,7 +258,7 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
         },
         Ok(Some(Ok(Ok(_)))) => return conn.refuse(PeerError::Handshake(proto::HandshakeError::Expected)).await,
         Ok(Some(Ok(Err(e)))) => return conn.refuse(PeerError::Malformed(e.to_string())).await,
-        Ok(Some(Err(e))) => return Err(e.to_string()),
+        Ok(Some(Err(e))) => return Err(UploadError::Receive(e)),
         Ok(None) | Err(_) => return Ok(()),
     };
     if let Err(e) = validate_name(&name) {
@@ -263,7 +295,7 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), String> {
         idle_until = Instant::now() + idle;
         let (chunk, fresh) = match next {
             None => break Ok(()),
-            Some(Err(e)) => break Err(e.to_string()),
+            Some(Err(e)) => break Err(UploadError::Receive(e)),
             Some(Ok(Err(e))) => {
                 if let Err(e) = conn.send(PeerResponse::Error(PeerError::Malformed(e.to_string())), send).await {
                     break Err(e);
@@ -352,7 +384,7 @@ async fn announce(
     news: Result<u32, broadcast::error::RecvError>,
     rx: &mut Option<broadcast::Receiver<u32>>,
     idle: Duration,
-) -> Result<(), String> {
+) -> Result<(), UploadError> {
     let mut fresh: Vec<u32> = match news {
         Ok(chunk) => vec![chunk],
         Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -430,15 +462,19 @@ impl Conn {
         }
     }
 
-    async fn send(&mut self, msg: PeerResponse, deadline: Duration) -> Result<(), String> {
+    async fn send(&mut self, msg: PeerResponse, deadline: Duration) -> Result<(), UploadError> {
         self.send_all(std::iter::once(msg), deadline).await
     }
 
     /// Sends every message in one write.
-    async fn send_all(&mut self, msgs: impl Iterator<Item = PeerResponse>, deadline: Duration) -> Result<(), String> {
+    async fn send_all(
+        &mut self,
+        msgs: impl Iterator<Item = PeerResponse>,
+        deadline: Duration,
+    ) -> Result<(), UploadError> {
         self.buf.clear();
         for msg in msgs {
-            self.codec.encode(msg, &mut self.buf).map_err(|e| e.to_string())?;
+            self.codec.encode(msg, &mut self.buf).map_err(UploadError::Encode)?;
         }
         if self.buf.is_empty() {
             return Ok(());
@@ -451,25 +487,25 @@ impl Conn {
 
     /// Writes all of `frame`, failing if no byte of it goes out for `stalled` at any point: the
     /// deadline is on progress, not on the whole reply, so a slow reader gets all of a large one.
-    async fn write(&mut self, frame: &mut impl Buf, stalled: Duration) -> Result<(), String> {
+    async fn write(&mut self, frame: &mut impl Buf, stalled: Duration) -> Result<(), UploadError> {
         while frame.has_remaining() {
             match timeout(stalled, self.out.write_buf(frame)).await {
-                Ok(Ok(0)) => return Err("connection closed while sending".into()),
+                Ok(Ok(0)) => return Err(UploadError::Closed),
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(e.to_string()),
-                Err(_) => return Err(format!("send made no progress for {stalled:?}")),
+                Ok(Err(e)) => return Err(UploadError::Io(e)),
+                Err(_) => return Err(UploadError::Stalled { after: stalled }),
             }
         }
         Ok(())
     }
 
-    async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), String> {
-        let len = u32::try_from(data.len()).map_err(|_| "chunk too large".to_owned())?;
-        let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(|e| e.to_string())?;
+    async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), UploadError> {
+        let len = u32::try_from(data.len()).map_err(|_| UploadError::FrameTooLarge { len: data.len() })?;
+        let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(UploadError::Encode)?;
         self.write(&mut header.chain(data), deadline).await
     }
 
-    async fn refuse(&mut self, e: PeerError) -> Result<(), String> {
+    async fn refuse(&mut self, e: PeerError) -> Result<(), UploadError> {
         debug!(error = %e, "refusing downloader");
         let _ = self.send(PeerResponse::Error(e), GOODBYE_TIMEOUT).await;
         Ok(())

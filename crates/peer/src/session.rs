@@ -24,7 +24,7 @@ use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::error::Error;
+use crate::error::{ConnectError, Error, TrackerProtocolError};
 use crate::shares::Shares;
 
 type Conn = Framed<TcpStream, TrackerClientCodec>;
@@ -73,7 +73,7 @@ impl TrackerSession {
         registration: Option<Registration>,
         shutdown: CancellationToken,
     ) -> Result<(TrackerSession, JoinHandle<()>), Error> {
-        let unreachable = |reason: String| Error::TrackerUnreachable { addr: config.tracker, reason };
+        let unreachable = |reason: ConnectError| Error::TrackerUnreachable { addr: config.tracker, reason };
         let (mut conn, welcome) = open(&config).await.map_err(unreachable)?;
         if let Some(reg) = &registration {
             register_all(&mut conn, &welcome, reg, config.request_timeout).await.map_err(unreachable)?;
@@ -101,10 +101,10 @@ impl TrackerSession {
                 // a wrong name or hashes that do not add up to the root are refused here.
                 let meta = validate_off_runtime(name, meta).await?;
                 if meta.name != name {
-                    return Err(Error::TrackerProtocol(format!(
-                        "asked for {name:?}, got metadata for {:?}",
-                        meta.name
-                    )));
+                    return Err(Error::TrackerProtocol(TrackerProtocolError::WrongFile {
+                        asked: name.to_owned(),
+                        got: meta.name,
+                    }));
                 }
                 Ok(meta)
             }
@@ -161,7 +161,7 @@ impl TrackerSession {
 fn unexpected(r: TrackerResponse) -> Error {
     match r {
         TrackerResponse::Error(e) => Error::Tracker(e),
-        other => Error::TrackerProtocol(format!("{other:?}")),
+        other => Error::TrackerProtocol(TrackerProtocolError::Unexpected(Box::new(other))),
     }
 }
 
@@ -173,36 +173,74 @@ fn log_rejections(results: &[Result<(), proto::tracker::RejectReason>]) {
     }
 }
 
-async fn open(config: &SessionConfig) -> Result<(Conn, Welcome), String> {
+async fn open(config: &SessionConfig) -> Result<(Conn, Welcome), ConnectError> {
+    const STEP: &str = "handshake";
     let t = config.request_timeout;
     let stream = match timeout(t, TcpStream::connect(config.tracker)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("connect timed out".into()),
+        Ok(Err(e)) => return Err(ConnectError::Connect(e)),
+        Err(_) => return Err(ConnectError::ConnectTimeout(t)),
     };
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, TrackerClientCodec::new(DEFAULT_MAX_FRAME));
     match roundtrip(&mut conn, TrackerRequest::Hello(Hello::current()), t).await {
         Ok(TrackerResponse::Welcome(w)) => Ok((conn, w)),
-        Ok(TrackerResponse::Error(e)) => Err(e.to_string()),
-        Ok(other) => Err(format!("unexpected handshake reply {other:?}")),
-        Err(e) => Err(e.to_string()),
+        Ok(other) => Err(step_failed(STEP, other)),
+        Err(e) => Err(e.during(STEP)),
     }
 }
 
-async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<TrackerResponse, Error> {
+/// Why one request to the tracker got no usable reply.
+#[derive(Debug)]
+enum RoundtripError {
+    /// The connection failed, closed, timed out, or the tracker said it is shutting down.
+    Lost,
+    /// The reply could not be decoded.
+    Undecodable(proto::codec::MessageError),
+}
+
+impl RoundtripError {
+    /// The error of a failed step of opening a session.
+    fn during(self, step: &'static str) -> ConnectError {
+        match self {
+            RoundtripError::Lost => ConnectError::Lost { step },
+            RoundtripError::Undecodable(e) => {
+                ConnectError::Protocol { step, error: TrackerProtocolError::Undecodable(e) }
+            }
+        }
+    }
+}
+
+impl From<RoundtripError> for Error {
+    fn from(e: RoundtripError) -> Self {
+        match e {
+            RoundtripError::Lost => Error::TrackerLost,
+            RoundtripError::Undecodable(e) => Error::TrackerProtocol(TrackerProtocolError::Undecodable(e)),
+        }
+    }
+}
+
+/// The error for a step of opening a session that got the reply `r`, which it did not expect.
+fn step_failed(step: &'static str, r: TrackerResponse) -> ConnectError {
+    match r {
+        TrackerResponse::Error(error) => ConnectError::Refused { step, error },
+        other => ConnectError::Protocol { step, error: TrackerProtocolError::Unexpected(Box::new(other)) },
+    }
+}
+
+async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<TrackerResponse, RoundtripError> {
     let r = timeout(t, async {
-        conn.send(req).await.map_err(|_| Error::TrackerLost)?;
+        conn.send(req).await.map_err(|_| RoundtripError::Lost)?;
         match conn.next().await {
             // The tracker says goodbye before closing: treat it as the loss it is.
-            Some(Ok(Ok(TrackerResponse::Error(RequestError::ShuttingDown)))) => Err(Error::TrackerLost),
+            Some(Ok(Ok(TrackerResponse::Error(RequestError::ShuttingDown)))) => Err(RoundtripError::Lost),
             Some(Ok(Ok(resp))) => Ok(resp),
-            Some(Ok(Err(e))) => Err(Error::TrackerProtocol(e.to_string())),
-            Some(Err(_)) | None => Err(Error::TrackerLost),
+            Some(Ok(Err(e))) => Err(RoundtripError::Undecodable(e)),
+            Some(Err(_)) | None => Err(RoundtripError::Lost),
         }
     })
     .await;
-    r.unwrap_or(Err(Error::TrackerLost))
+    r.unwrap_or(Err(RoundtripError::Lost))
 }
 
 /// Splits files into Register requests that fit the tracker's limits (from its welcome) and ours:
@@ -240,7 +278,8 @@ fn register_batches(files: Vec<RegisterFile>, welcome: &Welcome) -> Vec<Vec<Regi
     batches
 }
 
-async fn register_all(conn: &mut Conn, welcome: &Welcome, reg: &Registration, t: Duration) -> Result<(), String> {
+async fn register_all(conn: &mut Conn, welcome: &Welcome, reg: &Registration, t: Duration) -> Result<(), ConnectError> {
+    const STEP: &str = "registration";
     let mut batches = register_batches(reg.shares.snapshot(), welcome);
     if batches.is_empty() {
         // Sets the endpoint, so the peer can chunk-register what it downloads.
@@ -253,8 +292,8 @@ async fn register_all(conn: &mut Conn, welcome: &Welcome, reg: &Registration, t:
                 log_rejections(&results);
                 debug!(files = n, "registered");
             }
-            Ok(other) => return Err(format!("register failed: {other:?}")),
-            Err(e) => return Err(e.to_string()),
+            Ok(other) => return Err(step_failed(STEP, other)),
+            Err(e) => return Err(e.during(STEP)),
         }
     }
     Ok(())
@@ -308,8 +347,8 @@ impl Actor {
                     let Some(call) = call else { return Exit::Shutdown };
                     let r = roundtrip(conn, call.req, self.config.request_timeout).await;
                     last = Instant::now();
-                    let lost = matches!(r, Err(Error::TrackerLost));
-                    let _ = call.reply.send(r);
+                    let lost = matches!(r, Err(RoundtripError::Lost));
+                    let _ = call.reply.send(r.map_err(Error::from));
                     if lost {
                         return Exit::Lost;
                     }
@@ -341,7 +380,7 @@ impl Actor {
                 if let Some(reg) = &self.registration {
                     register_all(&mut conn, &welcome, reg, self.config.request_timeout).await?;
                 }
-                Ok::<_, String>((conn, welcome))
+                Ok::<_, ConnectError>((conn, welcome))
             };
             match attempt.await {
                 Ok(c) => {
@@ -399,6 +438,21 @@ mod tests {
                 have: Have::Complete,
             })
             .collect()
+    }
+
+    /// A tracker that cannot be reached is reported as a typed connect failure, with its address.
+    #[tokio::test]
+    async fn an_unreachable_tracker_is_a_typed_connect_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let config = SessionConfig { tracker: addr, request_timeout: Duration::from_secs(5) };
+        let r = TrackerSession::connect(config, None, CancellationToken::new()).await;
+        match r {
+            Err(Error::TrackerUnreachable { addr: a, reason: ConnectError::Connect(_) }) => assert_eq!(a, addr),
+            Err(e) => panic!("{e:?}"),
+            Ok(_) => panic!("connected to a closed port"),
+        }
     }
 
     /// Batches respect the tracker's file cap and frame limit, and every batch really encodes
