@@ -7,9 +7,11 @@
 
 mod backlog;
 pub mod config;
+mod handler;
 mod heavy;
 mod link;
 pub mod registry;
+mod reply;
 pub mod server;
 
 pub use config::{Config, Limits};
