@@ -8,8 +8,8 @@ pub const MAGIC: [u8; 4] = *b"P2PF";
 
 /// The protocol version this build speaks. Bumped on any incompatible change: 2 added the
 /// Welcome's limits, `ReplyTooLarge`, and the peer protocol's `GetFresh` and `Have`; 3 added the
-/// metadata budgets' `SessionMetaQuota` and `GlobalMetaQuota` and the queued-bytes budget's
-/// `Overloaded`.
+/// metadata budgets' `SessionMetaQuota` and `GlobalMetaQuota`, the queued-bytes budget's
+/// `Overloaded`, and the tracker request `ChunkRegisterBatch`.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first message of a connection.

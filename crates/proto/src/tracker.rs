@@ -1,5 +1,6 @@
 //! The tracker protocol: the seed's five request/reply pairs (Register, File List, File Locations,
-//! Chunk Register, Leave), plus the handshake, a metadata request and a keep-alive.
+//! Chunk Register, Leave), plus the handshake, a metadata request, a keep-alive and Chunk Register
+//! Batch (many Chunk Registers in one request, answered like one).
 //!
 //! One connection is one session. The client sends [`TrackerRequest::Hello`] first; after the
 //! [`TrackerResponse::Welcome`] it may send any other request, and the tracker answers every
@@ -49,6 +50,17 @@ pub enum TrackerRequest {
     Leave,
     /// Keeps an otherwise idle session alive.
     KeepAlive,
+    /// Tells the tracker this session's peer now holds these chunks of a file: many Chunk
+    /// Registers in one request, so a downloader registers what it stored every ~100 ms instead
+    /// of one round trip per chunk. All or nothing: one index out of range refuses the whole
+    /// batch. Answered with [`TrackerResponse::ChunkRegistered`].
+    ChunkRegisterBatch {
+        /// The file.
+        name: String,
+        /// The chunk indices, in any order; duplicates and chunks already held are harmless, and
+        /// an empty list changes nothing. The frame limit bounds its length.
+        chunks: Vec<u32>,
+    },
 }
 
 /// The Register request's body.
@@ -93,7 +105,7 @@ pub enum TrackerResponse {
     FileMeta(Arc<FileMeta>),
     /// A file's sources.
     FileLocations(Locations),
-    /// Chunk Register succeeded.
+    /// Chunk Register (or Chunk Register Batch) succeeded.
     ChunkRegistered,
     /// Leave succeeded: the peer and its registrations are gone.
     Left,

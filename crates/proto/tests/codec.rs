@@ -38,6 +38,9 @@ fn requests() -> Vec<TrackerRequest> {
         TrackerRequest::ChunkRegister { name: "x".into(), chunk: u32::MAX },
         TrackerRequest::Leave,
         TrackerRequest::KeepAlive,
+        TrackerRequest::ChunkRegisterBatch { name: "x".into(), chunks: vec![0, 3, 3, u32::MAX] },
+        TrackerRequest::ChunkRegisterBatch { name: "dir/file.bin".into(), chunks: vec![] },
+        TrackerRequest::ChunkRegisterBatch { name: "x".into(), chunks: (0..1 << 18).collect() },
     ]
 }
 

@@ -24,6 +24,12 @@ fn golden_tracker_requests() {
     );
     assert_eq!(enc(TrackerRequest::Leave), [0, 0, 0, 1, 6]);
     assert_eq!(enc(TrackerRequest::KeepAlive), [0, 0, 0, 1, 7]);
+    // Version 3: Chunk Register Batch, appended at the end of the enum.
+    assert_eq!(
+        enc(TrackerRequest::ChunkRegisterBatch { name: "ab".into(), chunks: vec![1, 300] }),
+        [0, 0, 0, 8, 8, 2, b'a', b'b', 2, 1, 0xac, 0x02]
+    );
+    assert_eq!(enc(TrackerRequest::ChunkRegisterBatch { name: "".into(), chunks: vec![] }), [0, 0, 0, 3, 8, 0, 0]);
 }
 
 #[test]

@@ -14,18 +14,20 @@ use crate::registry::{CheckedRegister, PeerId, Registry};
 use crate::reply::{encode_frame, Reply, OFFLOAD_REPLY};
 use crate::server::{heavy_permit, End, Shared};
 
-/// Request frames larger than this (only Register's metadata makes them so) are decoded, and a
-/// Register checked, on the heavy-work threads: up to 2^18 hash merges per file, about 16 MiB to
-/// decode, never on an async worker. Smaller ones (at most 8,192 chunk hashes, about a
-/// millisecond of merging) are handled at once: queued for the heavy-work threads, a burst of
-/// thousands of peers registering their shares at start would hold every waiting frame in memory
-/// (measured: tracker RSS after 10,000 peers x 100 files registered, 1,000 at a time, went from
-/// 228 to 450 MiB with a 64 KiB threshold; `cargo xtask bench tracker`).
+/// Request frames larger than this are decoded, and a Register checked, on the heavy-work
+/// threads. Register's metadata makes them so: up to 2^18 hash merges per file, about 16 MiB to
+/// decode, never on an async worker. So does a large Chunk Register Batch (2^18 indices are about
+/// 1 MiB): only its decoding is heavy, and it is applied here like a small one, O(len) bit updates
+/// under the write lock. Smaller frames (at most 8,192 chunk hashes, about a millisecond of
+/// merging) are handled at once: queued for the heavy-work threads, a burst of thousands of peers
+/// registering their shares at start would hold every waiting frame in memory (measured: tracker
+/// RSS after 10,000 peers x 100 files registered, 1,000 at a time, went from 228 to 450 MiB with
+/// a 64 KiB threshold; `cargo xtask bench tracker`).
 const OFFLOAD_FRAME: usize = 256 * 1024;
 
-/// The reply to one request frame. A frame over [`OFFLOAD_FRAME`] is decoded, and a Register
-/// checked, on the heavy-work threads; the registry update itself is made here, in order, and is
-/// fast.
+/// The reply to one request frame. A frame over [`OFFLOAD_FRAME`] (whatever the request in it)
+/// is decoded, and a Register checked, on the heavy-work threads; the registry update itself is
+/// made here, in order, and is fast.
 pub(crate) async fn answer(
     shared: &Shared,
     peer: PeerId,
@@ -127,6 +129,9 @@ fn handle(registry: &Registry, peer: PeerId, req: TrackerRequest) -> TrackerResp
         TrackerRequest::ChunkRegister { name, chunk } => {
             registry.chunk_register(peer, &name, chunk).map(|()| R::ChunkRegistered)
         }
+        TrackerRequest::ChunkRegisterBatch { name, chunks } => {
+            registry.chunk_register_batch(peer, &name, &chunks).map(|()| R::ChunkRegistered)
+        }
         TrackerRequest::Leave => {
             registry.leave(peer);
             Ok(R::Left)
@@ -135,3 +140,7 @@ fn handle(registry: &Registry, peer: PeerId, req: TrackerRequest) -> TrackerResp
     };
     reply.unwrap_or_else(R::Error)
 }
+
+#[cfg(test)]
+#[path = "handler_tests.rs"]
+mod tests;

@@ -21,9 +21,9 @@
 //! - writes have a deadline on progress, not on whole replies: a session ends when none of its
 //!   bytes leave for the session timeout;
 //! - heavy work runs on the tracker's own lowered-priority threads (`heavy.rs`), half the cores:
-//!   requests in large frames (Register's metadata) are decoded and checked there, and large
-//!   replies encoded there, so hash merges and multi-megabyte encodes never hold up the async
-//!   workers.
+//!   requests in large frames (Register's metadata, a long Chunk Register Batch) are decoded and
+//!   checked there, and large replies encoded there, so hash merges and multi-megabyte encodes
+//!   never hold up the async workers.
 
 use std::io;
 use std::net::SocketAddr;

@@ -160,24 +160,29 @@ impl Holders {
         self.holders.remove(&peer);
     }
 
-    /// `peer`, serving at `addr`, has `chunk` (below the chunk count, checked by the caller):
-    /// marks it held, and promotes a partial holding that became full.
-    pub(super) fn add_chunk(&mut self, peer: PeerId, addr: SocketAddr, chunk: u32) {
+    /// `peer`, serving at `addr`, has `chunks` (each below the chunk count, checked by the
+    /// caller; duplicates and chunks already held are harmless): marks them held, and promotes a
+    /// partial holding that became full. One lookup of the holding, then O(1) per chunk. An empty
+    /// list changes nothing (an `Empty` holding stays empty rather than getting an empty row).
+    pub(super) fn add_chunks(&mut self, peer: PeerId, addr: SocketAddr, chunks: &[u32]) {
         let slot = match self.holders.get(&peer).copied().unwrap_or(Holding::Empty) {
             Holding::Complete(_) => return,
+            _ if chunks.is_empty() => return,
             Holding::Partial(slot) => slot,
             Holding::Empty => {
                 self.place_partial(peer, addr, &vec![0; self.row_len]);
                 self.partial.len() - 1
             }
         };
-        let (byte, bit) = (slot * self.row_len + chunk as usize / 8, 1u8 << (chunk % 8));
-        if self.rows[byte] & bit != 0 {
-            return;
+        let row = slot * self.row_len;
+        for &chunk in chunks {
+            let (byte, bit) = (row + chunk as usize / 8, 1u8 << (chunk % 8));
+            if self.rows[byte] & bit == 0 {
+                self.rows[byte] |= bit;
+                self.availability[chunk as usize] += 1;
+                self.counts[slot] += 1;
+            }
         }
-        self.rows[byte] |= bit;
-        self.availability[chunk as usize] += 1;
-        self.counts[slot] += 1;
         if self.counts[slot] == self.num_chunks {
             self.unplace(peer);
             self.place_complete(peer, addr);
@@ -360,14 +365,14 @@ mod tests {
         h.remove(PeerId(2));
         check(&h);
         // An empty holding becomes partial at its first chunk, and complete at its last.
-        (0..9).for_each(|c| h.add_chunk(PeerId(4), addr(4), c));
+        (0..9).for_each(|c| h.add_chunks(PeerId(4), addr(4), &[c]));
         check(&h);
-        h.add_chunk(PeerId(4), addr(4), 9);
+        h.add_chunks(PeerId(4), addr(4), &[9]);
         check(&h);
         assert_eq!((h.sources(), h.complete_sources()), (4, 3));
         // Re-registering replaces the holding; a chunk already held changes nothing.
         h.add(PeerId(1), addr(1), partial(10, &[3]));
-        h.add_chunk(PeerId(1), addr(1), 3);
+        h.add_chunks(PeerId(1), addr(1), &[3]);
         check(&h);
         assert_eq!(h.availability(), [2, 3, 2, 3, 2, 2, 2, 2, 2, 2]);
         [1, 3, 4, 5].into_iter().for_each(|p| h.remove(PeerId(p)));

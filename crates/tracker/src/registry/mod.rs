@@ -7,7 +7,7 @@
 //! The parts, each keeping its own facts:
 //! - this module: the handle, the sessions and the map of files, and the read-only requests
 //!   (File List, File Meta, File Locations);
-//! - `register`: Register and Chunk Register, step by step;
+//! - `register`: Register and Chunk Register (single or batched), step by step;
 //! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
 //!   File Locations, as one type whose methods keep those arrays in step;
 //! - `budget`: what metadata costs in bytes, charged and given back in one place.

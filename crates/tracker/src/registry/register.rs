@@ -1,4 +1,5 @@
-//! Register and Chunk Register: the requests that add holdings, as a sequence of named steps.
+//! Register, Chunk Register and Chunk Register Batch: the requests that add holdings, as a
+//! sequence of named steps.
 //!
 //! A Register is checked in two halves so that the costly half holds no lock:
 //! [`Registry::check_register`] (request shape, names, bitmap lengths and metadata, which merges
@@ -94,9 +95,25 @@ impl Registry {
         Ok(results)
     }
 
-    /// Chunk Register: the session's own peer now holds `chunk` of `name`.
+    /// Chunk Register: the session's own peer now holds `chunk` of `name`. A batch of one (see
+    /// [`Registry::chunk_register_batch`]), so the two share every check.
     pub fn chunk_register(&self, peer: PeerId, name: &str, chunk: u32) -> Result<(), RequestError> {
+        self.chunk_register_batch(peer, name, &[chunk])
+    }
+
+    /// Chunk Register Batch: the session's own peer now holds every chunk in `chunks` of `name`,
+    /// so a downloader registers what it stored in one request rather than one per chunk.
+    ///
+    /// Checks, in order: the name, an endpoint registered, the file known, every index in range
+    /// (the first one out of range is named), then, if the session does not hold the file yet,
+    /// its quotas. All or nothing: every check comes before anything is applied, so a refused
+    /// batch changes nothing. Duplicates and chunks already held are harmless; an empty batch is
+    /// a no-op that creates no holding. O(len) under the write lock (the frame limit bounds len):
+    /// one lookup of the holding, then a bit per chunk.
+    pub fn chunk_register_batch(&self, peer: PeerId, name: &str, chunks: &[u32]) -> Result<(), RequestError> {
         validate_name(name).map_err(RequestError::InvalidName)?;
+        // Outside the lock: whether any index could be out of range needs only the largest.
+        let largest = chunks.iter().copied().max();
         let mut guard = self.write();
         let st = &mut *guard;
         let Some((entry, addr)) = st.peers.get_mut(&peer).and_then(|p| p.listen.map(|a| (p, a))) else {
@@ -106,15 +123,19 @@ impl Registry {
             return Err(RequestError::UnknownFile(name.to_owned()));
         };
         let num_chunks = file.meta.num_chunks();
-        if chunk >= num_chunks {
+        let first_out = largest.filter(|&c| c >= num_chunks).and_then(|_| chunks.iter().find(|&&c| c >= num_chunks));
+        if let Some(&chunk) = first_out {
             return Err(RequestError::ChunkOutOfRange { chunk, num_chunks });
         }
+        if chunks.is_empty() {
+            return Ok(());
+        }
         if !entry.files.contains(name) {
-            // The first chunk of a file the session did not hold: a new holding.
+            // The first chunks of a file the session did not hold: a new holding.
             admit_holding(&mut st.meta_bytes, entry, &file.meta, false, &self.limits).map_err(RequestError::Quota)?;
             entry.files.insert(key.clone());
         }
-        file.holders.add_chunk(peer, addr, chunk);
+        file.holders.add_chunks(peer, addr, chunks);
         Ok(())
     }
 

@@ -1,6 +1,7 @@
-//! Unit tests of the registry through its public methods; the stateful proptest is in
-//! `tests/sequences.rs`.
+//! Unit tests of the registry through its public methods; Chunk Register Batch's are in
+//! `tests/batch.rs`, the stateful proptest in `tests/sequences.rs`.
 
+mod batch;
 mod sequences;
 
 use super::*;

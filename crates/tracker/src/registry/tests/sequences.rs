@@ -10,6 +10,7 @@ enum Op {
     Close(usize),
     Register(usize, bool, Vec<(usize, usize, Option<u8>)>),
     ChunkRegister(usize, usize, u32),
+    ChunkRegisterBatch(usize, usize, Vec<u32>),
     Leave(usize),
     Locations(usize, usize),
 }
@@ -23,6 +24,9 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0..6usize, any::<bool>(), proptest::collection::vec(file, 0..4))
             .prop_map(|(p, alt, f)| Op::Register(p, alt, f)),
         6 => (0..6usize, 0..3usize, 0..6u32).prop_map(|(p, f, c)| Op::ChunkRegister(p, f, c)),
+        // Indices past some files' ends, so some batches are refused whole.
+        4 => (0..6usize, 0..3usize, proptest::collection::vec(0..4u32, 0..5))
+            .prop_map(|(p, f, c)| Op::ChunkRegisterBatch(p, f, c)),
         1 => (0..6usize).prop_map(Op::Leave),
         2 => (0..6usize, 0..3usize).prop_map(|(p, f)| Op::Locations(p, f)),
     ]
@@ -78,6 +82,19 @@ proptest! {
                 }
                 Op::ChunkRegister(i, f, c) if i < peers.len() => {
                     let _ = r.chunk_register(peers[i].0, &format!("f{f}"), c);
+                }
+                Op::ChunkRegisterBatch(i, f, chunks) if i < peers.len() => {
+                    let name = format!("f{f}");
+                    let before = (r.stats(), r.meta_bytes(), r.locations(peers[i].0, &name).ok());
+                    let refused = r.chunk_register_batch(peers[i].0, &name, &chunks).is_err();
+                    // All or nothing; an empty batch changes nothing either.
+                    if refused || chunks.is_empty() {
+                        let after = (r.stats(), r.meta_bytes(), r.locations(peers[i].0, &name).ok());
+                        prop_assert_eq!(
+                            (before.0, before.1, before.2.map(|l| l.availability)),
+                            (after.0, after.1, after.2.map(|l| l.availability))
+                        );
+                    }
                 }
                 Op::Leave(i) if i < peers.len() => r.leave(peers[i].0),
                 Op::Locations(i, f) if i < peers.len() => {
