@@ -92,6 +92,13 @@ pub enum StoreError {
         /// The file's name.
         name: String,
     },
+    /// `Partial::finish_until` was told to stop before the whole-file check was done. Nothing was
+    /// put in place and the download is kept, every chunk still held: a later finish can succeed.
+    #[error("finishing {name:?} was interrupted; the partial download is kept")]
+    Interrupted {
+        /// The file's name.
+        name: String,
+    },
     /// A bookkeeping file under `.p2p` could not be decoded.
     #[error("corrupt bookkeeping file {}: {reason}", path.display())]
     Corrupt {

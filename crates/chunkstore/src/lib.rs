@@ -40,7 +40,8 @@
 //! - Scanning hashes on all cores and caches results, so unchanged files are not re-hashed.
 
 // No module imports one that imports it back. In layers, each importing only layers below it:
-// `store`; `partials` (the registry of open downloads); `partial` (one download); `place`
+// `store`; `partials` (the registry of open downloads); `partial` (one download, with its flushes
+// and whole-file check in `partial/verify.rs`); `place`
 // (putting a verified file under its name); `files` (a download's bookkeeping on disk); `scan`
 // (with the hash cache); `hash`; `error`; `beneath` and `sync`.
 mod beneath;
@@ -60,6 +61,8 @@ pub use partial::Partial;
 pub use scan::ScanStats;
 pub use store::Store;
 
+#[cfg(test)]
+mod finish_tests;
 #[cfg(test)]
 mod link_tests;
 #[cfg(test)]

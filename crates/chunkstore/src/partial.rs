@@ -13,24 +13,24 @@
 //!
 //! A download knows of its store only what [`Home`] gives it: the folders it works in and the hash
 //! cache. Which downloads are open, and that each has one handle, is the registry's business
-//! (`partials.rs`); finishing never waits for it.
+//! (`partials.rs`); finishing never waits for it. The flushes of the data file and the whole-file
+//! check, which a caller may interrupt ([`Partial::finish_until`]), are in `partial/verify.rs`.
+
+mod verify;
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use proto::meta::root_from_chunks;
-use proto::{Bitmap, ChunkIndex, FileMeta, Hash, MetaError};
-use rayon::prelude::*;
-use tracing::warn;
+use proto::{Bitmap, ChunkIndex, FileMeta, MetaError};
 
 use crate::beneath::Dir;
 use crate::error::{io_err, StoreError};
 use crate::files::{self, Opened};
-use crate::hash::{chunk_span, hash_chunk_at};
+use crate::hash::chunk_span;
 use crate::place::promote;
 use crate::scan::HashCache;
 use crate::sync::lock;
@@ -70,13 +70,18 @@ struct Inner {
     state: Mutex<State>,
     /// Bytes written since the last flush-behind started (see [`Partial::flush_behind`]).
     unflushed: AtomicU64,
-    /// A flush-behind is running; at most one at a time.
+    /// A flush of the data file is running (a flush-behind, or the fsync of `finish`); at most
+    /// one at a time.
     flushing: AtomicBool,
-    /// The error of a failed flush-behind, as (kind, message). Linux reports a writeback error to
-    /// one fsync only, so it is kept here, for good: data written before it may never have reached
-    /// the disk, and `finish` must not put this copy in place, however often it is called.
-    flush_error: Mutex<Option<(std::io::ErrorKind, String)>>,
+    /// The error of a failed flush, as (action, kind, message). Linux reports a writeback error
+    /// to one fsync only, so it is kept here, for good: data written before it may never have
+    /// reached the disk, and `finish` must not put this copy in place, however often it is called.
+    flush_error: Mutex<Option<FlushError>>,
 }
+
+/// A failed flush of a download's data file, kept (see `Inner::flush_error`): what was being done
+/// ("flush" behind the writes, "fsync" when finishing), the error's kind and its message.
+type FlushError = (&'static str, std::io::ErrorKind, String);
 
 /// Written bytes after which the data file's writeback is started in the background, so the disk
 /// writes while the network delivers and the final fsync has little left to do. Without it the
@@ -234,37 +239,6 @@ impl Partial {
         Ok(true)
     }
 
-    /// Records a background flush failure as if the disk had reported one, for tests of what
-    /// `finish` does after it.
-    #[cfg(test)]
-    pub(crate) fn fail_flush_for_test(&self) {
-        *lock(&self.inner.flush_error) = Some((std::io::ErrorKind::Other, "injected writeback error".into()));
-    }
-
-    /// Starts writeback of the data file on a background thread once [`FLUSH_BEHIND`] bytes were
-    /// written since the last one started (see there for why).
-    fn flush_behind(&self, written: u64) {
-        let inner = &self.inner;
-        if inner.unflushed.fetch_add(written, Ordering::Relaxed) + written < FLUSH_BEHIND
-            || inner.flushing.swap(true, Ordering::AcqRel)
-        {
-            return;
-        }
-        inner.unflushed.store(0, Ordering::Relaxed);
-        let flusher = self.inner.clone();
-        let spawned = std::thread::Builder::new().name("p2p-flush".into()).spawn(move || {
-            if let Err(e) = flusher.data.sync_data() {
-                warn!(name = flusher.meta.name, error = %e, "background flush of a download failed");
-                lock(&flusher.flush_error).get_or_insert((e.kind(), e.to_string()));
-            }
-            flusher.flushing.store(false, Ordering::Release);
-        });
-        if spawned.is_err() {
-            // No thread to spare: the final fsync does all the work, as it would without this.
-            inner.flushing.store(false, Ordering::Release);
-        }
-    }
-
     /// Reads held chunk `i` ([`StoreError::NotHeld`] otherwise), so a downloader serves the
     /// chunks it has to others while it downloads.
     pub fn read_chunk(&self, i: ChunkIndex) -> Result<Bytes, StoreError> {
@@ -297,8 +271,18 @@ impl Partial {
     /// without replacing anything ([`StoreError::AlreadyExists`] if a different file is there; an
     /// identical file there is kept and the download dropped). Then fsyncs the folder and deletes
     /// the bookkeeping. Returns the file's path. A second call fails with
-    /// [`StoreError::Finished`].
+    /// [`StoreError::Finished`]. Cannot be interrupted: see [`Partial::finish_until`].
     pub fn finish(&self) -> Result<PathBuf, StoreError> {
+        self.finish_until(&AtomicBool::new(false))
+    }
+
+    /// [`Partial::finish`], giving up once `stop` is set: reading back and hashing a large file
+    /// takes seconds to minutes, and a caller told to quit (Ctrl-C) should not wait for it.
+    /// `stop` is checked between chunks of the read-back and while waiting for the data file's
+    /// flushes; when it is set, this fails with [`StoreError::Interrupted`], nothing is placed, and
+    /// the download stays open with every chunk held, so a later finish can succeed. Once the
+    /// file is verified and durable, placing it is not interrupted.
+    pub fn finish_until(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
         let inner = &*self.inner;
         let meta = &inner.meta;
         {
@@ -315,7 +299,7 @@ impl Partial {
             }
             st.phase = Phase::Finishing;
         }
-        let result = self.verify_and_promote();
+        let result = self.verify_and_promote(stop);
         let mut st = lock(&inner.state);
         if result.is_ok() {
             // The registry needs no word: it treats a finished download as gone (`is_finished`).
@@ -327,65 +311,10 @@ impl Partial {
         result
     }
 
-    /// Checks the whole data file against the root hash and makes it durable: restores its length
-    /// if someone changed it, then fsyncs it on one thread while reading it back and hashing it on
-    /// all the others. A mismatch marks the bad chunks missing ([`StoreError::WholeFileMismatch`]).
-    fn verify(&self) -> Result<(), StoreError> {
-        let inner = &*self.inner;
-        let meta = &inner.meta;
-        let data_path = &inner.data_path;
-        let len = inner.data.metadata().map_err(io_err("stat", data_path))?.len();
-        if len != meta.length {
-            // Someone extended or truncated the data file: restore its length, and let the hash
-            // below judge the content.
-            inner.data.set_len(meta.length).map_err(io_err("resize", data_path))?;
-        }
-        // The whole file, read back from disk and hashed on all cores. Hashing it chunk by chunk
-        // (each a BLAKE3 subtree) and merging gives exactly blake3(file) while reading through one
-        // buffer per core; hashing a memory map would grow resident memory to the file's size.
-        // The fsync runs meanwhile on its own thread: both must succeed before the file is put in
-        // place, and on a disk the flush takes longer than the hash, which it then hides.
-        let n = meta.num_chunks();
-        // A flush-behind still running holds the answer to whether earlier writes reached the
-        // disk: wait for it (finish runs on a blocking thread).
-        while inner.flushing.load(Ordering::Acquire) {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        let (hashes, synced) = std::thread::scope(|s| {
-            let sync = s.spawn(|| inner.data.sync_all());
-            let hashes: std::io::Result<Vec<Hash>> = (0..n)
-                .into_par_iter()
-                .map(|i| hash_chunk_at(&inner.data, meta.length, meta.chunk_size, n, i))
-                .collect();
-            (hashes, sync.join().unwrap_or_else(|_| Err(std::io::Error::other("fsync thread panicked"))))
-        });
-        let hashes = hashes.map_err(io_err("read back", data_path))?;
-        if root_from_chunks(meta.length, meta.chunk_size, &hashes) != meta.root {
-            // Mark the chunks that went bad on disk as missing, so the downloader fetches them
-            // again instead of starting over.
-            let mut st = lock(&inner.state);
-            let mut bad = 0;
-            for (i, (got, want)) in hashes.iter().zip(&meta.chunk_hashes).enumerate() {
-                if got != want {
-                    st.have.clear(i as u32);
-                    bad += 1;
-                }
-            }
-            self.persist_all(&st)?;
-            warn!(name = meta.name, bad_chunks = bad, "assembled file does not match its root hash");
-            return Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: bad });
-        }
-        synced.map_err(io_err("fsync", data_path))?;
-        if let Some((kind, msg)) = lock(&inner.flush_error).clone() {
-            return Err(io_err("flush", data_path)(std::io::Error::new(kind, msg)));
-        }
-        Ok(())
-    }
-
-    /// Verifies the file, places it (`place.rs`), deletes the bookkeeping and records the file in
-    /// the hash cache.
-    fn verify_and_promote(&self) -> Result<PathBuf, StoreError> {
-        self.verify()?;
+    /// Verifies the file (unless `stop` is set first), places it (`place.rs`), deletes the
+    /// bookkeeping and records the file in the hash cache.
+    fn verify_and_promote(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
+        self.verify(stop)?;
         let inner = &*self.inner;
         let home = &*inner.home;
         let (dest, file) = promote(&home.root, &home.dir, &inner.data, &inner.meta, &inner.id)?;
