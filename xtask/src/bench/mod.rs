@@ -4,6 +4,7 @@
 
 mod chunkstore;
 mod netns;
+mod procs;
 mod scale;
 mod single;
 mod swarm;

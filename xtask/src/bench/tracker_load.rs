@@ -11,16 +11,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use bytes::{Buf, BytesMut};
 use futures::{SinkExt, StreamExt};
-use proto::codec::{TrackerClientCodec, TrackerServerCodec, LEN_PREFIX};
+use proto::codec::TrackerClientCodec;
 use proto::limits::{DEFAULT_MAX_FRAME, MIN_CHUNK_SIZE};
-use proto::tracker::{Locations, Register, RegisterFile, TrackerRequest, TrackerResponse};
+use proto::tracker::{Register, RegisterFile, TrackerRequest, TrackerResponse};
 use proto::{Bitmap, FileMeta, Have, Hello};
 use rand::{Rng, SeedableRng};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_util::codec::{Decoder, Encoder, Framed};
+use tokio_util::codec::Framed;
 
 use super::single::start_tracker;
 use super::util::{fill, proc_status_mib, Bins, Report};
@@ -34,60 +33,9 @@ const RSS_TARGET_KIB: f64 = 2.0;
 
 type Conn = Framed<TcpStream, LoadCodec>;
 
-/// The generator's codec once sessions are set up: requests are encoded by the protocol's codec;
-/// replies are only framed and told apart by their variant tag, not decoded, so that the
-/// generator spends as little of the shared CPU as it can (a tracker's client would decode them).
-struct LoadCodec {
-    requests: TrackerClientCodec,
-    /// Tags of the replies the load expects (File Locations, Chunk Registered, Keep-Alive).
-    expected: [u8; 3],
-}
-
-impl LoadCodec {
-    fn new() -> anyhow::Result<Self> {
-        // Learn the tags from the protocol's own encoder rather than hard-coding positions.
-        let tag = |r: TrackerResponse| -> anyhow::Result<u8> {
-            let mut buf = BytesMut::new();
-            TrackerServerCodec::new(DEFAULT_MAX_FRAME).encode(r, &mut buf)?;
-            buf.get(LEN_PREFIX).copied().context("empty reply")
-        };
-        let locations = TrackerResponse::FileLocations(Locations {
-            root: proto::Hash([0; 32]),
-            num_chunks: 0,
-            total_sources: 0,
-            sources: Vec::new(),
-            availability: Vec::new(),
-        });
-        Ok(Self {
-            requests: TrackerClientCodec::new(DEFAULT_MAX_FRAME),
-            expected: [tag(locations)?, tag(TrackerResponse::ChunkRegistered)?, tag(TrackerResponse::KeepAlive)?],
-        })
-    }
-}
-
-impl Encoder<TrackerRequest> for LoadCodec {
-    type Error = proto::CodecError;
-    fn encode(&mut self, item: TrackerRequest, dst: &mut BytesMut) -> Result<(), Self::Error> {
-        self.requests.encode(item, dst)
-    }
-}
-
-impl Decoder for LoadCodec {
-    /// Whether the reply was one the load expects.
-    type Item = bool;
-    type Error = proto::CodecError;
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<bool>, Self::Error> {
-        let Some(head) = src.get(..LEN_PREFIX) else { return Ok(None) };
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
-        if src.len() < LEN_PREFIX + len {
-            src.reserve(LEN_PREFIX + len - src.len());
-            return Ok(None);
-        }
-        let ok = len > 0 && self.expected.contains(&src[LEN_PREFIX]);
-        src.advance(LEN_PREFIX + len);
-        Ok(Some(ok))
-    }
-}
+#[path = "tracker_load_codec.rs"]
+mod codec;
+use codec::LoadCodec;
 
 /// What the load generator is asked to do.
 #[derive(Debug, Clone, Copy)]
