@@ -239,7 +239,9 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
 
 async fn session(tracker: SocketAddr, cancel: &CancellationToken) -> anyhow::Result<TrackerSession> {
     let config = SessionConfig { tracker, request_timeout: Duration::from_secs(10) };
-    let (session, _actor) = TrackerSession::connect(config, None, cancel.child_token()).await?;
+    let (session, actor) = TrackerSession::connect(config, None, cancel.child_token()).await?;
+    // Ends with the command (its token is a child of the command's).
+    tokio::spawn(actor);
     Ok(session)
 }
 

@@ -12,67 +12,70 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
-use crate::error::SourceError;
+use crate::error::{PeerProtocolError, SourceError};
 
 /// Frame room beyond a chunk's bytes, for headers and the largest Welcome bitmap.
 const FRAME_SLACK: usize = 64 * 1024;
 
 /// An open connection to a source, for one file.
-pub struct PeerConn {
+pub(crate) struct PeerConn {
     framed: Framed<TcpStream, PeerClientCodec>,
 }
 
 impl PeerConn {
     /// Connects and completes the handshake; returns the chunks the source holds.
-    pub async fn open(addr: SocketAddr, meta: &FileMeta, deadline: Duration) -> Result<(PeerConn, Have), SourceError> {
+    pub(crate) async fn open(
+        addr: SocketAddr,
+        meta: &FileMeta,
+        deadline: Duration,
+    ) -> Result<(PeerConn, Have), SourceError> {
         let stream = match timeout(deadline, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(SourceError::Connect(e)),
-            Err(_) => return Err(SourceError::Stalled),
+            Err(_) => return Err(SourceError::ConnectTimeout(deadline)),
         };
         let _ = stream.set_nodelay(true);
         let max_frame = meta.chunk_size as usize + FRAME_SLACK;
         let mut framed = Framed::new(stream, PeerClientCodec::new(max_frame));
         let hello = PeerRequest::Hello { hello: Hello::current(), name: meta.name.clone(), root: meta.root };
-        framed.send(hello).await.map_err(|e| SourceError::Lost(e.to_string()))?;
+        framed.send(hello).await.map_err(SourceError::Lost)?;
         let mut conn = PeerConn { framed };
-        match timeout(deadline, conn.next()).await.map_err(|_| SourceError::Stalled)?? {
+        match timeout(deadline, conn.next()).await.map_err(|_| SourceError::ConnectTimeout(deadline))?? {
             PeerResponse::Welcome { have } => {
                 if let Have::Partial(b) = &have {
                     if b.len() != meta.num_chunks() {
-                        return Err(SourceError::Protocol(format!(
-                            "bitmap of {} bits for {} chunks",
-                            b.len(),
-                            meta.num_chunks()
-                        )));
+                        return Err(SourceError::Protocol(PeerProtocolError::BitmapLength {
+                            got: b.len(),
+                            want: meta.num_chunks(),
+                        }));
                     }
                 }
                 Ok((conn, have))
             }
             PeerResponse::Error(e) => Err(SourceError::Refused(e)),
-            other => Err(SourceError::Protocol(format!("expected welcome, got {other:?}"))),
+            other => Err(SourceError::Protocol(PeerProtocolError::ExpectedWelcome(Box::new(other)))),
         }
     }
 
     /// Queues a chunk request without flushing; `fresh` lets the source answer with another
     /// chunk it has not sent anyone yet ([`PeerRequest::GetFresh`]).
-    pub async fn request(&mut self, chunk: u32, fresh: bool) -> Result<(), SourceError> {
+    pub(crate) async fn request(&mut self, chunk: u32, fresh: bool) -> Result<(), SourceError> {
         let req = if fresh { PeerRequest::GetFresh { chunk } } else { PeerRequest::GetChunk { chunk } };
-        self.framed.feed(req).await.map_err(|e| SourceError::Lost(e.to_string()))
+        self.framed.feed(req).await.map_err(SourceError::Lost)
     }
 
     /// Sends queued requests.
-    pub async fn flush(&mut self) -> Result<(), SourceError> {
-        self.framed.flush().await.map_err(|e| SourceError::Lost(e.to_string()))
+    pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
+        self.framed.flush().await.map_err(SourceError::Lost)
     }
 
     /// The next response.
-    pub async fn next(&mut self) -> Result<PeerResponse, SourceError> {
+    pub(crate) async fn next(&mut self) -> Result<PeerResponse, SourceError> {
         match self.framed.next().await {
             Some(Ok(Ok(r))) => Ok(r),
-            Some(Ok(Err(e))) => Err(SourceError::Protocol(e.to_string())),
-            Some(Err(e)) => Err(SourceError::Lost(e.to_string())),
-            None => Err(SourceError::Lost("closed by the source".into())),
+            Some(Ok(Err(e))) => Err(SourceError::Protocol(PeerProtocolError::Undecodable(e))),
+            Some(Err(e)) => Err(SourceError::Lost(e)),
+            None => Err(SourceError::Closed),
         }
     }
 }

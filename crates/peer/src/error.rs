@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use chunkstore::StoreError;
-use proto::codec::MessageError;
+use proto::codec::{CodecError, MessageError};
+use proto::peer::PeerResponse;
 use proto::tracker::{RequestError, TrackerResponse};
 use proto::MetaError;
 
@@ -153,23 +154,70 @@ pub enum TrackerProtocolError {
 pub enum SourceError {
     /// Could not connect.
     #[error("connect failed: {0}")]
-    Connect(std::io::Error),
-    /// The connection failed or closed.
+    Connect(#[source] std::io::Error),
+    /// The connection and handshake did not complete within the connect timeout.
+    #[error("no welcome within {0:?}")]
+    ConnectTimeout(Duration),
+    /// The connection failed (transport error, or a frame over the limit).
     #[error("connection lost: {0}")]
-    Lost(String),
+    Lost(#[source] CodecError),
+    /// The source closed the connection.
+    #[error("closed by the source")]
+    Closed,
     /// The source refused or answered with an error.
     #[error("refused: {0}")]
     Refused(proto::peer::PeerError),
-    /// No data arrived within the stall timeout while requests were outstanding.
+    /// No answer arrived within the stall timeout while requests were outstanding.
     #[error("stalled")]
     Stalled,
     /// The source broke the protocol.
     #[error("protocol violation: {0}")]
-    Protocol(String),
+    Protocol(#[source] PeerProtocolError),
     /// The source sent data that failed verification too often.
     #[error("sent bad data {strikes} times")]
     BadData {
         /// Hash failures.
         strikes: u32,
+    },
+    /// The source's task ended without saying why (it panicked).
+    #[error("source task failed")]
+    TaskFailed,
+}
+
+/// A source's reply that breaks the peer protocol.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerProtocolError {
+    /// A well-framed reply held no valid message.
+    #[error("undecodable reply: {0}")]
+    Undecodable(#[source] MessageError),
+    /// The welcome's bitmap has the wrong length.
+    #[error("bitmap of {got} bits for {want} chunks")]
+    BitmapLength {
+        /// Bits sent.
+        got: u32,
+        /// Chunks in the file.
+        want: u32,
+    },
+    /// The handshake was answered with something other than a welcome.
+    #[error("expected a welcome, got {0:?}")]
+    ExpectedWelcome(Box<PeerResponse>),
+    /// A second welcome.
+    #[error("unexpected welcome")]
+    UnexpectedWelcome,
+    /// A chunk index past the end of the file, sent or announced.
+    #[error("chunk {chunk} out of range: the file has {num_chunks} chunks")]
+    ChunkOutOfRange {
+        /// The index.
+        chunk: u32,
+        /// Chunks in the file.
+        num_chunks: u32,
+    },
+    /// An answer that is not for the oldest request outstanding.
+    #[error("answered chunk {chunk}, expected {expected:?}")]
+    Unrequested {
+        /// The chunk answered.
+        chunk: u32,
+        /// The oldest request outstanding, if any.
+        expected: Option<u32>,
     },
 }

@@ -2,21 +2,32 @@
 //! and downloads files from many peers at once, rarest chunk first, verifying every chunk with
 //! BLAKE3 and becoming a source of each chunk as soon as it has it.
 //!
-//! [`Node`] is the entry point; the `peer` binary is a thin command line around it.
+//! [`Node`] is the entry point; the `peer` binary is a thin command line around it. Everything
+//! else is internal; what a user of the library meets is re-exported here. The downloader's
+//! and the upload server's parts, for example, are not reachable from outside:
+//!
+//! ```compile_fail
+//! use peer::scheduler::Scheduler;
+//! ```
+//!
+//! ```compile_fail
+//! use peer::serve::Uploader;
+//! ```
 
-pub mod connection;
-pub mod download;
-pub mod error;
-pub mod node;
-pub mod ratelimit;
-pub mod scheduler;
-pub mod serve;
-pub mod session;
-pub mod shares;
+mod connection;
+mod download;
+mod error;
+mod node;
+mod ratelimit;
+mod serve;
+mod session;
+mod shares;
+mod task;
 
 pub use download::{DownloadConfig, DownloadOptions, DownloadReport, Progress, SourceReport};
-pub use error::{ConnectError, Error, SourceError, TrackerProtocolError};
+pub use error::{ConnectError, Error, PeerProtocolError, SourceError, TrackerProtocolError};
 pub use node::{Node, NodeConfig};
 pub use ratelimit::{parse_bytes, RateLimiter};
 pub use serve::ServeConfig;
 pub use session::{SessionConfig, TrackerSession};
+pub use shares::{Shared, Shares};

@@ -10,15 +10,15 @@ use std::time::Duration;
 use chunkstore::{Store, StoreError};
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn, Instrument};
+use tracing::{info, warn};
 
-use crate::download::{self, DownloadConfig, DownloadOptions, DownloadReport};
+use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport};
 use crate::error::Error;
 use crate::ratelimit::RateLimiter;
 use crate::serve::{self, ServeConfig, Uploader};
 use crate::session::{Registration, SessionConfig, TrackerSession};
 use crate::shares::{Shared, Shares};
+use crate::task::TaskGroup;
 
 /// Everything a node needs.
 #[derive(Debug, Clone)]
@@ -57,26 +57,14 @@ impl NodeConfig {
     }
 }
 
-/// What a download needs from its node.
-#[derive(Clone)]
-pub(crate) struct Context {
-    pub(crate) session: TrackerSession,
-    pub(crate) store: Store,
-    pub(crate) shares: Shares,
-    pub(crate) listen: SocketAddr,
-    /// The process-wide download cap, shared by every download's sources.
-    pub(crate) limiter: Arc<RateLimiter>,
-    pub(crate) config: DownloadConfig,
-}
-
 /// A running peer. Dropping it without [`Node::shutdown`] still stops its tasks (without
 /// waiting for them): the upload server, the tracker session (which says Leave) and downloads.
 pub struct Node {
     ctx: Context,
     uploaded: Arc<AtomicU64>,
-    /// Cancelled on shutdown: stops the server, the session (which says Leave) and downloads.
-    shutdown: CancellationToken,
-    tasks: TaskTracker,
+    /// Every task of the node; cancelled on shutdown: stops the server, the session (which says
+    /// Leave) and downloads.
+    tasks: TaskGroup,
     /// Cancels `shutdown` when the node is dropped, so a node dropped without [`Node::shutdown`]
     /// (or a `start` abandoned halfway) leaves no task running.
     _stop_on_drop: DropGuard,
@@ -94,10 +82,9 @@ impl Node {
             .await
             .map_err(|source| Error::Io { action: "bind the listen address", source })?;
         let listen = listener.local_addr().map_err(|source| Error::Io { action: "read the listen address", source })?;
-        let shutdown = CancellationToken::new();
+        let tasks = TaskGroup::new(CancellationToken::new());
         // From here on, returning early or being dropped mid-start stops what was spawned.
-        let stop_on_drop = shutdown.clone().drop_guard();
-        let tasks = TaskTracker::new();
+        let stop_on_drop = tasks.token().clone().drop_guard();
         let uploaded = Arc::new(AtomicU64::new(0));
         let uploader = Arc::new(Uploader::new(
             shares.clone(),
@@ -106,27 +93,21 @@ impl Node {
             uploaded.clone(),
             config.serve.clone(),
         ));
-        tasks.spawn(
-            serve::serve(listener, uploader, shutdown.clone()).instrument(tracing::info_span!("serve", %listen)),
-        );
+        tasks.spawn(tracing::info_span!("serve", %listen), |token| serve::serve(listener, uploader, token));
 
         let session_config = SessionConfig { tracker: config.tracker, request_timeout: config.request_timeout };
         let registration = Registration { listen, shares: shares.clone() };
-        let session = match TrackerSession::connect(session_config, Some(registration), shutdown.clone()).await {
+        let session = match TrackerSession::connect(session_config, Some(registration), tasks.token().clone()).await {
             Ok((session, actor)) => {
-                tasks.spawn(async move {
-                    let _ = actor.await;
-                });
+                tasks.spawn(tracing::info_span!("session"), |_| actor);
                 session
             }
             Err(e) => {
-                shutdown.cancel();
-                tasks.close();
+                tasks.cancel();
                 tasks.wait().await;
                 return Err(e);
             }
         };
-        tasks.close();
         info!(%listen, files = shares.len(), "peer started");
         let ctx = Context {
             session,
@@ -136,7 +117,7 @@ impl Node {
             limiter: Arc::new(RateLimiter::new(config.download_rate)),
             config: config.download,
         };
-        Ok(Node { ctx, uploaded, shutdown, tasks, _stop_on_drop: stop_on_drop })
+        Ok(Node { ctx, uploaded, tasks, _stop_on_drop: stop_on_drop })
     }
 
     /// Where this node accepts other peers.
@@ -166,18 +147,18 @@ impl Node {
 
     /// A token that shuts the node down when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.token().clone()
     }
 
     /// Downloads a file from the swarm into the share folder, serving its chunks as they arrive.
     pub async fn download(&self, name: &str, opts: DownloadOptions) -> Result<DownloadReport, Error> {
-        download::download(&self.ctx, name, opts, self.shutdown.child_token()).await
+        download::download(&self.ctx, name, opts, self.tasks.child()).await
     }
 
     /// Stops serving and downloading, tells the tracker Leave, and waits for every task (at most a
     /// few seconds). Partial downloads stay on disk for the next run.
     pub async fn shutdown(self) {
-        self.shutdown.cancel();
+        self.tasks.cancel();
         if tokio::time::timeout(Duration::from_secs(5), self.tasks.wait()).await.is_err() {
             warn!("peer tasks did not stop within 5 s");
         }

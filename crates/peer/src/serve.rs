@@ -9,33 +9,27 @@
 //! while a slow reader that keeps reading is served however long its replies take.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
 use futures::StreamExt;
-use proto::codec::{chunk_frame_header, CodecError, PeerServerCodec};
-use proto::limits::{DEFAULT_MAX_FRAME, HANDSHAKE_MAX_FRAME};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{validate_name, Bitmap, FileMeta, Hash};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{broadcast, Semaphore};
 use tokio::time::timeout;
 use tokio::time::Instant;
-use tokio_util::codec::{Encoder, FramedRead};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
 use chunkstore::{Store, StoreError};
 
 use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares};
+use crate::task::TaskGroup;
+use conn::{Conn, UploadError, GOODBYE_TIMEOUT};
 
 /// Largest request frame after the handshake: requests are a few bytes.
 const REQUEST_MAX_FRAME: usize = 1024;
@@ -66,22 +60,22 @@ impl Default for ServeConfig {
 }
 
 /// What the server needs, shared by all connections.
-pub struct Uploader {
+pub(crate) struct Uploader {
     /// Served files.
-    pub shares: Shares,
+    pub(crate) shares: Shares,
     /// Where complete files are read from.
-    pub store: Store,
+    pub(crate) store: Store,
     /// The process-wide upload cap.
-    pub limiter: Arc<RateLimiter>,
+    pub(crate) limiter: Arc<RateLimiter>,
     /// Bytes of chunk data sent, for reports and tests.
-    pub uploaded: Arc<AtomicU64>,
+    pub(crate) uploaded: Arc<AtomicU64>,
     /// Settings.
-    pub config: ServeConfig,
+    pub(crate) config: ServeConfig,
     /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
     /// for [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
-    pub fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
+    pub(crate) fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
     /// Open upload connections per remote IP, for [`ServeConfig::max_uploads_per_ip`].
-    pub per_ip: Mutex<HashMap<IpAddr, usize>>,
+    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// The address a connection from `ip` is counted under for the per-address cap.
@@ -112,7 +106,7 @@ impl Drop for IpSlot {
 
 /// The chunks of one file a server has sent to anyone, for [`PeerRequest::GetFresh`].
 #[derive(Debug)]
-pub struct Fresh {
+pub(crate) struct Fresh {
     sent: Bitmap,
     /// Chunks never sent: once zero, every request is answered as asked without a scan.
     unsent: u32,
@@ -120,7 +114,7 @@ pub struct Fresh {
 
 impl Uploader {
     /// A new server's shared state.
-    pub fn new(
+    pub(crate) fn new(
         shares: Shares,
         store: Store,
         limiter: Arc<RateLimiter>,
@@ -169,9 +163,9 @@ impl Uploader {
 }
 
 /// Serves until `shutdown` is cancelled, then waits for connection tasks to end.
-pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: CancellationToken) {
+pub(crate) async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(up.config.max_uploads));
-    let tasks = TaskTracker::new();
+    let tasks = TaskGroup::new(shutdown.clone());
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -189,63 +183,24 @@ pub async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Cancellat
         // The address's slot first, so one address refused in bulk never holds a global slot.
         match up.ip_slot(remote).and_then(|slot| Some((slot, permits.clone().try_acquire_owned().ok()?))) {
             Some((slot, permit)) => {
-                let (up, shutdown) = (up.clone(), shutdown.clone());
-                tasks.spawn(
-                    async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            r = connection(&mut conn, &up) => if let Err(e) = r { debug!(error = %e, "upload ended") },
-                        }
-                        drop((slot, permit));
+                let up = up.clone();
+                tasks.spawn_until(tracing::debug_span!("upload", %remote), async move {
+                    let _held = (slot, permit);
+                    if let Err(e) = connection(&mut conn, &up).await {
+                        debug!(error = %e, "upload ended");
                     }
-                    .instrument(tracing::debug_span!("upload", %remote)),
-                );
+                });
             }
             None => {
                 debug!(%remote, "upload cap reached (in total or for this address)");
-                tasks.spawn(async move {
+                tasks.spawn_until(tracing::debug_span!("refuse", %remote), async move {
                     let _ = conn.send(PeerResponse::Error(PeerError::Busy), GOODBYE_TIMEOUT).await;
                 });
             }
         }
     }
     drop(listener);
-    tasks.close();
     tasks.wait().await;
-}
-
-/// How long a refusal may take to send before the connection is dropped anyway.
-const GOODBYE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Why an upload connection ended early. Its normal ends (the downloader closed it, went idle, or
-/// was refused with a reply) are not errors.
-#[derive(Debug, thiserror::Error)]
-enum UploadError {
-    /// The downloader's requests could not be read: the transport failed or a frame was over the
-    /// limit.
-    #[error("cannot read requests: {0}")]
-    Receive(#[source] CodecError),
-    /// A reply could not be encoded.
-    #[error("cannot encode reply: {0}")]
-    Encode(#[source] CodecError),
-    /// A chunk is longer than a frame can announce.
-    #[error("chunk of {len} bytes too large to send")]
-    FrameTooLarge {
-        /// The chunk's length.
-        len: usize,
-    },
-    /// Writing a reply failed.
-    #[error("cannot send reply: {0}")]
-    Io(#[source] io::Error),
-    /// The socket accepted no more bytes: the downloader closed it.
-    #[error("connection closed while sending")]
-    Closed,
-    /// No byte of a reply went out for the send deadline: the downloader is not reading.
-    #[error("send made no progress for {after:?}")]
-    Stalled {
-        /// The send deadline.
-        after: Duration,
-    },
 }
 
 async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
@@ -289,6 +244,9 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
                 if let Err(e) = announce(conn, &shared, &mut told, n, &mut news, send).await {
                     break Err(e);
                 }
+                // A downloader waiting for chunks it has not got is not idle: it has nothing to
+                // ask until told of them, and is being told.
+                idle_until = Instant::now() + idle;
                 continue;
             }
         };
@@ -441,76 +399,8 @@ async fn read_chunk(
     }
 }
 
-/// One downloader's connection: requests arrive through the codec; replies are encoded into a
-/// small buffer, except chunk bytes, which are written straight from the chunk's buffer after
-/// their header (one vectored write, no copy into a frame).
-struct Conn {
-    requests: FramedRead<OwnedReadHalf, PeerServerCodec>,
-    out: OwnedWriteHalf,
-    codec: PeerServerCodec,
-    buf: BytesMut,
-}
-
-impl Conn {
-    fn new(stream: TcpStream) -> Self {
-        let (rd, wr) = stream.into_split();
-        Conn {
-            requests: FramedRead::new(rd, PeerServerCodec::new(HANDSHAKE_MAX_FRAME)),
-            out: wr,
-            codec: PeerServerCodec::with_limits(HANDSHAKE_MAX_FRAME, DEFAULT_MAX_FRAME),
-            buf: BytesMut::new(),
-        }
-    }
-
-    async fn send(&mut self, msg: PeerResponse, deadline: Duration) -> Result<(), UploadError> {
-        self.send_all(std::iter::once(msg), deadline).await
-    }
-
-    /// Sends every message in one write.
-    async fn send_all(
-        &mut self,
-        msgs: impl Iterator<Item = PeerResponse>,
-        deadline: Duration,
-    ) -> Result<(), UploadError> {
-        self.buf.clear();
-        for msg in msgs {
-            self.codec.encode(msg, &mut self.buf).map_err(UploadError::Encode)?;
-        }
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let mut buf = std::mem::take(&mut self.buf);
-        let r = self.write(&mut buf, deadline).await;
-        self.buf = buf;
-        r
-    }
-
-    /// Writes all of `frame`, failing if no byte of it goes out for `stalled` at any point: the
-    /// deadline is on progress, not on the whole reply, so a slow reader gets all of a large one.
-    async fn write(&mut self, frame: &mut impl Buf, stalled: Duration) -> Result<(), UploadError> {
-        while frame.has_remaining() {
-            match timeout(stalled, self.out.write_buf(frame)).await {
-                Ok(Ok(0)) => return Err(UploadError::Closed),
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => return Err(UploadError::Io(e)),
-                Err(_) => return Err(UploadError::Stalled { after: stalled }),
-            }
-        }
-        Ok(())
-    }
-
-    async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), UploadError> {
-        let len = u32::try_from(data.len()).map_err(|_| UploadError::FrameTooLarge { len: data.len() })?;
-        let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(UploadError::Encode)?;
-        self.write(&mut header.chain(data), deadline).await
-    }
-
-    async fn refuse(&mut self, e: PeerError) -> Result<(), UploadError> {
-        debug!(error = %e, "refusing downloader");
-        let _ = self.send(PeerResponse::Error(e), GOODBYE_TIMEOUT).await;
-        Ok(())
-    }
-}
+#[path = "serve_conn.rs"]
+mod conn;
 
 #[cfg(test)]
 #[path = "serve_tests.rs"]

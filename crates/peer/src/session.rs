@@ -4,8 +4,9 @@
 //!
 //! Callers hold a cheap [`TrackerSession`] handle and await typed replies.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -18,7 +19,6 @@ use proto::{FileMeta, Have, Hello};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 use tokio::time::{timeout, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -62,17 +62,19 @@ struct Call {
 #[derive(Clone)]
 pub struct TrackerSession {
     calls: mpsc::Sender<Call>,
+    /// The IP the tracker sees this peer's session coming from (from its latest welcome).
+    observed: Arc<Mutex<IpAddr>>,
 }
 
 impl TrackerSession {
-    /// Connects, completes the handshake and the initial registration (if any), then hands the
-    /// connection to a background actor. Fails if the tracker cannot be reached now; later losses
+    /// Connects, completes the handshake and the initial registration (if any), then returns a
+    /// handle and the actor that owns the connection, for the caller to spawn. Fails if the tracker cannot be reached now; later losses
     /// are repaired by reconnecting.
     pub async fn connect(
         config: SessionConfig,
         registration: Option<Registration>,
         shutdown: CancellationToken,
-    ) -> Result<(TrackerSession, JoinHandle<()>), Error> {
+    ) -> Result<(TrackerSession, impl Future<Output = ()> + Send + 'static), Error> {
         let unreachable = |reason: ConnectError| Error::TrackerUnreachable { addr: config.tracker, reason };
         let (mut conn, welcome) = open(&config).await.map_err(unreachable)?;
         if let Some(reg) = &registration {
@@ -80,9 +82,21 @@ impl TrackerSession {
         }
         let (tx, rx) = mpsc::channel(1024);
         let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
-        let actor = Actor { config, registration, calls: rx, shutdown, keepalive };
-        let task = tokio::spawn(actor.run(conn, welcome));
-        Ok((TrackerSession { calls: tx }, task))
+        let observed = Arc::new(Mutex::new(welcome.observed.ip()));
+        let actor = Actor { config, registration, calls: rx, shutdown, keepalive, observed: observed.clone() };
+        Ok((TrackerSession { calls: tx, observed }, actor.run(conn, welcome)))
+    }
+
+    /// The endpoint the tracker records for a peer listening at `listen`, which is where other
+    /// peers reach it: `listen`, with an unspecified IP (`0.0.0.0`, `::`) replaced by the one the
+    /// tracker sees the session coming from (as the tracker does).
+    pub fn endpoint(&self, listen: SocketAddr) -> SocketAddr {
+        if listen.ip().is_unspecified() {
+            let ip = *self.observed.lock().unwrap_or_else(PoisonError::into_inner);
+            SocketAddr::new(ip.to_canonical(), listen.port())
+        } else {
+            listen
+        }
     }
 
     /// Sends one request and awaits its reply.
@@ -138,9 +152,9 @@ impl TrackerSession {
         }
     }
 
-    /// Registers one chunk as held.
-    pub async fn chunk_register(&self, name: &str, chunk: u32) -> Result<(), Error> {
-        match self.call(TrackerRequest::ChunkRegister { name: name.to_owned(), chunk }).await? {
+    /// Registers chunks of a file as held, in one request.
+    pub async fn chunk_register_batch(&self, name: &str, chunks: Vec<u32>) -> Result<(), Error> {
+        match self.call(TrackerRequest::ChunkRegisterBatch { name: name.to_owned(), chunks }).await? {
             TrackerResponse::ChunkRegistered => Ok(()),
             other => Err(unexpected(other)),
         }
@@ -307,6 +321,8 @@ struct Actor {
     shutdown: CancellationToken,
     /// The keep-alive interval of the last session, which also caps the reconnect backoff.
     keepalive: Duration,
+    /// Shared with the handles: the IP the tracker saw in its latest welcome.
+    observed: Arc<Mutex<IpAddr>>,
 }
 
 enum Exit {
@@ -327,6 +343,7 @@ impl Actor {
             };
             let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
             self.keepalive = keepalive;
+            *self.observed.lock().unwrap_or_else(PoisonError::into_inner) = welcome.observed.ip();
             match self.serve(&mut conn, keepalive).await {
                 Exit::Shutdown => {
                     // Goodbye under a timeout: a dead tracker must not hold up shutdown.
@@ -412,70 +429,5 @@ async fn validate_off_runtime(name: &str, meta: FileMeta) -> Result<FileMeta, Er
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proto::limits::MIN_CHUNK_SIZE;
-
-    fn welcome(max_frame: u32, max_files: u32) -> Welcome {
-        Welcome {
-            version: proto::PROTOCOL_VERSION,
-            keepalive_ms: 1000,
-            session_timeout_ms: 3000,
-            observed: SocketAddr::from(([127, 0, 0, 1], 1)),
-            max_frame,
-            max_files_per_register: max_files,
-        }
-    }
-
-    fn files(n: usize, chunks: usize) -> Vec<RegisterFile> {
-        (0..n)
-            .map(|i| RegisterFile {
-                meta: FileMeta::from_bytes(
-                    &format!("f{i}"),
-                    MIN_CHUNK_SIZE,
-                    &vec![i as u8; chunks * MIN_CHUNK_SIZE as usize],
-                ),
-                have: Have::Complete,
-            })
-            .collect()
-    }
-
-    /// A tracker that cannot be reached is reported as a typed connect failure, with its address.
-    #[tokio::test]
-    async fn an_unreachable_tracker_is_a_typed_connect_failure() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        drop(listener);
-        let config = SessionConfig { tracker: addr, request_timeout: Duration::from_secs(5) };
-        let r = TrackerSession::connect(config, None, CancellationToken::new()).await;
-        match r {
-            Err(Error::TrackerUnreachable { addr: a, reason: ConnectError::Connect(_) }) => assert_eq!(a, addr),
-            Err(e) => panic!("{e:?}"),
-            Ok(_) => panic!("connected to a closed port"),
-        }
-    }
-
-    /// Batches respect the tracker's file cap and frame limit, and every batch really encodes
-    /// under the frame limit.
-    #[test]
-    fn register_batches_fit_the_trackers_limits() {
-        let w = welcome(64 * 1024, 3);
-        let batches = register_batches(files(10, 1), &w);
-        assert_eq!(batches.iter().map(Vec::len).collect::<Vec<_>>(), vec![3, 3, 3, 1]);
-
-        // One file's metadata alone larger than a frame: left out, the others still go.
-        let mut big = files(1, 600);
-        big.extend(files(3, 1));
-        let batches = register_batches(big, &welcome(16 * 1024, 1000));
-        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 3);
-
-        let w = welcome(16 * 1024, 1000);
-        let batches = register_batches(files(20, 40), &w);
-        assert!(batches.len() > 1);
-        assert_eq!(batches.iter().map(Vec::len).sum::<usize>(), 20);
-        for b in batches {
-            let req = TrackerRequest::Register(Register { listen: SocketAddr::from(([127, 0, 0, 1], 9)), files: b });
-            assert!(postcard::to_stdvec(&req).unwrap().len() <= 16 * 1024);
-        }
-    }
-}
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,406 @@
+//! The coordinator of one download: every decision, and no I/O. What happened comes in as an
+//! [`Input`] (with the time, so tests choose it); what to do goes out as an [`Action`], which the
+//! download's driver (`mod.rs`) carries out: connect to a source, send it a request, end its task,
+//! announce a stored chunk. The coordinator is the single record of the chunk state (through the
+//! [`Scheduler`], which only it touches), of each source's link, requests outstanding, strikes,
+//! failures and ban, of attribution (the per-source report) and of progress.
+//!
+//! Sources are fed, not polled: a source's requests are topped up to the depth it asks for
+//! (`want`, from its measured rate) whenever it answers one, learns a chunk, or chunks are freed
+//! (a source ended or was dropped, a copy failed, a "don't have"). A source with nothing useful
+//! just waits; the next news about it wakes it through its own [`Input`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proto::tracker::Locations;
+use proto::{Bitmap, FileMeta, Hash, Have};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::scheduler::{Completion, Scheduler, SourceId};
+use super::types::{DownloadConfig, Progress, SourceReport};
+use crate::error::{Error, SourceError};
+
+/// Something that happened to the download.
+#[derive(Debug)]
+pub(crate) enum Input {
+    /// The tracker's answer to a locations poll.
+    Locations(Result<Locations, Error>),
+    /// A source completed its handshake; `want` requests may be outstanding to it.
+    Connected { source: SourceId, have: Have, want: usize },
+    /// A source answered request `asked` with chunk `chunk` (the same, or a fresh substitute);
+    /// the data went on to the writer.
+    Received { source: SourceId, asked: u32, chunk: u32, want: usize },
+    /// A source answered a request with "don't have".
+    DontHave { source: SourceId, chunk: u32, want: usize },
+    /// A source announced a chunk it now holds.
+    Announced { source: SourceId, chunk: u32 },
+    /// A source's task ended.
+    Ended { source: SourceId, result: Result<(), SourceError> },
+    /// The writer stored a verified copy of a chunk (or found it already stored).
+    Stored { source: SourceId, chunk: u32, bytes: u64 },
+    /// A copy failed verification.
+    Bad { source: SourceId, chunk: u32, bytes: u64 },
+    /// A copy from a source already dropped was discarded unverified.
+    Discarded { source: SourceId, bytes: u64 },
+    /// Storing failed locally: the download cannot go on.
+    Failed(Error),
+}
+
+/// Something for the driver to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Action {
+    /// Start a task for a source.
+    Connect { source: SourceId, addr: SocketAddr },
+    /// Ask a source for a chunk; `fresh` lets it send another one nobody has yet.
+    Request { source: SourceId, chunk: u32, fresh: bool },
+    /// End a source's task: it was dropped for this download.
+    Drop { source: SourceId },
+    /// A chunk was stored: tell upload connections and the tracker.
+    Stored { chunk: u32 },
+}
+
+/// Fresh requests a source may answer with chunks already stored here before it is only asked for
+/// exact chunks: an honest seed substitutes chunks nobody had, so this only bounds the waste of a
+/// seed that has handed them out already (or one that lies).
+pub(crate) const MAX_USELESS_SUBSTITUTES: u32 = 8;
+
+/// A source's connection as the coordinator sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    Down,
+    Connecting,
+    Up {
+        /// Requests sent and not yet answered.
+        outstanding: usize,
+        /// How many it should have outstanding.
+        want: usize,
+    },
+}
+
+/// What the coordinator knows of one source across its connections.
+#[derive(Debug)]
+struct Record {
+    report: SourceReport,
+    link: Link,
+    /// Connections that failed in a row, for the backoff.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Copies that failed verification.
+    strikes: u32,
+    /// Fresh requests answered with a chunk stored here already.
+    useless: u32,
+}
+
+/// The coordinator. See the module docs.
+pub(crate) struct Coordinator {
+    sched: Scheduler,
+    rng: StdRng,
+    name: String,
+    root: Hash,
+    config: DownloadConfig,
+    /// This peer's endpoint as others see it: never a source of its own download.
+    me: Option<SocketAddr>,
+    /// By id, ordered, so that decisions do not depend on hash order.
+    sources: BTreeMap<SourceId, Record>,
+    by_addr: BTreeMap<SocketAddr, SourceId>,
+    /// Sources connecting or connected.
+    linked: usize,
+    dropped: usize,
+    progress: Progress,
+    fetched: u32,
+    actions: Vec<Action>,
+}
+
+impl Coordinator {
+    /// A coordinator for `meta`, with the chunks in `have` (`bytes_done` bytes) already stored;
+    /// `seed` seeds the random tie-breaks.
+    pub(crate) fn new(
+        meta: &FileMeta,
+        have: &Bitmap,
+        bytes_done: u64,
+        config: DownloadConfig,
+        me: Option<SocketAddr>,
+        seed: u64,
+    ) -> Self {
+        let n = meta.num_chunks();
+        let progress = Progress {
+            total: meta.length,
+            num_chunks: n,
+            chunks_done: have.count(),
+            bytes_done,
+            ..Progress::default()
+        };
+        Self {
+            sched: Scheduler::new(n, have),
+            rng: StdRng::seed_from_u64(seed),
+            name: meta.name.clone(),
+            root: meta.root,
+            config,
+            me,
+            sources: BTreeMap::new(),
+            by_addr: BTreeMap::new(),
+            linked: 0,
+            dropped: 0,
+            progress,
+            fetched: 0,
+            actions: Vec::new(),
+        }
+    }
+
+    /// True when every chunk is stored.
+    pub(crate) fn is_done(&self) -> bool {
+        self.sched.is_done()
+    }
+
+    /// Progress so far.
+    pub(crate) fn progress(&self) -> &Progress {
+        &self.progress
+    }
+
+    /// The actions decided since the last call, in order.
+    pub(crate) fn take_actions(&mut self) -> Vec<Action> {
+        std::mem::take(&mut self.actions)
+    }
+
+    /// Handles one input. An error ends the download.
+    pub(crate) fn handle(&mut self, input: Input, now: Instant) -> Result<(), Error> {
+        match input {
+            Input::Locations(Ok(loc)) => self.on_locations(loc, now)?,
+            Input::Locations(Err(e)) => debug!(error = %e, "locations request failed"),
+            Input::Connected { source, have, want } => self.on_connected(source, &have, want),
+            Input::Received { source, asked, chunk, want } => self.on_received(source, asked, chunk, want),
+            Input::DontHave { source, chunk, want } => {
+                if self.answered(source, want) {
+                    self.sched.release(chunk, source, true);
+                    self.top_up_all();
+                }
+            }
+            Input::Announced { source, chunk } => {
+                if self.sched.gained(source, chunk) {
+                    self.top_up(source);
+                }
+            }
+            Input::Ended { source, result } => self.on_ended(source, result, now),
+            Input::Stored { source, chunk, bytes } => self.on_stored(source, chunk, bytes),
+            Input::Bad { source, chunk, bytes } => self.on_bad(source, chunk, bytes)?,
+            Input::Discarded { source, bytes } => {
+                if let Some(r) = self.sources.get_mut(&source) {
+                    r.report.wasted_bytes += bytes;
+                }
+            }
+            Input::Failed(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    /// The error for a deadline that passed now.
+    pub(crate) fn deadline_error(&self) -> Error {
+        Error::Deadline {
+            missing: self.sched.num_chunks() - self.sched.have_count(),
+            first: self.sched.first_missing().unwrap_or(0),
+        }
+    }
+
+    /// The whole-file check found chunks bad on disk: those missing from `have` (the partial's
+    /// bitmap after the check) are fetched again.
+    pub(crate) fn lost(&mut self, have: &Bitmap, bytes_done: u64) {
+        for c in 0..self.sched.num_chunks() {
+            if !have.get(c) && self.sched.has(c) {
+                self.sched.lost(c);
+                self.progress.chunks_done -= 1;
+            }
+        }
+        self.progress.bytes_done = bytes_done;
+        self.top_up_all();
+    }
+
+    /// The per-source reports worth showing (most bytes first) and the chunks fetched.
+    pub(crate) fn into_reports(self) -> (Vec<SourceReport>, u32) {
+        let mut reports: Vec<SourceReport> = self
+            .sources
+            .into_values()
+            .map(|r| r.report)
+            .filter(|r| r.bytes + r.wasted_bytes + r.duplicate_bytes > 0 || r.bad_chunks > 0 || r.dropped.is_some())
+            .collect();
+        reports.sort_by_key(|s| std::cmp::Reverse(s.bytes));
+        (reports, self.fetched)
+    }
+
+    fn on_connected(&mut self, id: SourceId, have: &Have, want: usize) {
+        let Some(rec) = self.sources.get_mut(&id) else { return };
+        if rec.link != Link::Connecting || rec.report.dropped.is_some() {
+            return;
+        }
+        rec.link = Link::Up { outstanding: 0, want };
+        self.sched.update_source(id, have);
+        debug!(source = %rec.report.addr, "connected to source");
+        self.top_up(id);
+    }
+
+    /// Counts an answer from `id`; false if the source is no longer linked (its answer is
+    /// stale: it was dropped or ended).
+    fn answered(&mut self, id: SourceId, now_want: usize) -> bool {
+        match self.sources.get_mut(&id).map(|r| &mut r.link) {
+            Some(Link::Up { outstanding, want }) => {
+                *outstanding = outstanding.saturating_sub(1);
+                *want = now_want;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn on_received(&mut self, id: SourceId, asked: u32, chunk: u32, want: usize) {
+        if !self.answered(id, want) {
+            return;
+        }
+        if asked != chunk {
+            if self.sched.has(chunk) {
+                if let Some(r) = self.sources.get_mut(&id) {
+                    r.useless += 1;
+                }
+            }
+            self.sched.substitute(asked, chunk, id);
+            // The chunk asked for is free again, for anyone.
+            self.top_up_all();
+        } else {
+            self.top_up(id);
+        }
+    }
+
+    fn on_stored(&mut self, id: SourceId, chunk: u32, bytes: u64) {
+        let rec = self.sources.get_mut(&id);
+        match self.sched.complete(chunk, id) {
+            Completion::New => {
+                self.fetched += 1;
+                self.progress.chunks_done += 1;
+                self.progress.bytes_done += bytes;
+                if let Some(r) = rec {
+                    r.report.bytes += bytes;
+                    r.report.chunks += 1;
+                }
+                self.actions.push(Action::Stored { chunk });
+                if self.sched.needed_count() == 0 && !self.sched.is_done() {
+                    // Endgame: sources that had nothing new to fetch may now duplicate slow chunks.
+                    self.top_up_all();
+                }
+            }
+            Completion::Duplicate => {
+                if let Some(r) = rec {
+                    r.report.duplicate_bytes += bytes;
+                }
+            }
+        }
+    }
+
+    fn on_bad(&mut self, id: SourceId, chunk: u32, bytes: u64) -> Result<(), Error> {
+        let Some(rec) = self.sources.get_mut(&id) else { return Ok(()) };
+        if rec.report.dropped.is_some() {
+            // Verified in parallel after its source was dropped: counted as discarded, so a
+            // source is charged exactly `bad_data_strikes` bad chunks.
+            rec.report.wasted_bytes += bytes;
+            return Ok(());
+        }
+        rec.report.bad_chunks += 1;
+        rec.report.wasted_bytes += bytes;
+        rec.strikes += 1;
+        warn!(chunk, source = %rec.report.addr, "chunk failed verification; discarded");
+        let strikes = rec.strikes;
+        let attempts = self.sched.failed(chunk, id);
+        if attempts >= self.config.max_chunk_failures {
+            return Err(Error::ChunkFailed { chunk, attempts });
+        }
+        if strikes >= self.config.bad_data_strikes {
+            self.drop_source(id, SourceError::BadData { strikes });
+        }
+        self.top_up_all();
+        Ok(())
+    }
+
+    /// Drops a source for this download: its chunks go back to the pool, its task is ended and it
+    /// is never connected again.
+    fn drop_source(&mut self, id: SourceId, why: SourceError) {
+        let Some(rec) = self.sources.get_mut(&id) else { return };
+        warn!(source = %rec.report.addr, error = %why, "dropping source for this download");
+        rec.report.dropped = Some(why.to_string());
+        if rec.link != Link::Down {
+            rec.link = Link::Down;
+            self.linked -= 1;
+            self.actions.push(Action::Drop { source: id });
+        }
+        self.dropped += 1;
+        self.sched.remove_source(id);
+        self.progress.active_sources = self.linked;
+    }
+
+    fn on_ended(&mut self, id: SourceId, result: Result<(), SourceError>, now: Instant) {
+        let Some(rec) = self.sources.get_mut(&id) else { return };
+        let was = rec.link;
+        if was == Link::Down {
+            // Dropped already (its end was decided here) or a repeated end.
+            return;
+        }
+        rec.link = Link::Down;
+        self.linked -= 1;
+        self.progress.active_sources = self.linked;
+        self.sched.remove_source(id);
+        match result {
+            Ok(()) => {}
+            // The source closed a connection that had nothing to answer: its idle timeout, not a
+            // failure. Connected again at the next poll, without backoff.
+            Err(SourceError::Closed) if matches!(was, Link::Up { outstanding: 0, .. }) => {
+                debug!(source = %rec.report.addr, "source closed an idle connection");
+                rec.failures = 0;
+                rec.retry_at = None;
+            }
+            Err(e) => {
+                rec.failures += 1;
+                let backoff = Duration::from_millis(250) * 2u32.pow(rec.failures.min(5));
+                rec.retry_at = Some(now + backoff);
+                debug!(source = %rec.report.addr, error = %e, ?backoff, "source ended");
+            }
+        }
+        if let Link::Up { .. } = was {
+            self.top_up_all();
+        }
+    }
+
+    /// Sends `id` requests until it has as many outstanding as it wants, or nothing useful is
+    /// left for it.
+    fn top_up(&mut self, id: SourceId) {
+        let Some(rec) = self.sources.get_mut(&id) else { return };
+        let Link::Up { outstanding, want } = &mut rec.link else { return };
+        while *outstanding < *want {
+            let Some(chunk) = self.sched.pick(id, &mut self.rng) else { break };
+            // A seed may hand out a chunk nobody has yet instead: see PeerRequest::GetFresh.
+            let fresh = self.sched.source_is_complete(id) && rec.useless < MAX_USELESS_SUBSTITUTES;
+            self.actions.push(Action::Request { source: id, chunk, fresh });
+            *outstanding += 1;
+        }
+    }
+
+    /// [`Coordinator::top_up`] for every connected source: after chunks were freed.
+    fn top_up_all(&mut self) {
+        let ids: Vec<SourceId> = self
+            .sources
+            .iter()
+            .filter(|(_, r)| matches!(r.link, Link::Up { outstanding, want } if outstanding < want))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            self.top_up(id);
+        }
+    }
+}
+
+#[path = "locations.rs"]
+mod locations;
+
+#[cfg(test)]
+#[path = "coordinator_tests.rs"]
+mod tests;

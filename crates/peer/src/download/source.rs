@@ -1,0 +1,203 @@
+//! One source's connection loop: sends the requests the coordinator decides, matches answers to
+//! them, hands chunk bytes to the writer and tells the coordinator what the source said. It makes
+//! no decision of its own beyond the protocol: what to ask for, whether to go on and when to give
+//! up on bad data are the coordinator's; the stall deadline and the pipeline depth it wants
+//! (measured from its own rate) are this connection's.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use proto::peer::PeerResponse;
+use proto::FileMeta;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::coordinator::Input;
+use super::scheduler::SourceId;
+use super::types::DownloadConfig;
+use super::writer::Arrived;
+use crate::connection::PeerConn;
+use crate::error::{PeerProtocolError, SourceError};
+use crate::ratelimit::RateLimiter;
+
+/// A request the coordinator wants sent: the chunk, and whether a fresh substitute is welcome.
+pub(crate) type Request = (u32, bool);
+
+/// What every source task of one download shares.
+pub(crate) struct SourceContext {
+    pub(crate) meta: Arc<FileMeta>,
+    pub(crate) config: DownloadConfig,
+    /// The process-wide download cap.
+    pub(crate) limiter: Arc<RateLimiter>,
+    /// To the coordinator.
+    pub(crate) inbox: mpsc::UnboundedSender<Input>,
+    /// To the writer; bounded, so a source slows down when storage lags.
+    pub(crate) arrived: mpsc::Sender<Arrived>,
+}
+
+/// Tells the coordinator that a source's task ended, however it ends: returning, cancelled, or
+/// unwinding from a panic (then as [`SourceError::TaskFailed`]).
+struct EndNotice<'a> {
+    inbox: &'a mpsc::UnboundedSender<Input>,
+    source: SourceId,
+    result: Option<Result<(), SourceError>>,
+}
+
+impl Drop for EndNotice<'_> {
+    fn drop(&mut self) {
+        let result = self.result.take().unwrap_or(Err(SourceError::TaskFailed));
+        let _ = self.inbox.send(Input::Ended { source: self.source, result });
+    }
+}
+
+/// Runs one source until it ends or `token` is cancelled (the coordinator dropped it, or the
+/// download stopped); the coordinator hears of the end either way.
+pub(crate) async fn run(
+    cx: Arc<SourceContext>,
+    source: SourceId,
+    addr: SocketAddr,
+    requests: mpsc::UnboundedReceiver<Request>,
+    token: CancellationToken,
+) {
+    let mut notice = EndNotice { inbox: &cx.inbox, source, result: None };
+    let result = token.run_until_cancelled(connection(&cx, source, addr, requests, &token)).await;
+    notice.result = Some(result.unwrap_or(Ok(())));
+}
+
+async fn connection(
+    cx: &SourceContext,
+    source: SourceId,
+    addr: SocketAddr,
+    mut requests: mpsc::UnboundedReceiver<Request>,
+    token: &CancellationToken,
+) -> Result<(), SourceError> {
+    let cfg = &cx.config;
+    let n = cx.meta.num_chunks();
+    let (mut conn, have) = PeerConn::open(addr, &cx.meta, cfg.connect_timeout).await?;
+    let mut window = Window::new(cfg.pipeline, cx.meta.chunk_size);
+    if cx.inbox.send(Input::Connected { source, have, want: window.depth() }).is_err() {
+        return Ok(());
+    }
+    // Each request sent, with whether the source may answer another chunk instead (GetFresh).
+    let mut inflight: VecDeque<Request> = VecDeque::new();
+    // When the oldest outstanding request must be answered by. Only answers (a chunk or "don't
+    // have") move it: announcements alone do not keep a source that never delivers.
+    let mut answer_by = Instant::now();
+    loop {
+        let resp = tokio::select! {
+            // Requests first, so the pipeline refills before the next answer is read.
+            biased;
+            req = requests.recv() => {
+                // The coordinator is gone: the download is over.
+                let Some(req) = req else { return Ok(()) };
+                if inflight.is_empty() {
+                    answer_by = Instant::now() + cfg.stall_timeout;
+                }
+                let mut next = Some(req);
+                while let Some((chunk, fresh)) = next {
+                    conn.request(chunk, fresh).await?;
+                    inflight.push_back((chunk, fresh));
+                    next = requests.try_recv().ok();
+                }
+                conn.flush().await?;
+                continue;
+            }
+            r = answer(&mut conn, (!inflight.is_empty()).then_some(answer_by)) => r?,
+        };
+        let input = match resp {
+            PeerResponse::Chunk { chunk, data } => {
+                check_range(chunk, n)?;
+                let asked = expect_front(&mut inflight, chunk, true)?;
+                answer_by = Instant::now() + cfg.stall_timeout;
+                window.arrived(data.len());
+                let _ = cx.inbox.send(Input::Received { source, asked, chunk, want: window.depth() });
+                cx.limiter.acquire(data.len()).await;
+                let arrived = Arrived { source, chunk, data, from: token.clone() };
+                if cx.arrived.send(arrived).await.is_err() {
+                    // The writer is gone: the download is stopping.
+                    return Ok(());
+                }
+                continue;
+            }
+            PeerResponse::DontHave { chunk } => {
+                expect_front(&mut inflight, chunk, false)?;
+                answer_by = Instant::now() + cfg.stall_timeout;
+                Input::DontHave { source, chunk, want: window.depth() }
+            }
+            PeerResponse::Have { chunk } => {
+                check_range(chunk, n)?;
+                Input::Announced { source, chunk }
+            }
+            PeerResponse::Error(e) => return Err(SourceError::Refused(e)),
+            PeerResponse::Welcome { .. } => return Err(SourceError::Protocol(PeerProtocolError::UnexpectedWelcome)),
+        };
+        if cx.inbox.send(input).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// The source's next message; by `deadline` if requests are outstanding.
+async fn answer(conn: &mut PeerConn, deadline: Option<Instant>) -> Result<PeerResponse, SourceError> {
+    match deadline {
+        Some(d) => tokio::time::timeout_at(d, conn.next()).await.map_err(|_| SourceError::Stalled)?,
+        None => conn.next().await,
+    }
+}
+
+fn check_range(chunk: u32, num_chunks: u32) -> Result<(), SourceError> {
+    if chunk < num_chunks {
+        Ok(())
+    } else {
+        Err(SourceError::Protocol(PeerProtocolError::ChunkOutOfRange { chunk, num_chunks }))
+    }
+}
+
+/// Takes the oldest outstanding request, which `chunk` answers: the same index, or, for a fresh
+/// request answered with a chunk, any index in range. Returns the index asked for.
+fn expect_front(inflight: &mut VecDeque<Request>, chunk: u32, with_data: bool) -> Result<u32, SourceError> {
+    match inflight.front() {
+        Some(&(c, fresh)) if c == chunk || (fresh && with_data) => {
+            inflight.pop_front();
+            Ok(c)
+        }
+        other => Err(SourceError::Protocol(PeerProtocolError::Unrequested { chunk, expected: other.map(|r| r.0) })),
+    }
+}
+
+/// How many requests to keep in flight to one source: enough to cover [`PIPELINE_WINDOW`] of its
+/// measured rate (so a fast source saturates the link), at least 2, at most the configured
+/// pipeline. A slow source is therefore not handed chunks it would take seconds to deliver while
+/// faster peers could have served them: this is what lets downloaders trade rather than all queue
+/// on the seed.
+struct Window {
+    max: usize,
+    chunk_size: f64,
+    /// Bytes per second, smoothed; `None` until the first chunk arrives.
+    rate: Option<f64>,
+    last: Instant,
+}
+
+/// Time worth of data kept requested from each source.
+const PIPELINE_WINDOW: f64 = 0.1;
+
+impl Window {
+    fn new(max: usize, chunk_size: u32) -> Self {
+        Self { max: max.max(1), chunk_size: f64::from(chunk_size.max(1)), rate: None, last: Instant::now() }
+    }
+
+    fn depth(&self) -> usize {
+        let want = self.rate.map_or(2.0, |r| (r * PIPELINE_WINDOW / self.chunk_size).ceil());
+        (want as usize).clamp(2.min(self.max), self.max)
+    }
+
+    fn arrived(&mut self, bytes: usize) {
+        let now = Instant::now();
+        let dt = now.duration_since(self.last).as_secs_f64().max(1e-6);
+        self.last = now;
+        let sample = bytes as f64 / dt;
+        self.rate = Some(self.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
+    }
+}
