@@ -95,6 +95,7 @@ async fn chunk_registrations_are_batched_and_the_finished_file_registered_comple
 
         let log = log.lock().unwrap().clone();
         let (requests, chunks) = registrations(&log, "f.bin");
+        println!("{requests} chunk registration requests for {n} chunks");
         assert!(requests >= 2 && requests <= n as usize / 8, "{requests} registration requests for {n} chunks");
         assert_eq!(chunks.len(), n as usize, "every chunk registered");
         let last = log.iter().rev().find(|r| matches!(r, TrackerRequest::Register(_))).unwrap();

@@ -49,6 +49,15 @@ impl Bitmap {
         Self { len, bits: vec![0; (len as usize).div_ceil(8)] }
     }
 
+    /// A bitmap of `len` bits with the given indices set (those out of range are ignored).
+    pub fn with_ones(len: u32, ones: impl IntoIterator<Item = u32>) -> Self {
+        let mut b = Self::new(len);
+        for i in ones {
+            b.set(i);
+        }
+        b
+    }
+
     /// A bitmap of `len` bits, all set.
     pub fn full(len: u32) -> Self {
         let mut b = Self { len, bits: vec![0xff; (len as usize).div_ceil(8)] };

@@ -23,11 +23,7 @@ fn addr(i: u16) -> SocketAddr {
 }
 
 fn have(n: u32, ones: &[u32]) -> Have {
-    let mut b = Bitmap::new(n);
-    for &c in ones {
-        b.set(c);
-    }
-    Have::Partial(b)
+    Have::Partial(Bitmap::with_ones(n, ones.iter().copied()))
 }
 
 struct Fixture {
@@ -319,9 +315,7 @@ fn a_whole_file_mismatch_fetches_the_bad_chunks_again() {
         f.feed(Input::Stored { source: s, chunk: c, bytes: CHUNK });
     }
     assert!(f.c.is_done());
-    let mut on_disk = Bitmap::new(2);
-    on_disk.set(0);
-    f.c.lost(&on_disk, CHUNK);
+    f.c.lost(&Bitmap::with_ones(2, [0]), CHUNK);
     assert_eq!(requests(&f.c.take_actions()), vec![(s, 1)]);
     assert_eq!((f.c.progress().chunks_done, f.c.progress().bytes_done), (1, CHUNK));
 }

@@ -42,11 +42,7 @@ impl Scheduler {
 }
 
 fn bitmap(n: u32, ones: &[u32]) -> Have {
-    let mut b = Bitmap::new(n);
-    ones.iter().for_each(|&i| {
-        b.set(i);
-    });
-    Have::Partial(b)
+    Have::Partial(Bitmap::with_ones(n, ones.iter().copied()))
 }
 
 #[test]

@@ -341,11 +341,7 @@ mod tests {
     }
 
     fn partial(n: u32, chunks: &[u32]) -> Have {
-        let mut b = Bitmap::new(n);
-        chunks.iter().for_each(|&c| {
-            b.set(c);
-        });
-        Have::Partial(b)
+        Have::Partial(Bitmap::with_ones(n, chunks.iter().copied()))
     }
 
     /// Adding, promoting and removing holders in any order keeps the lists, rows, counts and

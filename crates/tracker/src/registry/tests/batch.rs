@@ -20,11 +20,7 @@ fn have_of_b(r: &Registry, a: PeerId) -> Option<Have> {
 }
 
 fn partial(n: u32, chunks: &[u32]) -> Have {
-    let mut b = Bitmap::new(n);
-    chunks.iter().for_each(|&c| {
-        b.set(c);
-    });
-    Have::Partial(b)
+    Have::Partial(Bitmap::with_ones(n, chunks.iter().copied()))
 }
 
 #[test]
