@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backlog::Queued;
 use crate::registry::{CheckedRegister, PeerId, Registry};
 use crate::reply::{encode_frame, Reply, OFFLOAD_REPLY};
-use crate::server::{heavy_permit, End, Shared};
+use crate::session::{heavy_permit, End, Shared};
 
 /// Request frames larger than this are decoded, and a Register checked, on the heavy-work
 /// threads. Register's metadata makes them so: up to 2^18 hash merges per file, about 16 MiB to

@@ -13,6 +13,7 @@ mod link;
 pub mod registry;
 mod reply;
 pub mod server;
+mod session;
 
 pub use config::{Config, Limits};
 pub use registry::{PeerId, Registry, Stats};

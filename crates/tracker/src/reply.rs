@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use crate::backlog::{Queued, Refused};
 use crate::link::{Link, ServerCodec};
-use crate::server::{flush, heavy_permit, End, Shared};
+use crate::session::{flush, heavy_permit, End, Shared};
 
 /// Replies whose [`size_hint`] is above this (File Meta of a large file the first time, large
 /// File Locations or File List pages) are sized and encoded on the heavy-work threads: 8 MiB of

@@ -30,12 +30,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use proto::codec::{CodecError, WireMessage};
+use proto::codec::WireMessage;
 use proto::limits::HANDSHAKE_MAX_FRAME;
 use proto::tracker::{RequestError, TrackerRequest, TrackerResponse, Welcome};
 use proto::PROTOCOL_VERSION;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -45,30 +45,15 @@ use tracing::{debug, info, warn, Instrument};
 use crate::backlog::{Backlog, Queued};
 use crate::config::Config;
 use crate::handler::{answer, malformed};
-use crate::heavy::HeavyPool;
-use crate::link::{Incoming, Link, WriteError};
+use crate::link::{Incoming, Link};
 use crate::registry::{PeerId, Registry};
 use crate::reply::{queue, Reply};
+use crate::session::{flush, End, Shared};
 
 /// Unsent reply bytes above which a session writes before it reads its next request: what one
 /// connection may hold besides the reply it is sending (back-pressure: a client that does not
 /// read is not read either, so its requests are not answered into memory).
 const WRITE_HIGH_WATER: usize = 64 * 1024;
-
-/// What every connection task shares.
-#[derive(Debug)]
-pub(crate) struct Shared {
-    pub(crate) config: Config,
-    pub(crate) registry: Registry,
-    /// The budget of bytes queued to clients, over all connections.
-    backlog: Arc<Backlog>,
-    /// Caps the heavy work on the heavy-work threads (large requests decoded and checked, large
-    /// replies encoded) at half the cores, at least one: a flood of large Registers waits here
-    /// instead of taking every core from the async workers, which keep serving everyone else.
-    heavy: Arc<Semaphore>,
-    /// The threads that do that heavy work, at lowered priority (see `heavy.rs`).
-    pub(crate) pool: HeavyPool,
-}
 
 /// A running tracker: its address, registry, and the handle that stops it. Dropping it stops the
 /// tracker too (without waiting for its connections to close): see [`Tracker::shutdown`].
@@ -141,21 +126,6 @@ impl Tracker {
     }
 }
 
-impl Shared {
-    fn new(config: Config, registry: Registry) -> Shared {
-        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-        let backlog = Backlog::new(config.max_queued_bytes);
-        let threads = cores.div_ceil(2);
-        // Without threads of its own (none can be started), heavy work fails as if it panicked
-        // and ends only the session that asked; everything else keeps working.
-        let pool = HeavyPool::new(threads).unwrap_or_else(|e| {
-            warn!(error = %e, "cannot start the heavy-work threads");
-            HeavyPool::unavailable()
-        });
-        Shared { config, registry, backlog, heavy: Arc::new(Semaphore::new(threads)), pool }
-    }
-}
-
 /// Serves `listener` until `shutdown` is cancelled, then closes the listener and waits for every
 /// connection task to finish.
 pub async fn serve(
@@ -209,31 +179,6 @@ async fn run(listener: TcpListener, shared: Shared, shutdown: CancellationToken)
     tasks.wait().await;
     info!("tracker stopped");
     Ok(())
-}
-
-/// What ended a session, for the log.
-#[derive(Debug)]
-pub(crate) enum End {
-    Closed,
-    Expired,
-    Shutdown,
-    Framing(CodecError),
-    SendFailed,
-    /// No reply byte left for the session timeout.
-    Stalled,
-    /// Dropped to make room in the budget of bytes queued to clients.
-    Dropped,
-    /// Work on the heavy-work threads panicked (a bug), or there are no such threads.
-    Panicked,
-}
-
-impl From<WriteError> for End {
-    fn from(e: WriteError) -> End {
-        match e {
-            WriteError::Failed => End::SendFailed,
-            WriteError::Stalled => End::Stalled,
-        }
-    }
 }
 
 async fn connection(stream: TcpStream, remote: SocketAddr, shared: &Shared, shutdown: &CancellationToken) {
@@ -341,35 +286,5 @@ async fn session(
         if let Err(end) = queue(link, reply, shared, queued, shutdown).await {
             return end;
         }
-    }
-}
-
-/// Writes out what is queued, keeping the backlog's count current as bytes leave (see
-/// [`Link::flush`] for the deadline on progress); ends early at shutdown or when the connection
-/// is dropped to make room.
-pub(crate) async fn flush(
-    link: &mut Link,
-    idle: Duration,
-    queued: &Queued,
-    shutdown: &CancellationToken,
-) -> Result<(), End> {
-    tokio::select! {
-        _ = shutdown.cancelled() => Err(End::Shutdown),
-        _ = queued.dropped() => Err(End::Dropped),
-        r = link.flush(idle, |unsent| queued.set(unsent)) => r.map_err(End::from),
-    }
-}
-
-/// A permit for heavy work on the heavy-work threads, unless the session ends first.
-pub(crate) async fn heavy_permit(
-    shared: &Shared,
-    queued: &Queued,
-    shutdown: &CancellationToken,
-) -> Result<OwnedSemaphorePermit, End> {
-    tokio::select! {
-        _ = shutdown.cancelled() => Err(End::Shutdown),
-        _ = queued.dropped() => Err(End::Dropped),
-        // Never closed.
-        p = shared.heavy.clone().acquire_owned() => p.map_err(|_| End::Shutdown),
     }
 }

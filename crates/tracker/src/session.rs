@@ -1,0 +1,104 @@
+//! What a session's parts share: the state every connection task holds (`Shared`), why a session
+//! ended (`End`), and the two waits every part of a session makes under its end conditions
+//! (shutdown, or the connection dropped to make room): writing out what is queued, and a permit
+//! for heavy work. The server loop, the request handlers and the reply queue all build on this;
+//! none of them on each other's internals.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proto::codec::CodecError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::warn;
+
+use crate::backlog::{Backlog, Queued};
+use crate::config::Config;
+use crate::heavy::HeavyPool;
+use crate::link::{Link, WriteError};
+use crate::registry::Registry;
+
+/// What every connection task shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) registry: Registry,
+    /// The budget of bytes queued to clients, over all connections.
+    pub(crate) backlog: Arc<Backlog>,
+    /// Caps the heavy work on the heavy-work threads (large requests decoded and checked, large
+    /// replies encoded) at half the cores, at least one: a flood of large Registers waits here
+    /// instead of taking every core from the async workers, which keep serving everyone else.
+    heavy: Arc<Semaphore>,
+    /// The threads that do that heavy work, at lowered priority (see `heavy.rs`).
+    pub(crate) pool: HeavyPool,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config, registry: Registry) -> Shared {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        let backlog = Backlog::new(config.max_queued_bytes);
+        let threads = cores.div_ceil(2);
+        // Without threads of its own (none can be started), heavy work fails as if it panicked
+        // and ends only the session that asked; everything else keeps working.
+        let pool = HeavyPool::new(threads).unwrap_or_else(|e| {
+            warn!(error = %e, "cannot start the heavy-work threads");
+            HeavyPool::unavailable()
+        });
+        Shared { config, registry, backlog, heavy: Arc::new(Semaphore::new(threads)), pool }
+    }
+}
+
+/// What ended a session, for the log.
+#[derive(Debug)]
+pub(crate) enum End {
+    Closed,
+    Expired,
+    Shutdown,
+    Framing(CodecError),
+    SendFailed,
+    /// No reply byte left for the session timeout.
+    Stalled,
+    /// Dropped to make room in the budget of bytes queued to clients.
+    Dropped,
+    /// Work on the heavy-work threads panicked (a bug), or there are no such threads.
+    Panicked,
+}
+
+impl From<WriteError> for End {
+    fn from(e: WriteError) -> End {
+        match e {
+            WriteError::Failed => End::SendFailed,
+            WriteError::Stalled => End::Stalled,
+        }
+    }
+}
+
+/// Writes out what is queued, keeping the backlog's count current as bytes leave (see
+/// [`Link::flush`] for the deadline on progress); ends early at shutdown or when the connection
+/// is dropped to make room.
+pub(crate) async fn flush(
+    link: &mut Link,
+    idle: Duration,
+    queued: &Queued,
+    shutdown: &CancellationToken,
+) -> Result<(), End> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(End::Shutdown),
+        _ = queued.dropped() => Err(End::Dropped),
+        r = link.flush(idle, |unsent| queued.set(unsent)) => r.map_err(End::from),
+    }
+}
+
+/// A permit for heavy work on the heavy-work threads, unless the session ends first.
+pub(crate) async fn heavy_permit(
+    shared: &Shared,
+    queued: &Queued,
+    shutdown: &CancellationToken,
+) -> Result<OwnedSemaphorePermit, End> {
+    tokio::select! {
+        _ = shutdown.cancelled() => Err(End::Shutdown),
+        _ = queued.dropped() => Err(End::Dropped),
+        // Never closed.
+        p = shared.heavy.clone().acquire_owned() => p.map_err(|_| End::Shutdown),
+    }
+}
