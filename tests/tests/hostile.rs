@@ -197,7 +197,8 @@ async fn no_session_can_act_for_another() {
                 2 => {
                     let r =
                         attacker.call(TrackerRequest::Register(Register { listen: elsewhere, files: vec![] })).await;
-                    assert_eq!(err(r), RequestError::BadEndpoint(elsewhere));
+                    let observed = std::net::IpAddr::from([127, 0, 0, 1]);
+                    assert_eq!(err(r), RequestError::ForeignEndpoint { announced: elsewhere, observed });
                     foreign_refused += 1;
                 }
                 _ => {

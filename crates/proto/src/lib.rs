@@ -11,6 +11,7 @@ pub mod handshake;
 pub mod limits;
 pub mod meta;
 pub mod name;
+pub mod net;
 pub mod peer;
 pub mod tracker;
 pub mod units;

@@ -6,7 +6,7 @@
 //! [`TrackerResponse::Welcome`] it may send any other request, and the tracker answers every
 //! request with exactly one response, in order. Append-only: new variants go at the end.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -264,8 +264,9 @@ pub enum RequestError {
     /// The name is invalid.
     #[error("invalid name: {0}")]
     InvalidName(NameError),
-    /// The listen address cannot be used: port 0, or an IP other than the one the session
-    /// connects from (unless the tracker allows foreign endpoints).
+    /// The listen address cannot be used: port 0. (An IP other than the one the session connects
+    /// from is [`RequestError::ForeignEndpoint`] since that variant was added; trackers before it
+    /// sent this.)
     #[error("invalid listen address {0}")]
     BadEndpoint(SocketAddr),
     /// A quota was reached.
@@ -298,5 +299,20 @@ pub enum RequestError {
         len: u64,
         /// The budget, in bytes.
         max: u64,
+    },
+    /// Register announced an endpoint on another IP than the one the session connects from, and
+    /// the tracker does not allow foreign endpoints: a peer may announce only its own address,
+    /// never point a swarm at a third host. Both addresses are named, so whoever reads the error
+    /// sees the mismatch (typically a peer bound to one address of a multi-homed host that
+    /// reaches the tracker from another).
+    #[error(
+        "announced endpoint {announced} is not on {observed}, the address this session connects from \
+         (a tracker started with --allow-foreign-endpoints accepts it)"
+    )]
+    ForeignEndpoint {
+        /// The `listen` sent, canonical (an IPv4-mapped address as the IPv4 address).
+        announced: SocketAddr,
+        /// The IP the tracker sees the session coming from, canonical.
+        observed: IpAddr,
     },
 }

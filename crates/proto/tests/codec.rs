@@ -96,6 +96,14 @@ fn responses() -> Vec<TrackerResponse> {
         TrackerResponse::Error(RequestError::Handshake(HandshakeError::VersionMismatch { ours: 1, theirs: 9 })),
         TrackerResponse::Error(RequestError::ReplyTooLarge { len: 1 << 25, max: 1 << 24 }),
         TrackerResponse::Error(RequestError::Overloaded { len: 1 << 23, max: 1 << 28 }),
+        TrackerResponse::Error(RequestError::ForeignEndpoint {
+            announced: "10.0.0.1:7000".parse().unwrap(),
+            observed: "10.0.0.2".parse().unwrap(),
+        }),
+        TrackerResponse::Error(RequestError::ForeignEndpoint {
+            announced: "[2001:db8::1]:65535".parse().unwrap(),
+            observed: "::1".parse().unwrap(),
+        }),
     ]
 }
 

@@ -50,6 +50,22 @@ fn golden_tracker_responses() {
         enc(TrackerResponse::Error(tracker::RequestError::Overloaded { len: 300, max: 1 })),
         [0, 0, 0, 5, 8, 13, 0xac, 0x02, 1]
     );
+    // Appended at the end of RequestError (the version stays 3): an endpoint on another IP, with
+    // both addresses (SocketAddr: variant, octets, varint port; IpAddr: variant, octets).
+    let foreign = tracker::RequestError::ForeignEndpoint {
+        announced: "10.0.0.1:7000".parse().unwrap(),
+        observed: "10.0.0.2".parse().unwrap(),
+    };
+    assert_eq!(enc(TrackerResponse::Error(foreign)), [0, 0, 0, 14, 8, 14, 0, 10, 0, 0, 1, 0xd8, 0x36, 0, 10, 0, 0, 2]);
+    let foreign_v6 = tracker::RequestError::ForeignEndpoint {
+        announced: "[::1]:1".parse().unwrap(),
+        observed: "::2".parse().unwrap(),
+    };
+    let mut want = vec![0, 0, 0, 37, 8, 14, 1];
+    want.extend([0; 15].into_iter().chain([1, 1]));
+    want.push(1);
+    want.extend([0; 15].into_iter().chain([2]));
+    assert_eq!(enc(TrackerResponse::Error(foreign_v6)), want);
 }
 
 /// The File Meta reply holds its metadata in an `Arc` (the tracker encodes it from its registry

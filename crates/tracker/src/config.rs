@@ -69,6 +69,9 @@ pub struct Config {
     /// behind (most bytes unsent); if that cannot make room, it is refused with
     /// `RequestError::Overloaded`.
     pub max_queued_bytes: usize,
+    /// How often the tracker logs a summary line (sessions, files, holdings, requests per second
+    /// by kind) at `info`, so its load shows without a metrics system; zero: never.
+    pub summary_interval: Duration,
 }
 
 impl Default for Config {
@@ -81,6 +84,7 @@ impl Default for Config {
             session_timeout: Duration::from_millis(limits::DEFAULT_SESSION_TIMEOUT_MS),
             handshake_timeout: Duration::from_millis(limits::DEFAULT_HANDSHAKE_TIMEOUT_MS),
             max_queued_bytes: limits::DEFAULT_MAX_QUEUED_BYTES,
+            summary_interval: Duration::from_secs(60),
         }
     }
 }

@@ -3,16 +3,23 @@
 //! request frame first (a large one on the heavy-work threads) and answers File Meta from the
 //! frame the registry shares. The connection owns framing ([`crate::link`]) and the queueing of
 //! replies ([`crate::reply`]); nothing here touches a socket.
+//!
+//! Every request is counted for the summary line (`summary.rs`), and a Register that refuses
+//! anything says so in the log at `info`, in one line per request however many files it refuses.
+
+use std::fmt;
 
 use bytes::BytesMut;
 use proto::codec::{MessageError, WireMessage};
 use proto::tracker::{RequestError, TrackerRequest, TrackerResponse};
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::backlog::Queued;
-use crate::registry::{CheckedRegister, PeerId, Registry};
+use crate::registry::{CheckedRegister, Registered, Registry};
 use crate::reply::{encode_frame, Reply, OFFLOAD_REPLY};
-use crate::session::{heavy_permit, End, Shared};
+use crate::session::{heavy_permit, Caller, End, Shared};
+use crate::summary::Kind;
 
 /// Request frames larger than this are decoded, and a Register checked, on the heavy-work
 /// threads. Register's metadata makes them so: up to 2^18 hash merges per file, about 16 MiB to
@@ -30,7 +37,7 @@ const OFFLOAD_FRAME: usize = 256 * 1024;
 /// made here, in order, and is fast.
 pub(crate) async fn answer(
     shared: &Shared,
-    peer: PeerId,
+    caller: &Caller,
     frame: BytesMut,
     queued: &Queued,
     shutdown: &CancellationToken,
@@ -53,18 +60,18 @@ pub(crate) async fn answer(
             .await;
         match checked {
             Ok(Offloaded::Register(checked)) => {
-                let results = checked.and_then(|c| shared.registry.apply_register(peer, c));
-                let reply =
-                    results.map_or_else(TrackerResponse::Error, |results| TrackerResponse::Registered { results });
-                return Ok(Reply::Message(reply));
+                shared.counters.count(Kind::Register);
+                let outcome = checked.and_then(|c| shared.registry.apply_register(caller.peer, c));
+                return Ok(Reply::Message(registered(caller, outcome)));
             }
             Ok(Offloaded::Decoded(request)) => request,
             Err(_) => return Err(End::Panicked),
         }
     };
+    shared.counters.count(request.as_ref().map_or(Kind::Other, Kind::of));
     match request {
         Ok(TrackerRequest::FileMeta { name }) => file_meta(shared, &name, queued, shutdown).await,
-        Ok(req) => Ok(Reply::Message(handle(&shared.registry, peer, req))),
+        Ok(req) => Ok(Reply::Message(handle(&shared.registry, caller, req))),
         Err(e) => Ok(Reply::Message(malformed(e))),
     }
 }
@@ -112,12 +119,14 @@ async fn file_meta(shared: &Shared, name: &str, queued: &Queued, shutdown: &Canc
 }
 
 /// One function per request kind, each returning the typed reply.
-fn handle(registry: &Registry, peer: PeerId, req: TrackerRequest) -> TrackerResponse {
+fn handle(registry: &Registry, caller: &Caller, req: TrackerRequest) -> TrackerResponse {
     use TrackerResponse as R;
+    let peer = caller.peer;
     let reply = match req {
         TrackerRequest::Hello(_) => Err(RequestError::AlreadyOpen),
         TrackerRequest::Register(r) => {
-            registry.register(peer, r.listen, r.files).map(|results| R::Registered { results })
+            let outcome = registry.check_register(r.listen, r.files).and_then(|c| registry.apply_register(peer, c));
+            Ok(registered(caller, outcome))
         }
         TrackerRequest::FileList { after } => {
             let (files, more) = registry.list(after.as_deref());
@@ -125,7 +134,10 @@ fn handle(registry: &Registry, peer: PeerId, req: TrackerRequest) -> TrackerResp
         }
         // The session sends File Meta from the shared frame instead (see `file_meta`).
         TrackerRequest::FileMeta { name } => registry.meta(&name).map(R::FileMeta),
-        TrackerRequest::FileLocations { name } => registry.locations(peer, &name).map(R::FileLocations),
+        // Listed where this caller reaches them: see `Registry::locations_via`.
+        TrackerRequest::FileLocations { name } => {
+            registry.locations_via(peer, &name, caller.local).map(R::FileLocations)
+        }
         TrackerRequest::ChunkRegister { name, chunk } => {
             registry.chunk_register(peer, &name, chunk).map(|()| R::ChunkRegistered)
         }
@@ -139,6 +151,48 @@ fn handle(registry: &Registry, peer: PeerId, req: TrackerRequest) -> TrackerResp
         TrackerRequest::KeepAlive => Ok(R::KeepAlive),
     };
     reply.unwrap_or_else(R::Error)
+}
+
+/// Register's reply, logged at `info` if it refuses anything: the request's error, or one line
+/// for its refused files (how many, and the first by name and reason), never a line per file,
+/// so a peer whose whole share is refused costs the log one line.
+fn registered(caller: &Caller, outcome: Result<Registered, RequestError>) -> TrackerResponse {
+    match outcome {
+        Err(e) => {
+            info!("Register from {} refused: {e}", caller.remote);
+            TrackerResponse::Error(e)
+        }
+        Ok(Registered { results, first_refused }) => {
+            if let Some(reason) = results.iter().find_map(|r| r.as_ref().err()) {
+                let refused = results.iter().filter(|r| r.is_err()).count();
+                let name = Shown(first_refused.as_deref().unwrap_or_default());
+                info!(
+                    "Register from {}: refused {refused} of {} files; the first, {name}: {reason}",
+                    caller.remote,
+                    results.len()
+                );
+            }
+            TrackerResponse::Registered { results }
+        }
+    }
+}
+
+/// Characters of a file name the log shows: a name from the network may be as long as a frame.
+const SHOWN_NAME: usize = 120;
+
+/// A file name as the log shows it: quoted and escaped (it came from the network and may be
+/// invalid, control characters included), cut short after [`SHOWN_NAME`] characters.
+struct Shown<'a>(&'a str);
+
+impl fmt::Display for Shown<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cut = self.0.char_indices().nth(SHOWN_NAME).map_or(self.0, |(i, _)| &self.0[..i]);
+        write!(f, "{cut:?}")?;
+        if cut.len() < self.0.len() {
+            write!(f, " (cut short, {} bytes in all)", self.0.len())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

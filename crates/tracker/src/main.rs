@@ -1,6 +1,5 @@
 //! The `tracker` binary: parses options, wires Ctrl-C and SIGTERM to a graceful shutdown, serves.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,9 +12,10 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:6969", env = "P2P_TRACKER_LISTEN")]
-    listen: SocketAddr,
+    /// Where to listen: a port alone (every interface, IPv4 and IPv6: `[::]` dual-stack, or
+    /// `0.0.0.0` where the host has no IPv6), or ADDR:PORT, or [V6]:PORT (exactly that address).
+    #[arg(long, default_value = "6969", env = "P2P_TRACKER_LISTEN", value_name = "PORT|ADDR:PORT")]
+    listen: tracker::ListenAddr,
     /// Keep-alive interval asked of peers, in milliseconds.
     #[arg(long, default_value_t = limits::DEFAULT_KEEPALIVE_MS)]
     keepalive_ms: u64,
@@ -113,10 +113,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         session_timeout: Duration::from_millis(args.session_timeout_ms),
         handshake_timeout: Duration::from_millis(args.handshake_timeout_ms),
         max_queued_bytes: usize::try_from(args.max_queued_bytes).unwrap_or(usize::MAX),
+        summary_interval: tracker::Config::default().summary_interval,
     };
-    let tracker = tracker::Tracker::bind(args.listen, config)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listener = args.listen.bind().with_context(|| format!("cannot listen on {}", args.listen))?;
+    let tracker = tracker::Tracker::start(listener, config);
     eprintln!("tracker listening on {}", tracker.addr());
     let token = tracker.shutdown_token();
     tokio::spawn(async move {
@@ -156,5 +156,17 @@ mod tests {
         assert_eq!(args.max_meta_bytes_per_session, limits.max_meta_bytes_per_session);
         assert_eq!(args.max_meta_bytes_total, limits.max_meta_bytes_total);
         assert_eq!(args.max_queued_bytes, tracker::Config::default().max_queued_bytes as u64);
+        // Every interface, IPv4 and IPv6, on the protocol's port.
+        assert_eq!(args.listen, tracker::ListenAddr::AllInterfaces(6969));
+    }
+
+    #[test]
+    fn listen_takes_a_port_or_an_address() {
+        let listen = |v: &str| Args::try_parse_from(["tracker", "--listen", v]).map(|a| a.listen);
+        assert_eq!(listen("7000").unwrap(), tracker::ListenAddr::AllInterfaces(7000));
+        let v6 = "[::1]:7000".parse().unwrap();
+        assert_eq!(listen("[::1]:7000").unwrap(), tracker::ListenAddr::Addr(v6));
+        let err = listen("localhost").unwrap_err().to_string();
+        assert!(err.contains("'localhost' is not a port"), "{err}");
     }
 }

@@ -24,9 +24,14 @@
 //!   requests in large frames (Register's metadata, a long Chunk Register Batch) are decoded and
 //!   checked there, and large replies encoded there, so hash merges and multi-megabyte encodes
 //!   never hold up the async workers.
+//!
+//! What it logs at `info`: each session opened (from where, to which of the tracker's addresses)
+//! and closed (how long it lasted, the files it held, why it ended, in words), each Register that
+//! refuses anything (`handler.rs`), and a summary every `Config::summary_interval`
+//! (`summary.rs`, a task of the tracker's like the accept loop).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,7 +42,7 @@ use proto::PROTOCOL_VERSION;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
@@ -46,9 +51,10 @@ use crate::backlog::{Backlog, Queued};
 use crate::config::Config;
 use crate::handler::{answer, malformed};
 use crate::link::{Incoming, Link};
-use crate::registry::{PeerId, Registry};
+use crate::registry::Registry;
 use crate::reply::{queue, Reply};
-use crate::session::{flush, End, Shared};
+use crate::session::{flush, Caller, End, Shared};
+use crate::summary::{self, Count, Kind};
 
 /// Unsent reply bytes above which a session writes before it reads its next request: what one
 /// connection may hold besides the reply it is sending (back-pressure: a client that does not
@@ -142,6 +148,8 @@ async fn run(listener: TcpListener, shared: Shared, shutdown: CancellationToken)
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     let tasks = TaskTracker::new();
     info!(addr = %listener.local_addr()?, "tracker listening");
+    // Stops with the tracker: the token ends it, and the wait below waits for it.
+    tasks.spawn(summary::run(shared.clone(), shutdown.clone()));
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -185,6 +193,10 @@ async fn connection(stream: TcpStream, remote: SocketAddr, shared: &Shared, shut
     let config = &shared.config;
     // An IPv4 client of a dual-stack listener shows as `::ffff:a.b.c.d`: it is `a.b.c.d`.
     let remote = SocketAddr::new(remote.ip().to_canonical(), remote.port());
+    // The tracker's address this client reached: where it reaches the peers on the tracker's own
+    // host (see `Registry::locations_via`). An accepted socket always has one; were it unknown,
+    // loopback is the one address sure to be this host.
+    let local = stream.local_addr().map_or(IpAddr::V4(Ipv4Addr::LOCALHOST), |a| a.ip().to_canonical());
     let mut link = Link::new(stream, HANDSHAKE_MAX_FRAME, config.max_frame);
     // Handshake: the first frame must be a Hello, within the deadline and the small frame limit.
     let first = tokio::select! {
@@ -223,22 +235,31 @@ async fn connection(stream: TcpStream, remote: SocketAddr, shared: &Shared, shut
 
     let queued = Arc::new(shared.backlog.join());
     let peer = shared.registry.open_session(remote);
-    let end = session(&mut link, peer, shared, &queued, shutdown).await;
-    shared.registry.close_session(peer);
+    let opened = Instant::now();
+    info!("session opened from {remote} (to {local})");
+    let caller = Caller { peer, remote, local };
+    let end = session(&mut link, &caller, shared, &queued, shutdown).await;
+    let held = Count(shared.registry.close_session(peer), "file");
+    let lasted = opened.elapsed();
+    // A failure of the tracker's own (a bug) is a warning; every other end is the network's way.
+    if matches!(end, End::Panicked) {
+        warn!("session from {remote} closed after {lasted:.1?}, holding {held}: {end}");
+    } else {
+        info!("session from {remote} closed after {lasted:.1?}, holding {held}: {end}");
+    }
     match end {
         End::Framing(e) => {
             debug!(error = %e, "closing on framing error");
             link.goodbye(RequestError::Malformed(e.to_string())).await;
         }
         End::Shutdown => link.goodbye(RequestError::ShuttingDown).await,
-        End::Panicked => warn!("session ended: its work on the heavy-work threads failed"),
-        other => debug!(end = ?other, "session ended"),
+        _ => {}
     }
 }
 
 async fn session(
     link: &mut Link,
-    peer: PeerId,
+    caller: &Caller,
     shared: &Shared,
     queued: &Arc<Queued>,
     shutdown: &CancellationToken,
@@ -277,8 +298,11 @@ async fn session(
                 return End::Closed;
             }
             Ok(Some(Err(e))) => return End::Framing(e),
-            Ok(Some(Ok(Err(e)))) => Reply::Message(malformed(e)),
-            Ok(Some(Ok(Ok(frame)))) => match answer(shared, peer, frame, queued, shutdown).await {
+            Ok(Some(Ok(Err(e)))) => {
+                shared.counters.count(Kind::Other);
+                Reply::Message(malformed(e))
+            }
+            Ok(Some(Ok(Ok(frame)))) => match answer(shared, caller, frame, queued, shutdown).await {
                 Ok(reply) => reply,
                 Err(end) => return end,
             },

@@ -1,9 +1,11 @@
-//! What a session's parts share: the state every connection task holds (`Shared`), why a session
-//! ended (`End`), and the two waits every part of a session makes under its end conditions
+//! What a session's parts share: the state every connection task holds (`Shared`), who the
+//! session is (`Caller`), why a session ended (`End`), and the two waits every part of a session makes under its end conditions
 //! (shutdown, or the connection dropped to make room): writing out what is queued, and a permit
 //! for heavy work. The server loop, the request handlers and the reply queue all build on this;
 //! none of them on each other's internals.
 
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +18,8 @@ use crate::backlog::{Backlog, Queued};
 use crate::config::Config;
 use crate::heavy::HeavyPool;
 use crate::link::{Link, WriteError};
-use crate::registry::Registry;
+use crate::registry::{PeerId, Registry};
+use crate::summary::Counters;
 
 /// What every connection task shares.
 #[derive(Debug)]
@@ -31,6 +34,20 @@ pub(crate) struct Shared {
     heavy: Arc<Semaphore>,
     /// The threads that do that heavy work, at lowered priority (see `heavy.rs`).
     pub(crate) pool: HeavyPool,
+    /// Requests answered since the last summary line (see `summary.rs`).
+    pub(crate) counters: Counters,
+}
+
+/// Who a session is, for the requests it makes.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    /// Its identity in the registry.
+    pub(crate) peer: PeerId,
+    /// Where it connects from (canonical): what the log names.
+    pub(crate) remote: SocketAddr,
+    /// The tracker's own address its connection reached (canonical): where File Locations lists
+    /// the peers on the tracker's host that listen on every interface.
+    pub(crate) local: IpAddr,
 }
 
 impl Shared {
@@ -44,7 +61,8 @@ impl Shared {
             warn!(error = %e, "cannot start the heavy-work threads");
             HeavyPool::unavailable()
         });
-        Shared { config, registry, backlog, heavy: Arc::new(Semaphore::new(threads)), pool }
+        let heavy = Arc::new(Semaphore::new(threads));
+        Shared { config, registry, backlog, heavy, pool, counters: Counters::default() }
     }
 }
 
@@ -62,6 +80,24 @@ pub(crate) enum End {
     Dropped,
     /// Work on the heavy-work threads panicked (a bug), or there are no such threads.
     Panicked,
+}
+
+/// Why the session ended, in plain words, for the line that logs it.
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Closed => f.write_str("the peer closed the connection"),
+            End::Expired => f.write_str("nothing heard from the peer for the session timeout"),
+            End::Shutdown => f.write_str("the tracker is shutting down"),
+            End::Framing(e) => write!(f, "the peer broke the framing ({e})"),
+            End::SendFailed => f.write_str("a reply could not be sent (the connection failed)"),
+            End::Stalled => f.write_str("the peer read none of its replies for the session timeout"),
+            End::Dropped => f.write_str(
+                "dropped to make room: the replies queued to clients were over budget, this peer furthest behind",
+            ),
+            End::Panicked => f.write_str("its work on the heavy-work threads failed (a bug)"),
+        }
+    }
 }
 
 impl From<WriteError> for End {

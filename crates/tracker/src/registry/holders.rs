@@ -20,7 +20,8 @@
 //!   the number of bits set in row `i`;
 //! - `availability[c]` equals the number of complete holders plus the rows with bit `c` set;
 //! - each slot's address is where its peer currently serves (the caller keeps this by calling
-//!   [`Holders::moved`] when a peer's endpoint changes).
+//!   [`Holders::moved`] when a peer's endpoint changes), as the registry keeps it: an unspecified
+//!   IP is a holder on the tracker's own host, listed per caller by [`OwnHost`].
 //!
 //! Adding, promoting or removing a holding pushes or swap-removes its slot (and row and count),
 //! fixing the index of the holding moved into its place: every change is O(1) in the number of
@@ -34,6 +35,7 @@ use proto::tracker::SourceInfo;
 use proto::{Bitmap, Have};
 use rand::seq::SliceRandom;
 
+use super::host::OwnHost;
 use super::{PeerId, PeerMap};
 use sample::sample;
 
@@ -204,8 +206,16 @@ impl Holders {
     /// File Locations' sources for `caller`: up to `cap` holders other than the caller, chosen
     /// at random with complete and partial holders mixed (half from each group when both have
     /// enough, the rest from whichever has more), shuffled. Also the number of sources other than
-    /// the caller. O(cap).
-    pub(super) fn draw(&self, caller: PeerId, cap: usize, rng: &mut impl rand::Rng) -> (Vec<SourceInfo>, u32) {
+    /// the caller. Each source is listed where `host` says the caller reaches it (a holder on the
+    /// tracker's own host at the address the caller reached the tracker at): one comparison per
+    /// listed source. O(cap).
+    pub(super) fn draw(
+        &self,
+        caller: PeerId,
+        cap: usize,
+        host: OwnHost,
+        rng: &mut impl rand::Rng,
+    ) -> (Vec<SourceInfo>, u32) {
         // The caller is not its own source: leave it out of the counts and the draw.
         let (caller_complete, caller_partial) = match self.holders.get(&caller) {
             Some(Holding::Complete(_)) => (1, 0),
@@ -219,12 +229,12 @@ impl Holders {
         let mut sources: Vec<SourceInfo> = Vec::with_capacity(from_complete + from_partial);
         let take_complete = |i: usize| {
             let s = self.complete[i];
-            (s.peer != caller).then_some(SourceInfo { addr: s.addr, have: Have::Complete })
+            (s.peer != caller).then_some(SourceInfo { addr: host.reach(s.addr), have: Have::Complete })
         };
         sample(self.complete.len(), from_complete, rng, take_complete, &mut sources);
         let take_partial = |i: usize| {
             let s = self.partial[i];
-            (s.peer != caller).then(|| SourceInfo { addr: s.addr, have: self.have(Holding::Partial(i)) })
+            (s.peer != caller).then(|| SourceInfo { addr: host.reach(s.addr), have: self.have(Holding::Partial(i)) })
         };
         sample(self.partial.len(), from_partial, rng, take_partial, &mut sources);
         sources.shuffle(rng);
@@ -328,65 +338,4 @@ impl Holders {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn addr(port: u16) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], port))
-    }
-
-    /// Every peer `PeerId(i)` serves at port `i`.
-    fn check(h: &Holders) {
-        h.check_invariants("f", |p| Some(addr(p.0 as u16)));
-    }
-
-    fn partial(n: u32, chunks: &[u32]) -> Have {
-        Have::Partial(Bitmap::with_ones(n, chunks.iter().copied()))
-    }
-
-    /// Adding, promoting and removing holders in any order keeps the lists, rows, counts and
-    /// availability in step, including the holder a swap-remove moves into a freed slot.
-    #[test]
-    fn changes_keep_the_arrays_in_step() {
-        let mut h = Holders::new(10);
-        h.add(PeerId(1), addr(1), Have::Complete);
-        h.add(PeerId(2), addr(2), partial(10, &[0, 9]));
-        h.add(PeerId(3), addr(3), partial(10, &[1]));
-        h.add(PeerId(4), addr(4), partial(10, &[]));
-        h.add(PeerId(5), addr(5), partial(10, &(0..10).collect::<Vec<_>>()));
-        check(&h);
-        assert_eq!((h.len(), h.sources(), h.complete_sources()), (5, 4, 2));
-        assert_eq!(h.availability(), [3, 3, 2, 2, 2, 2, 2, 2, 2, 3]);
-        // Removing the first partial holder moves the last into its slot and row.
-        h.remove(PeerId(2));
-        check(&h);
-        // An empty holding becomes partial at its first chunk, and complete at its last.
-        (0..9).for_each(|c| h.add_chunks(PeerId(4), addr(4), &[c]));
-        check(&h);
-        h.add_chunks(PeerId(4), addr(4), &[9]);
-        check(&h);
-        assert_eq!((h.sources(), h.complete_sources()), (4, 3));
-        // Re-registering replaces the holding; a chunk already held changes nothing.
-        h.add(PeerId(1), addr(1), partial(10, &[3]));
-        h.add_chunks(PeerId(1), addr(1), &[3]);
-        check(&h);
-        assert_eq!(h.availability(), [2, 3, 2, 3, 2, 2, 2, 2, 2, 2]);
-        [1, 3, 4, 5].into_iter().for_each(|p| h.remove(PeerId(p)));
-        check(&h);
-        assert!(h.is_empty());
-        assert_eq!(h.availability(), [0; 10]);
-    }
-
-    /// A holder that moves is drawn at its new address; the caller is never drawn nor counted.
-    #[test]
-    fn draw_leaves_out_the_caller_and_follows_moves() {
-        let mut h = Holders::new(4);
-        h.add(PeerId(1), addr(1), Have::Complete);
-        h.add(PeerId(2), addr(2), partial(4, &[2]));
-        h.moved(PeerId(2), addr(7));
-        h.check_invariants("f", |p| Some(addr(if p.0 == 2 { 7 } else { p.0 as u16 })));
-        let (sources, total) = h.draw(PeerId(1), 8, &mut rand::rng());
-        assert_eq!(total, 1);
-        assert_eq!(sources, [SourceInfo { addr: addr(7), have: partial(4, &[2]) }]);
-    }
-}
+mod tests;

@@ -10,6 +10,7 @@
 //! - `register`: Register and Chunk Register (single or batched), step by step;
 //! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
 //!   File Locations, as one type whose methods keep those arrays in step;
+//! - `host`: the peers on the tracker's own host, and where File Locations lists them;
 //! - `budget`: what metadata costs in bytes, charged and given back in one place.
 //!
 //! Invariants (checked by [`Registry::check_invariants`], which the tests and the fuzz target call):
@@ -26,16 +27,24 @@
 //! Addresses are stored canonical (`IpAddr::to_canonical`): a session from an IPv4-mapped IPv6
 //! address (`::ffff:1.2.3.4`, what a dual-stack listener sees) is the IPv4 address it stands for,
 //! in the same-IP check of Register and in File Locations.
+//!
+//! Endpoints are kept as File Locations needs them. An unspecified listen IP (`0.0.0.0`, `::`)
+//! is replaced by the IP the session connects from, except from a loopback address: that peer is
+//! on the tracker's own host and listens on every interface, so its endpoint is kept at the
+//! unspecified IP of its loopback's family, and File Locations lists it at the address each
+//! asking session reached the tracker at (loopback for an asker on the same host). See `host`
+//! for why; every other endpoint is listed as kept.
 
 mod budget;
 mod holders;
+mod host;
 mod register;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -46,9 +55,10 @@ use tokio::sync::OnceCell;
 
 use crate::config::Limits;
 use holders::Holders;
+use host::OwnHost;
 
 pub use budget::{file_bytes, holding_bytes, session_cost};
-pub use register::CheckedRegister;
+pub use register::{CheckedRegister, Registered};
 
 /// A session's identity inside the tracker. Assigned by the tracker, never sent by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,9 +116,10 @@ struct FileEntry {
 
 #[derive(Debug)]
 struct PeerEntry {
-    /// Address the session connects from; replaces an unspecified listen IP.
+    /// Address the session connects from; replaces an unspecified listen IP (unless loopback).
     observed: SocketAddr,
-    /// Where the peer serves, once it has registered.
+    /// Where the peer serves, once it has registered; an unspecified IP means on the tracker's
+    /// own host, every interface (see `host`).
     listen: Option<SocketAddr>,
     files: HashSet<Arc<str>>,
     /// What its holdings cost, by [`session_cost`]: checked against the session's budget.
@@ -165,11 +176,14 @@ impl Registry {
         id
     }
 
-    /// Closes a session: the same as Leave, and the id is forgotten.
-    pub fn close_session(&self, peer: PeerId) {
+    /// Closes a session: the same as Leave, and the id is forgotten. Returns how many files it
+    /// held, for the log.
+    pub fn close_session(&self, peer: PeerId) -> usize {
         let mut st = self.write();
+        let held = st.peers.get(&peer).map_or(0, |p| p.files.len());
         st.remove_holdings(peer);
         st.peers.remove(&peer);
+        held
     }
 
     /// Leave: removes every registration of the session's peer. The session stays open.
@@ -219,13 +233,23 @@ impl Registry {
         Ok((file.meta.clone(), file.reply.clone()))
     }
 
-    /// File Locations for `caller`: up to the cap of sources other than the caller, chosen at
-    /// random with complete and partial sources mixed, so load spreads across the swarm. O(cap).
+    /// File Locations for `caller`, as a session on the tracker's own host sees them (one that
+    /// reached the tracker over loopback): [`Registry::locations_via`] with `127.0.0.1`.
     pub fn locations(&self, caller: PeerId, name: &str) -> Result<Locations, RequestError> {
+        self.locations_via(caller, name, Ipv4Addr::LOCALHOST.into())
+    }
+
+    /// File Locations for `caller`, whose connection reached the tracker at `via` (its local
+    /// address): up to the cap of sources other than the caller, chosen at random with complete
+    /// and partial sources mixed, so load spreads across the swarm. A source on the tracker's own
+    /// host listening on every interface is listed at `via` (canonical), or at loopback if `via`
+    /// is loopback (see the module docs): `via` says where the caller can reach that host. O(cap).
+    pub fn locations_via(&self, caller: PeerId, name: &str, via: IpAddr) -> Result<Locations, RequestError> {
         validate_name(name).map_err(RequestError::InvalidName)?;
+        let host = OwnHost::reached_at(via);
         let st = self.read();
         let file = st.files.get(name).ok_or_else(|| RequestError::UnknownFile(name.to_owned()))?;
-        let (sources, total_sources) = file.holders.draw(caller, self.limits.max_locations, &mut rand::rng());
+        let (sources, total_sources) = file.holders.draw(caller, self.limits.max_locations, host, &mut rand::rng());
         Ok(Locations {
             root: file.meta.root,
             num_chunks: file.meta.num_chunks(),

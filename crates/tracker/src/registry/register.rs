@@ -9,14 +9,14 @@
 //! added, so a refused file leaves the registry as it was.
 
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Bound;
 use std::sync::Arc;
 
 use proto::tracker::{RegisterFile, RejectReason, RequestError};
 use proto::{validate_name, FileMeta, Have};
 
-use super::{budget, canonical, FileEntry, PeerEntry, PeerId, Registry, State};
+use super::{budget, canonical, host, FileEntry, PeerEntry, PeerId, Registry, State};
 use crate::config::Limits;
 
 /// A Register request after [`Registry::check_register`]: the endpoint (canonical) and each file
@@ -24,7 +24,25 @@ use crate::config::Limits;
 #[derive(Debug)]
 pub struct CheckedRegister {
     listen: SocketAddr,
-    files: Vec<Result<Checked, RejectReason>>,
+    files: Vec<Result<Checked, Refused>>,
+}
+
+/// What a Register did: the reply's results, and the name of the first file refused, which the
+/// tracker logs (the reply says why each file was refused, by position; an operator wants the
+/// name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registered {
+    /// One result per file, in request order.
+    pub results: Vec<Result<(), RejectReason>>,
+    /// The name of the first file refused, as sent (it may be invalid, and long), if any was.
+    pub first_refused: Option<String>,
+}
+
+/// A file refused, with its name for the log: taken from the refused file, never copied.
+#[derive(Debug)]
+struct Refused {
+    reason: RejectReason,
+    name: String,
 }
 
 /// A Register file that passed the checks done outside the lock.
@@ -45,7 +63,7 @@ impl Registry {
         files: Vec<RegisterFile>,
     ) -> Result<Vec<Result<(), RejectReason>>, RequestError> {
         let checked = self.check_register(listen, files)?;
-        self.apply_register(peer, checked)
+        self.apply_register(peer, checked).map(|r| r.results)
     }
 
     /// The first half of a Register: the checks of the request and of each file that need no
@@ -67,32 +85,34 @@ impl Registry {
     /// The second half of a Register, under the write lock: sets the endpoint and adds the files
     /// that passed [`Registry::check_register`], subject to conflicts and quotas. Fast: no
     /// hashing, no copy of metadata.
-    pub fn apply_register(
-        &self,
-        peer: PeerId,
-        checked: CheckedRegister,
-    ) -> Result<Vec<Result<(), RejectReason>>, RequestError> {
+    pub fn apply_register(&self, peer: PeerId, checked: CheckedRegister) -> Result<Registered, RequestError> {
         let CheckedRegister { listen, files: checked } = checked;
         let mut guard = self.write();
         let State { files, peers, meta_bytes, .. } = &mut *guard;
         let Some(entry) = peers.get_mut(&peer) else { return Err(RequestError::NotRegistered) };
-        let addr = endpoint(listen, entry.observed, &self.limits)?;
+        let addr = endpoint(listen, entry.observed.ip(), &self.limits)?;
         follow_endpoint(files, entry, peer, addr);
         let mut adding = Adding { files, total: meta_bytes, entry, peer, addr, limits: &self.limits };
         // Each name once per request: a later file of a name already taken (by a file that passed
         // `check_register`, whatever became of it here) is a duplicate.
         let mut seen = HashSet::new();
+        let mut first_refused = None;
         let results = checked
             .into_iter()
             .map(|file| {
-                let f = file?;
-                if !seen.insert(f.file.meta.name.clone()) {
-                    return Err(RejectReason::Duplicate);
-                }
-                adding.add(f)
+                let added = file.and_then(|f| {
+                    if !seen.insert(f.file.meta.name.clone()) {
+                        return Err(Refused { reason: RejectReason::Duplicate, name: f.file.meta.name });
+                    }
+                    adding.add(f)
+                });
+                added.map_err(|Refused { reason, name }| {
+                    first_refused.get_or_insert(name);
+                    reason
+                })
             })
             .collect();
-        Ok(results)
+        Ok(Registered { results, first_refused })
     }
 
     /// Chunk Register: the session's own peer now holds `chunk` of `name`. A batch of one (see
@@ -163,28 +183,41 @@ impl Registry {
 
 /// One file's checks outside the lock: its name, its metadata (if `validate`), and the length of
 /// its bitmap.
-fn check_file(f: RegisterFile, validate: bool) -> Result<Checked, RejectReason> {
-    validate_name(&f.meta.name).map_err(RejectReason::InvalidName)?;
-    if validate {
-        f.meta.validate().map_err(RejectReason::InconsistentMeta)?;
+fn check_file(f: RegisterFile, validate: bool) -> Result<Checked, Refused> {
+    match file_problem(&f, validate) {
+        None => Ok(Checked { file: f, validated: validate }),
+        Some(reason) => Err(Refused { reason, name: f.meta.name }),
     }
-    if let Have::Partial(b) = &f.have {
-        if b.len() != f.meta.num_chunks() {
-            return Err(RejectReason::BitmapLength { want: f.meta.num_chunks(), got: b.len() });
-        }
-    }
-    Ok(Checked { file: f, validated: validate })
 }
 
-/// Where a session serves: `listen`, with an unspecified IP replaced by the one it connects from
-/// (`observed`), and refused if on another IP unless the limits allow foreign endpoints (else a
-/// client could list any host as a source, and point a swarm at it).
-fn endpoint(listen: SocketAddr, observed: SocketAddr, limits: &Limits) -> Result<SocketAddr, RequestError> {
-    let addr = if listen.ip().is_unspecified() { SocketAddr::new(observed.ip(), listen.port()) } else { listen };
-    if !limits.allow_foreign_endpoints && addr.ip() != observed.ip() {
-        return Err(RequestError::BadEndpoint(listen));
+/// Why [`check_file`] refuses `f`, if it does.
+fn file_problem(f: &RegisterFile, validate: bool) -> Option<RejectReason> {
+    if let Err(e) = validate_name(&f.meta.name) {
+        return Some(RejectReason::InvalidName(e));
     }
-    Ok(addr)
+    if validate {
+        if let Err(e) = f.meta.validate() {
+            return Some(RejectReason::InconsistentMeta(e));
+        }
+    }
+    match &f.have {
+        Have::Partial(b) if b.len() != f.meta.num_chunks() => {
+            Some(RejectReason::BitmapLength { want: f.meta.num_chunks(), got: b.len() })
+        }
+        _ => None,
+    }
+}
+
+/// Where a session connecting from `observed` serves, as the registry keeps it (see
+/// [`host::kept_endpoint`]: an unspecified IP from loopback stays unspecified, on the tracker's
+/// own host). An explicit IP other than `observed` is refused with both addresses unless the
+/// limits allow foreign endpoints: else a client could list any host as a source, and point a
+/// swarm at it.
+fn endpoint(listen: SocketAddr, observed: IpAddr, limits: &Limits) -> Result<SocketAddr, RequestError> {
+    if !limits.allow_foreign_endpoints && !listen.ip().is_unspecified() && listen.ip() != observed {
+        return Err(RequestError::ForeignEndpoint { announced: listen, observed });
+    }
+    Ok(host::kept_endpoint(listen, observed))
 }
 
 /// Records that `peer` (whose entry is `entry`) serves at `addr`. If it served elsewhere, what
@@ -215,16 +248,24 @@ struct Adding<'a> {
 impl Adding<'_> {
     /// Adds one checked file: its content and the registry's quota, then the session's quota and
     /// the byte budgets, then the holding.
-    fn add(&mut self, checked: Checked) -> Result<(), RejectReason> {
+    fn add(&mut self, checked: Checked) -> Result<(), Refused> {
         let Checked { file: RegisterFile { meta, have }, validated } = checked;
-        let new_file = admit_content(self.files, &meta, validated, self.limits)?;
-        if !self.entry.files.contains(meta.name.as_str()) {
-            admit_holding(self.total, self.entry, &meta, new_file, self.limits)?;
+        if let Err(reason) = self.admit(&meta, validated) {
+            return Err(Refused { reason, name: meta.name });
         }
         let key = insert_file(self.files, meta);
         self.entry.files.insert(key.clone());
         if let Some(file) = self.files.get_mut(&key) {
             file.holders.add(self.peer, self.addr, have);
+        }
+        Ok(())
+    }
+
+    /// Whether the session may hold `meta` (see [`Adding::add`]), charging the budgets if so.
+    fn admit(&mut self, meta: &FileMeta, validated: bool) -> Result<(), RejectReason> {
+        let new_file = admit_content(self.files, meta, validated, self.limits)?;
+        if !self.entry.files.contains(meta.name.as_str()) {
+            admit_holding(self.total, self.entry, meta, new_file, self.limits)?;
         }
         Ok(())
     }

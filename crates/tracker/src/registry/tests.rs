@@ -1,7 +1,9 @@
 //! Unit tests of the registry through its public methods; Chunk Register Batch's are in
-//! `tests/batch.rs`, the stateful proptest in `tests/sequences.rs`.
+//! `tests/batch.rs`, the peers on the tracker's own host in `tests/own_host.rs`, the stateful
+//! proptest in `tests/sequences.rs`.
 
 mod batch;
+mod own_host;
 mod sequences;
 
 use super::*;
@@ -182,7 +184,16 @@ fn endpoints_must_be_on_the_sessions_own_ip() {
     let r = Registry::new(Limits::default());
     let a = r.open_session(SocketAddr::from(([10, 1, 2, 3], 5555)));
     let elsewhere = SocketAddr::from(([10, 9, 9, 9], 7000));
-    assert_eq!(r.register(a, elsewhere, vec![]), Err(RequestError::BadEndpoint(elsewhere)));
+    let refused = RequestError::ForeignEndpoint { announced: elsewhere, observed: [10, 1, 2, 3].into() };
+    assert_eq!(r.register(a, elsewhere, vec![]), Err(refused.clone()));
+    assert_eq!(
+        refused.to_string(),
+        "announced endpoint 10.9.9.9:7000 is not on 10.1.2.3, the address this session connects from \
+         (a tracker started with --allow-foreign-endpoints accepts it)"
+    );
+    // Port 0 is still no endpoint at all, whatever the IP.
+    let no_port = SocketAddr::from(([10, 9, 9, 9], 0));
+    assert_eq!(r.register(a, no_port, vec![]), Err(RequestError::BadEndpoint(no_port)));
     assert!(r.register(a, SocketAddr::from(([10, 1, 2, 3], 7000)), vec![]).is_ok());
     let r = Registry::new(Limits { allow_foreign_endpoints: true, ..Limits::default() });
     let a = r.open_session(SocketAddr::from(([10, 1, 2, 3], 5555)));
@@ -297,5 +308,34 @@ fn ipv4_mapped_addresses_are_canonical() {
     assert_eq!(got, [plain(7000), plain(7001), plain(7002), plain(7003)]);
     // A mapped address of another host is still another host.
     let other = SocketAddr::new("::ffff:10.9.9.9".parse().unwrap(), 7000);
-    assert_eq!(r.register(p, other, vec![]), Err(RequestError::BadEndpoint(SocketAddr::from(([10, 9, 9, 9], 7000)))));
+    let refused = RequestError::ForeignEndpoint {
+        announced: SocketAddr::from(([10, 9, 9, 9], 7000)),
+        observed: [10, 1, 2, 3].into(),
+    };
+    assert_eq!(r.register(p, other, vec![]), Err(refused));
+}
+
+/// What a Register did names the first file it refused, whichever half refused it (the checks
+/// outside the lock, or a duplicate, a conflict or a quota under it), for the tracker's log.
+#[test]
+fn the_first_refused_file_is_named() {
+    let r = Registry::new(Limits::default());
+    let p = r.open_session(addr(1));
+    let apply = |files: Vec<FileMeta>| {
+        let files = files.into_iter().map(|meta| RegisterFile { meta, have: Have::Complete }).collect();
+        r.apply_register(p, r.check_register(addr(10), files).unwrap()).unwrap()
+    };
+    let done = apply(vec![meta("a", 1, 1)]);
+    assert_eq!((done.results, done.first_refused), (vec![Ok(())], None));
+    let mut bad_name = meta("b", 1, 1);
+    bad_name.name = "../b".into();
+    let done = apply(vec![meta("c", 1, 1), meta("a", 2, 1), bad_name]);
+    assert_eq!(done.first_refused.as_deref(), Some("a"), "a conflict, before an invalid name");
+    assert_eq!(done.results.iter().filter(|r| r.is_err()).count(), 2);
+    let mut bad_name = meta("b", 1, 1);
+    bad_name.name = "../b".into();
+    let done = apply(vec![bad_name, meta("d", 1, 1), meta("d", 1, 1)]);
+    assert_eq!(done.first_refused.as_deref(), Some("../b"));
+    assert_eq!(done.results[2], Err(RejectReason::Duplicate));
+    r.check_invariants();
 }

@@ -8,7 +8,9 @@ use proptest::prelude::*;
 enum Op {
     Open,
     Close(usize),
-    Register(usize, bool, Vec<(usize, usize, Option<u8>)>),
+    /// Session, where (0: its own port, 1: another port, 2: every interface of the tracker's host
+    /// at a third port), files.
+    Register(usize, u16, Vec<(usize, usize, Option<u8>)>),
     ChunkRegister(usize, usize, u32),
     ChunkRegisterBatch(usize, usize, Vec<u32>),
     Leave(usize),
@@ -21,7 +23,7 @@ fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         1 => Just(Op::Open),
         1 => (0..6usize).prop_map(Op::Close),
-        6 => (0..6usize, any::<bool>(), proptest::collection::vec(file, 0..4))
+        6 => (0..6usize, 0..3u16, proptest::collection::vec(file, 0..4))
             .prop_map(|(p, alt, f)| Op::Register(p, alt, f)),
         6 => (0..6usize, 0..3usize, 0..6u32).prop_map(|(p, f, c)| Op::ChunkRegister(p, f, c)),
         // Indices past some files' ends, so some batches are refused whole.
@@ -58,7 +60,9 @@ proptest! {
                     next_port += 1;
                     peers.push((r.open_session(addr(next_port)), next_port));
                 }
-                Op::Close(i) if i < peers.len() => r.close_session(peers.remove(i).0),
+                Op::Close(i) if i < peers.len() => {
+                    r.close_session(peers.remove(i).0);
+                }
                 Op::Register(i, alt, files) if i < peers.len() => {
                     let files = files
                         .into_iter()
@@ -76,9 +80,14 @@ proptest! {
                             RegisterFile { meta, have }
                         })
                         .collect();
-                    // Sometimes at another port: the peer moved, its holdings follow.
+                    // Sometimes at another port: the peer moved, its holdings follow; sometimes
+                    // on every interface (the session comes from loopback: kept unspecified).
                     let (peer, port) = peers[i];
-                    r.register(peer, addr(port + u16::from(alt) * 5000), files).unwrap();
+                    let listen = match alt {
+                        2 => SocketAddr::from(([0, 0, 0, 0], port + 10_000)),
+                        _ => addr(port + alt * 5000),
+                    };
+                    r.register(peer, listen, files).unwrap();
                 }
                 Op::ChunkRegister(i, f, c) if i < peers.len() => {
                     let _ = r.chunk_register(peers[i].0, &format!("f{f}"), c);
@@ -103,7 +112,7 @@ proptest! {
                         prop_assert!(loc.sources.len() <= 2);
                         prop_assert!(loc.sources.len() as u32 <= loc.total_sources);
                         prop_assert!(
-                            loc.sources.iter().all(|s| s.addr.port() != port && s.addr.port() != port + 5000),
+                            loc.sources.iter().all(|s| ![0, 5000, 10_000].contains(&s.addr.port().wrapping_sub(port))),
                             "caller listed"
                         );
                     }
