@@ -232,10 +232,10 @@ async fn a_peer_on_all_interfaces_knows_its_endpoint_as_the_tracker_records_it()
         write_file(s.path(), "f.bin", 64 * 1024, 46);
         let node = spawn_peer(t.addr(), s.path(), |c| c.listen = SocketAddr::from(([0, 0, 0, 0], 0))).await;
         let port = node.listen_addr().port();
-        let endpoint = node.session().endpoint(node.listen_addr());
+        let endpoint = node.trackers().endpoint().unwrap();
         assert_eq!(endpoint, SocketAddr::from(([127, 0, 0, 1], port)));
         let other = spawn_peer(t.addr(), d.path(), |_| {}).await;
-        let loc = other.session().locations("f.bin").await.unwrap();
+        let loc = other.trackers().locations("f.bin").await.unwrap();
         assert_eq!(loc.sources.iter().map(|s| s.addr).collect::<Vec<_>>(), vec![endpoint]);
         other.shutdown().await;
         node.shutdown().await;

@@ -43,7 +43,7 @@ async fn dropping_a_node_ends_its_tracker_session_even_with_a_handle_held() {
         let node = spawn_peer(t.addr(), dir.path(), |_| {}).await;
         eventually("the node is registered", STOP_DEADLINE, || reg.stats().sessions == 1).await;
         // A handle that outlives the node must not keep the node's session alive.
-        let session = node.session().clone();
+        let session = node.trackers().clone();
 
         drop(node);
         eventually("the dropped node's tracker session is gone", STOP_DEADLINE, || reg.stats().sessions == 0).await;

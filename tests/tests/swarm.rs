@@ -25,7 +25,7 @@ async fn seed_demo_scenario() {
         let p2 = spawn_peer(t.addr(), &dirs[1], |_| {}).await;
         let p3 = spawn_peer(t.addr(), &dirs[2], |_| {}).await;
 
-        let files = p3.session().list_all().await.unwrap();
+        let files = p3.trackers().list_all().await.unwrap();
         assert_eq!(files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>(), vec!["bear.jpg", "climbing.jpg"]);
 
         let (r2, r3) = tokio::join!(
@@ -43,7 +43,7 @@ async fn seed_demo_scenario() {
         assert_eq!(read(&dirs[0], "bear.jpg"), bear);
         assert_eq!(r1.sources[0].addr, p2.listen_addr());
         // Downloaded files are served as complete sources afterwards.
-        let loc = p1.session().locations("climbing.jpg").await.unwrap();
+        let loc = p1.trackers().locations("climbing.jpg").await.unwrap();
         assert_eq!(loc.total_sources, 2);
         assert!(loc.sources.iter().all(|s| s.have == Have::Complete));
         for p in [p1, p2, p3] {

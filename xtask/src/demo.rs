@@ -69,7 +69,7 @@ async fn demo(root: &Path) -> anyhow::Result<()> {
     }
 
     println!("\n== peer 3 asks the tracker for the file list");
-    for f in peers[2].session().list_all().await? {
+    for f in peers[2].trackers().list_all().await? {
         println!(
             "   {:<14} {:>9} bytes  {} chunk(s) of {} KiB  root {}  sources {}",
             f.name,
@@ -81,7 +81,7 @@ async fn demo(root: &Path) -> anyhow::Result<()> {
         );
     }
     println!("\n== peer 3 asks where climbing.jpg's chunks are");
-    let loc = peers[2].session().locations("climbing.jpg").await?;
+    let loc = peers[2].trackers().locations("climbing.jpg").await?;
     for s in &loc.sources {
         let held = s.have.to_bitmap(loc.num_chunks).count();
         println!("   {} ({}) holds {held}/{} chunks", s.addr, names.get(&s.addr).map_or("?", |n| n), loc.num_chunks);
@@ -102,7 +102,7 @@ async fn demo(root: &Path) -> anyhow::Result<()> {
 
     println!("\n== checking every file against the tracker's BLAKE3 root");
     let mut ok = true;
-    for f in peers[0].session().list_all().await? {
+    for f in peers[0].trackers().list_all().await? {
         for (i, d) in dirs.iter().enumerate() {
             let path = d.join(&f.name);
             if !path.exists() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use peer::{DownloadOptions, DownloadReport, Node, NodeConfig, Progress, SessionConfig, TrackerSession};
+use peer::{DownloadOptions, DownloadReport, HostPort, Node, NodeConfig, Progress, Trackers};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
@@ -21,9 +21,18 @@ use tracing_subscriber::EnvFilter;
 #[derive(Debug, Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// The tracker's address.
-    #[arg(long, global = true, env = "P2P_TRACKER", default_value = "127.0.0.1:6969")]
-    tracker: SocketAddr,
+    /// The tracker, HOST[:PORT] (default port 6969): a name or an IP ([IPv6] in brackets with a
+    /// port), resolved again at every reconnect. Several, comma-separated, share the files
+    /// between them (every peer must be given the same list).
+    #[arg(
+        long,
+        global = true,
+        env = "P2P_TRACKER",
+        default_value = "127.0.0.1",
+        value_parser = parse_tracker_list,
+        value_name = "HOST[:PORT],..."
+    )]
+    tracker: TrackerList,
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -62,9 +71,15 @@ struct NodeArgs {
     /// The share folder: its files are served and downloads land in it. Created if missing.
     #[arg(long, short, env = "P2P_SHARE", default_value = "share")]
     share: PathBuf,
-    /// Where to accept other peers.
-    #[arg(long, default_value = "0.0.0.0:0")]
+    /// Where to accept other peers: PORT (every interface, IPv4 and IPv6), IP:PORT or
+    /// [IPv6]:PORT; port 0 picks a free one.
+    #[arg(long, default_value = "0", value_parser = peer::parse_listen, value_name = "[IP:]PORT")]
     listen: SocketAddr,
+    /// The endpoint other peers should use, HOST[:PORT] (port forwarding, several interfaces;
+    /// the port defaults to the listener's). The tracker accepts it only on the IP this peer
+    /// connects from, unless it runs with --allow-foreign-endpoints.
+    #[arg(long, value_parser = parse_announce, value_name = "HOST[:PORT]")]
+    announce: Option<HostPort>,
     /// Cap on upload rate for the whole process, bytes/s with units (e.g. 20MiB).
     #[arg(long, value_parser = peer::parse_bytes, value_name = "RATE")]
     upload_rate: Option<u64>,
@@ -132,9 +147,23 @@ async fn shutdown_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn node_config(tracker: SocketAddr, a: NodeArgs) -> NodeConfig {
-    let mut c = NodeConfig::new(tracker, a.share);
+fn parse_announce(s: &str) -> Result<HostPort, peer::AddrError> {
+    HostPort::parse(s, 0)
+}
+
+/// The `--tracker` list.
+#[derive(Debug, Clone)]
+struct TrackerList(Vec<HostPort>);
+
+fn parse_tracker_list(s: &str) -> Result<TrackerList, peer::AddrError> {
+    peer::parse_trackers(s).map(TrackerList)
+}
+
+fn node_config(trackers: TrackerList, a: NodeArgs) -> NodeConfig {
+    let mut c = NodeConfig::new(trackers.0[0].clone(), a.share);
+    c.trackers = trackers.0;
     c.listen = a.listen;
+    c.announce = a.announce;
     c.upload_rate = a.upload_rate;
     c.download_rate = a.download_rate;
     c.download.pipeline = a.pipeline.max(1);
@@ -161,7 +190,7 @@ async fn start_node(config: NodeConfig, cancel: &CancellationToken) -> anyhow::R
 async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
     match cli.command {
         Command::List => {
-            let session = session(cli.tracker, &cancel).await?;
+            let session = trackers(cli.tracker, &cancel).await?;
             let files = session.list_all().await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&files)?);
@@ -182,7 +211,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
             }
         }
         Command::Locate { name } => {
-            let session = session(cli.tracker, &cancel).await?;
+            let session = trackers(cli.tracker, &cancel).await?;
             let loc = session.locations(&name).await?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&loc)?);
@@ -237,12 +266,8 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn session(tracker: SocketAddr, cancel: &CancellationToken) -> anyhow::Result<TrackerSession> {
-    let config = SessionConfig { tracker, request_timeout: Duration::from_secs(10) };
-    let (session, actor) = TrackerSession::connect(config, None, cancel.child_token()).await?;
-    // Ends with the command (its token is a child of the command's).
-    tokio::spawn(actor);
-    Ok(session)
+async fn trackers(list: TrackerList, cancel: &CancellationToken) -> anyhow::Result<Trackers> {
+    Ok(Trackers::connect(&list.0, Duration::from_secs(10), cancel.child_token()).await?)
 }
 
 /// A progress bar on a terminal; plain lines every few seconds otherwise (logs, pipes, CI).

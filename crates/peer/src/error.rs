@@ -14,12 +14,12 @@ use proto::MetaError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The tracker could not be reached or the handshake failed.
-    #[error("cannot reach tracker at {addr}: {reason}")]
+    #[error("cannot reach tracker at {tracker}: {reason}")]
     TrackerUnreachable {
         /// The tracker's address.
-        addr: SocketAddr,
+        tracker: crate::addr::HostPort,
         /// What went wrong.
-        reason: ConnectError,
+        reason: std::sync::Arc<ConnectError>,
     },
     /// The tracker refused the request.
     #[error("tracker refused: {0}")]
@@ -33,6 +33,19 @@ pub enum Error {
     /// The tracker session has ended (the node is shutting down).
     #[error("tracker session closed")]
     SessionClosed,
+    /// The session has not registered an endpoint (it is not connected yet, or registers
+    /// nothing).
+    #[error("not registered with the tracker yet")]
+    NotRegistered,
+    /// The tracker refused this peer, or would record an endpoint nothing listens on: trying
+    /// again would not help.
+    #[error("tracker at {tracker}: {reason}")]
+    TrackerRefused {
+        /// The tracker's address.
+        tracker: crate::addr::HostPort,
+        /// Why.
+        reason: std::sync::Arc<ConnectError>,
+    },
     /// The tracker's metadata for a file is inconsistent.
     #[error("tracker sent invalid metadata for {name:?}: {reason}")]
     BadMeta {
@@ -77,6 +90,9 @@ pub enum Error {
         /// The lowest missing chunk.
         first: u32,
     },
+    /// No tracker answered for the file's metadata before the download's deadline.
+    #[error("no tracker answered within the deadline of {0:?}")]
+    NoTracker(Duration),
     /// The file was replaced on the tracker by different content mid-download.
     #[error("file {0:?} changed on the tracker during the download")]
     ContentChanged(String),
@@ -99,9 +115,29 @@ pub enum Error {
 /// Why a tracker session could not be opened (connect, handshake and first registration).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The tracker's host name could not be resolved.
+    #[error("cannot resolve: {0}")]
+    Resolve(#[source] std::io::Error),
     /// The TCP connection could not be made.
     #[error("connect failed: {0}")]
     Connect(#[source] std::io::Error),
+    /// The `--announce` host name could not be resolved.
+    #[error("cannot resolve the announced address {announce}: {error}")]
+    Announce {
+        /// The address as given.
+        announce: String,
+        /// Why.
+        #[source]
+        error: std::io::Error,
+    },
+    /// The tracker would record an endpoint nothing listens on.
+    #[error("the tracker sees this peer at {endpoint}, but it listens on {listen} only: listen on [::] (both families) or give --announce")]
+    NotListening {
+        /// The endpoint the tracker would record.
+        endpoint: SocketAddr,
+        /// Where the peer listens.
+        listen: SocketAddr,
+    },
     /// The TCP connection was not made within the request timeout.
     #[error("connect timed out after {0:?}")]
     ConnectTimeout(Duration),
@@ -128,6 +164,20 @@ pub enum ConnectError {
         #[source]
         error: TrackerProtocolError,
     },
+}
+
+impl ConnectError {
+    /// Whether trying again cannot help: the tracker refused a step, its replies break the
+    /// protocol, or the endpoint is wrong. An unreachable or lost tracker is worth retrying.
+    pub fn is_permanent(&self) -> bool {
+        matches!(
+            self,
+            ConnectError::Refused { .. }
+                | ConnectError::Protocol { .. }
+                | ConnectError::NotListening { .. }
+                | ConnectError::Announce { .. }
+        )
+    }
 }
 
 /// A tracker reply that breaks the protocol.

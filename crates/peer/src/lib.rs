@@ -14,6 +14,7 @@
 //! use peer::serve::Uploader;
 //! ```
 
+mod addr;
 mod connection;
 mod download;
 mod error;
@@ -23,11 +24,14 @@ mod serve;
 mod session;
 mod shares;
 mod task;
+mod trackers;
 
+pub use addr::{parse_listen, parse_trackers, AddrError, HostPort, DEFAULT_TRACKER_PORT};
 pub use download::{DownloadConfig, DownloadOptions, DownloadReport, Progress, SourceReport};
 pub use error::{ConnectError, Error, PeerProtocolError, SourceError, TrackerProtocolError};
 pub use node::{Node, NodeConfig};
 pub use ratelimit::{parse_bytes, RateLimiter};
 pub use serve::ServeConfig;
-pub use session::{SessionConfig, TrackerSession};
+pub use session::{Link, Registration, SessionConfig, TrackerSession};
 pub use shares::{Shared, Shares};
+pub use trackers::{rendezvous_order, Trackers};

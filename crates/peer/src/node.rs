@@ -12,23 +12,31 @@ use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
+use crate::addr::HostPort;
 use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport};
 use crate::error::Error;
 use crate::ratelimit::RateLimiter;
 use crate::serve::{self, ServeConfig, Uploader};
-use crate::session::{Registration, SessionConfig, TrackerSession};
+use crate::session::{FileFilter, Link, Registration, SessionConfig, TrackerSession};
 use crate::shares::{Shared, Shares};
 use crate::task::TaskGroup;
+use crate::trackers::{supervise, Routes, Trackers};
 
 /// Everything a node needs.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// The tracker's address.
-    pub tracker: SocketAddr,
+    /// The trackers (a host name is resolved at every connect). With several, each file is the
+    /// responsibility of one at a time (see `trackers.rs`); every peer must be given the same
+    /// list.
+    pub trackers: Vec<HostPort>,
     /// The share folder: files in it are served, downloads land in it.
     pub share: PathBuf,
-    /// Where to accept other peers (port 0 for any).
+    /// Where to accept other peers (port 0 for any). `[::]` is every interface of both families
+    /// (IPv4 alone on a host without IPv6).
     pub listen: SocketAddr,
+    /// The endpoint other peers should use, when not the listener's (port forwarding, several
+    /// interfaces); a port of 0 means the listener's.
+    pub announce: Option<HostPort>,
     /// Upload cap for the whole process, bytes per second.
     pub upload_rate: Option<u64>,
     /// Download cap for the whole process, bytes per second.
@@ -42,12 +50,13 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Defaults: listen on all interfaces on any port, no rate caps.
-    pub fn new(tracker: SocketAddr, share: impl Into<PathBuf>) -> Self {
+    /// Defaults: listen on every interface (both families) on any port, no rate caps.
+    pub fn new(tracker: impl Into<HostPort>, share: impl Into<PathBuf>) -> Self {
         Self {
-            tracker,
+            trackers: vec![tracker.into()],
             share: share.into(),
-            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
+            announce: None,
             upload_rate: None,
             download_rate: None,
             serve: ServeConfig::default(),
@@ -78,9 +87,9 @@ impl Node {
         let (store, shares) = tokio::task::spawn_blocking(move || open_share(share))
             .await
             .map_err(|e| Error::Io { action: "scan the share folder", source: std::io::Error::other(e) })??;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Io { action: "bind the listen address", source })?;
+        let bind = |source| Error::Io { action: "bind the listen address", source };
+        let (listener, dual_stack) = proto::net::listen(config.listen).map_err(bind)?;
+        let listener = TcpListener::from_std(listener).map_err(bind)?;
         let listen = listener.local_addr().map_err(|source| Error::Io { action: "read the listen address", source })?;
         let tasks = TaskGroup::new(CancellationToken::new());
         // From here on, returning early or being dropped mid-start stops what was spawned.
@@ -95,22 +104,48 @@ impl Node {
         ));
         tasks.spawn(tracing::info_span!("serve", %listen), |token| serve::serve(listener, uploader, token));
 
-        let session_config = SessionConfig { tracker: config.tracker, request_timeout: config.request_timeout };
-        let registration = Registration { listen, shares: shares.clone() };
-        let session = match TrackerSession::connect(session_config, Some(registration), tasks.token().clone()).await {
-            Ok((session, actor)) => {
-                tasks.spawn(tracing::info_span!("session"), |_| actor);
-                session
+        let routes = Arc::new(Routes::new(&config.trackers));
+        let several = config.trackers.len() > 1;
+        let mut sessions = Vec::new();
+        for (i, tracker) in config.trackers.iter().enumerate() {
+            let session_config = SessionConfig { tracker: tracker.clone(), request_timeout: config.request_timeout };
+            // With several trackers, each registers the files it is responsible for.
+            let only: Option<FileFilter> = several.then(|| {
+                let routes = routes.clone();
+                Arc::new(move |name: &str| routes.primary(name, Some(i)) == i) as FileFilter
+            });
+            let registration =
+                Registration { listen, dual_stack, announce: config.announce.clone(), shares: shares.clone(), only };
+            let (session, actor) = TrackerSession::start(session_config, Some(registration), tasks.token().clone());
+            tasks.spawn(tracing::info_span!("session", %tracker), |_| actor);
+            sessions.push(session);
+        }
+        // The first attempts decide whether to start: an endpoint nothing would listen on, or a
+        // tracker that refuses this peer, is an error now; an unreachable tracker is tried again
+        // in the background (the peer serves meanwhile, and downloads wait for it).
+        for (session, tracker) in sessions.iter().zip(&config.trackers) {
+            let mut link = session.link();
+            let first = link.wait_for(|l| !matches!(l, Link::Connecting)).await.map(|l| l.clone());
+            match first {
+                Ok(Link::Down { error, .. }) if error.is_permanent() => {
+                    tasks.cancel();
+                    tasks.wait().await;
+                    return Err(Error::TrackerRefused { tracker: tracker.clone(), reason: error });
+                }
+                Ok(Link::Down { error, .. }) => {
+                    warn!(%tracker, %error, "tracker unreachable; trying again in the background")
+                }
+                _ => {}
             }
-            Err(e) => {
-                tasks.cancel();
-                tasks.wait().await;
-                return Err(e);
-            }
-        };
+        }
+        let trackers = Trackers::new(routes, sessions, config.request_timeout);
+        if several {
+            let (trackers, shares) = (trackers.clone(), shares.clone());
+            tasks.spawn(tracing::info_span!("trackers"), |token| supervise(trackers, shares, token));
+        }
         info!(%listen, files = shares.len(), "peer started");
         let ctx = Context {
-            session,
+            trackers,
             store,
             shares,
             listen,
@@ -125,9 +160,9 @@ impl Node {
         self.ctx.listen
     }
 
-    /// The tracker session, for list and locate requests.
-    pub fn session(&self) -> &TrackerSession {
-        &self.ctx.session
+    /// The node's trackers, for list and locate requests.
+    pub fn trackers(&self) -> &Trackers {
+        &self.ctx.trackers
     }
 
     /// What this node serves.

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
@@ -15,22 +15,26 @@ use proto::limits::DEFAULT_MAX_FRAME;
 use proto::tracker::{
     FileSummary, Locations, Register, RegisterFile, RequestError, TrackerRequest, TrackerResponse, Welcome,
 };
-use proto::{FileMeta, Have, Hello};
+use proto::{FileMeta, Hello};
 use rand::Rng;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{timeout, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::addr::HostPort;
 use crate::error::{ConnectError, Error, TrackerProtocolError};
-use crate::shares::Shares;
+use session_register::register_all;
+pub(crate) use session_register::FileFilter;
+pub use session_register::Registration;
+
+#[path = "session_register.rs"]
+mod session_register;
 
 type Conn = Framed<TcpStream, TrackerClientCodec>;
 
-/// Room left in a Register frame for what the size estimate of [`register_batches`] leaves out.
-const REGISTER_FRAME_SLACK: usize = 4096;
 /// Longest wait between reconnect attempts; also never longer than the tracker's keep-alive
 /// interval, so a restarted tracker has every peer back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
@@ -38,19 +42,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How to reach the tracker.
 #[derive(Debug, Clone)]
 pub struct SessionConfig {
-    /// The tracker's address.
-    pub tracker: SocketAddr,
+    /// The tracker's address: a host name is resolved at every (re)connect.
+    pub tracker: HostPort,
     /// Deadline for connecting and for each request's reply.
     pub request_timeout: Duration,
-}
-
-/// What the session registers on every (re)connect: the peer's endpoint and its files.
-#[derive(Clone)]
-pub struct Registration {
-    /// Where the peer serves.
-    pub listen: SocketAddr,
-    /// What it serves.
-    pub shares: Shares,
 }
 
 struct Call {
@@ -62,40 +57,97 @@ struct Call {
 #[derive(Clone)]
 pub struct TrackerSession {
     calls: mpsc::Sender<Call>,
-    /// The IP the tracker sees this peer's session coming from (from its latest welcome).
-    observed: Arc<Mutex<IpAddr>>,
+    link: watch::Receiver<Link>,
+}
+
+/// The state of a session's connection, as its actor last saw it.
+#[derive(Debug, Clone)]
+pub enum Link {
+    /// Not connected yet: the first attempt is under way.
+    Connecting,
+    /// Connected and registered.
+    Up {
+        /// The IP the tracker sees the session coming from.
+        observed: IpAddr,
+        /// The endpoint registered (none for a session that registers nothing).
+        endpoint: Option<SocketAddr>,
+    },
+    /// Not connected: attempts go on, with backoff.
+    Down {
+        /// Since when.
+        since: Instant,
+        /// The tracker's keep-alive interval (from its last welcome): lost for less than this,
+        /// it still counts as live (a blip does not move files to another tracker).
+        grace: Duration,
+        /// Why the last attempt failed (or the connection was lost).
+        error: Arc<ConnectError>,
+    },
 }
 
 impl TrackerSession {
     /// Connects, completes the handshake and the initial registration (if any), then returns a
-    /// handle and the actor that owns the connection, for the caller to spawn. Fails if the tracker cannot be reached now; later losses
-    /// are repaired by reconnecting.
+    /// handle and the actor that owns the connection, for the caller to spawn. Fails if the
+    /// tracker cannot be reached now (for one-shot commands); later losses are repaired by
+    /// reconnecting.
     pub async fn connect(
         config: SessionConfig,
         registration: Option<Registration>,
         shutdown: CancellationToken,
     ) -> Result<(TrackerSession, impl Future<Output = ()> + Send + 'static), Error> {
-        let unreachable = |reason: ConnectError| Error::TrackerUnreachable { addr: config.tracker, reason };
+        let unreachable = |reason: ConnectError| Error::TrackerUnreachable {
+            tracker: config.tracker.clone(),
+            reason: Arc::new(reason),
+        };
         let (mut conn, welcome) = open(&config).await.map_err(unreachable)?;
+        let mut endpoint = None;
         if let Some(reg) = &registration {
-            register_all(&mut conn, &welcome, reg, config.request_timeout).await.map_err(unreachable)?;
+            endpoint = Some(register_all(&mut conn, &welcome, reg, config.request_timeout).await.map_err(unreachable)?);
         }
-        let (tx, rx) = mpsc::channel(1024);
-        let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
-        let observed = Arc::new(Mutex::new(welcome.observed.ip()));
-        let actor = Actor { config, registration, calls: rx, shutdown, keepalive, observed: observed.clone() };
-        Ok((TrackerSession { calls: tx, observed }, actor.run(conn, welcome)))
+        let (session, actor) =
+            Self::actor(config, registration, shutdown, Link::Up { observed: welcome.observed.ip(), endpoint });
+        Ok((session, actor.run(Some((conn, welcome)))))
     }
 
-    /// The endpoint the tracker records for a peer listening at `listen`, which is where other
-    /// peers reach it: `listen`, with an unspecified IP (`0.0.0.0`, `::`) replaced by the one the
-    /// tracker sees the session coming from (as the tracker does).
-    pub fn endpoint(&self, listen: SocketAddr) -> SocketAddr {
-        if listen.ip().is_unspecified() {
-            let ip = *self.observed.lock().unwrap_or_else(PoisonError::into_inner);
-            SocketAddr::new(ip.to_canonical(), listen.port())
-        } else {
-            listen
+    /// A session that connects in the background, at once and then with backoff until it
+    /// succeeds, and stays connected: for a node, which must not depend on the tracker being up
+    /// first. Calls wait for the connection. [`TrackerSession::link`] tells how it is going.
+    pub fn start(
+        config: SessionConfig,
+        registration: Option<Registration>,
+        shutdown: CancellationToken,
+    ) -> (TrackerSession, impl Future<Output = ()> + Send + 'static) {
+        let (session, actor) = Self::actor(config, registration, shutdown, Link::Connecting);
+        (session, actor.run(None))
+    }
+
+    fn actor(
+        config: SessionConfig,
+        registration: Option<Registration>,
+        shutdown: CancellationToken,
+        link: Link,
+    ) -> (TrackerSession, Actor) {
+        let (tx, rx) = mpsc::channel(1024);
+        let (link_tx, link_rx) = watch::channel(link);
+        let keepalive = MAX_BACKOFF;
+        let actor = Actor { config, registration, calls: rx, shutdown, keepalive, link: link_tx };
+        (TrackerSession { calls: tx, link: link_rx }, actor)
+    }
+
+    /// The state of the connection, updated as it changes.
+    pub fn link(&self) -> watch::Receiver<Link> {
+        self.link.clone()
+    }
+
+    /// The endpoint the tracker records for this peer, which is where other peers reach it: the
+    /// one registered, with an unspecified IP (`0.0.0.0`, `::`) replaced by the one the tracker
+    /// sees the session coming from (as the tracker does). `None` before the first registration.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match &*self.link.borrow() {
+            Link::Up { observed, endpoint: Some(e) } if e.ip().is_unspecified() => {
+                Some(SocketAddr::new(observed.to_canonical(), e.port()))
+            }
+            Link::Up { endpoint, .. } => *endpoint,
+            _ => None,
         }
     }
 
@@ -160,8 +212,12 @@ impl TrackerSession {
         }
     }
 
-    /// Registers files (with the chunks held) at the given endpoint.
-    pub async fn register(&self, listen: SocketAddr, files: Vec<RegisterFile>) -> Result<(), Error> {
+    /// Registers files (with the chunks held) at the endpoint this session registered.
+    pub async fn register(&self, files: Vec<RegisterFile>) -> Result<(), Error> {
+        let listen = match &*self.link.borrow() {
+            Link::Up { endpoint: Some(e), .. } => *e,
+            _ => return Err(Error::NotRegistered),
+        };
         match self.call(TrackerRequest::Register(Register { listen, files })).await? {
             TrackerResponse::Registered { results } => {
                 log_rejections(&results);
@@ -190,11 +246,21 @@ fn log_rejections(results: &[Result<(), proto::tracker::RejectReason>]) {
 async fn open(config: &SessionConfig) -> Result<(Conn, Welcome), ConnectError> {
     const STEP: &str = "handshake";
     let t = config.request_timeout;
-    let stream = match timeout(t, TcpStream::connect(config.tracker)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(ConnectError::Connect(e)),
-        Err(_) => return Err(ConnectError::ConnectTimeout(t)),
-    };
+    // Resolved at every attempt, so a DNS change moves the peer; each address tried in turn.
+    let addrs = config.tracker.resolve().await.map_err(ConnectError::Resolve)?;
+    let mut last = None;
+    let mut stream = None;
+    for addr in addrs {
+        match timeout(t, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                stream = Some(s);
+                break;
+            }
+            Ok(Err(e)) => last = Some(ConnectError::Connect(e)),
+            Err(_) => last = Some(ConnectError::ConnectTimeout(t)),
+        }
+    }
+    let Some(stream) = stream else { return Err(last.unwrap_or(ConnectError::ConnectTimeout(t))) };
     let _ = stream.set_nodelay(true);
     let mut conn = Framed::new(stream, TrackerClientCodec::new(DEFAULT_MAX_FRAME));
     match roundtrip(&mut conn, TrackerRequest::Hello(Hello::current()), t).await {
@@ -257,62 +323,6 @@ async fn roundtrip(conn: &mut Conn, req: TrackerRequest, t: Duration) -> Result<
     r.unwrap_or(Err(RoundtripError::Lost))
 }
 
-/// Splits files into Register requests that fit the tracker's limits (from its welcome) and ours:
-/// at most its file cap each, and an encoded size under both frame limits. A file whose
-/// metadata alone could not fit any frame is left out with a warning (sending it would only get
-/// the session closed).
-fn register_batches(files: Vec<RegisterFile>, welcome: &Welcome) -> Vec<Vec<RegisterFile>> {
-    let max_files = (welcome.max_files_per_register as usize).max(1);
-    let max_bytes = (welcome.max_frame as usize).min(DEFAULT_MAX_FRAME).saturating_sub(REGISTER_FRAME_SLACK).max(1);
-    let mut batches: Vec<Vec<RegisterFile>> = Vec::new();
-    let mut bytes = 0;
-    for f in files {
-        // Postcard size, over-estimated: a hash is 32 bytes, varints and a bitmap are small.
-        let bitmap = match &f.have {
-            Have::Complete => 0,
-            Have::Partial(b) => b.as_bytes().len(),
-        };
-        let size = 64 + f.meta.name.len() + 32 * f.meta.chunk_hashes.len() + bitmap;
-        if size > max_bytes {
-            warn!(
-                name = f.meta.name,
-                size, max_bytes, "file metadata too large for the tracker's frames; not registered"
-            );
-            continue;
-        }
-        match batches.last_mut() {
-            Some(b) if b.len() < max_files && bytes + size <= max_bytes => b.push(f),
-            _ => {
-                batches.push(vec![f]);
-                bytes = 0;
-            }
-        }
-        bytes += size;
-    }
-    batches
-}
-
-async fn register_all(conn: &mut Conn, welcome: &Welcome, reg: &Registration, t: Duration) -> Result<(), ConnectError> {
-    const STEP: &str = "registration";
-    let mut batches = register_batches(reg.shares.snapshot(), welcome);
-    if batches.is_empty() {
-        // Sets the endpoint, so the peer can chunk-register what it downloads.
-        batches.push(Vec::new());
-    }
-    for files in batches {
-        let n = files.len();
-        match roundtrip(conn, TrackerRequest::Register(Register { listen: reg.listen, files }), t).await {
-            Ok(TrackerResponse::Registered { results }) => {
-                log_rejections(&results);
-                debug!(files = n, "registered");
-            }
-            Ok(other) => return Err(step_failed(STEP, other)),
-            Err(e) => return Err(e.during(STEP)),
-        }
-    }
-    Ok(())
-}
-
 struct Actor {
     config: SessionConfig,
     registration: Option<Registration>,
@@ -321,8 +331,8 @@ struct Actor {
     shutdown: CancellationToken,
     /// The keep-alive interval of the last session, which also caps the reconnect backoff.
     keepalive: Duration,
-    /// Shared with the handles: the IP the tracker saw in its latest welcome.
-    observed: Arc<Mutex<IpAddr>>,
+    /// Shared with the handles: how the connection is.
+    link: watch::Sender<Link>,
 }
 
 enum Exit {
@@ -331,26 +341,31 @@ enum Exit {
 }
 
 impl Actor {
-    async fn run(mut self, conn: Conn, welcome: Welcome) {
-        let mut current = Some((conn, welcome));
+    async fn run(mut self, first: Option<(Conn, Welcome)>) {
+        let mut current = first;
+        let mut attempt_now = true;
         loop {
             let (mut conn, welcome) = match current.take() {
                 Some(c) => c,
-                None => match self.reconnect().await {
+                None => match self.reconnect(attempt_now).await {
                     Some(c) => c,
                     None => return,
                 },
             };
+            attempt_now = false;
             let keepalive = Duration::from_millis(welcome.keepalive_ms.max(10));
             self.keepalive = keepalive;
-            *self.observed.lock().unwrap_or_else(PoisonError::into_inner) = welcome.observed.ip();
             match self.serve(&mut conn, keepalive).await {
                 Exit::Shutdown => {
                     // Goodbye under a timeout: a dead tracker must not hold up shutdown.
                     let _ = roundtrip(&mut conn, TrackerRequest::Leave, Duration::from_secs(1)).await;
                     return;
                 }
-                Exit::Lost => warn!(tracker = %self.config.tracker, "lost the tracker; reconnecting"),
+                Exit::Lost => {
+                    warn!(tracker = %self.config.tracker, "lost the tracker; reconnecting");
+                    let error = Arc::new(ConnectError::Lost { step: "session" });
+                    self.link.send_replace(Link::Down { since: Instant::now(), grace: self.keepalive, error });
+                }
             }
         }
     }
@@ -380,31 +395,49 @@ impl Actor {
         }
     }
 
-    /// Reconnects with jittered exponential backoff and re-registers; `None` on shutdown.
-    async fn reconnect(&mut self) -> Option<(Conn, Welcome)> {
+    /// Connects with jittered exponential backoff (the first try at once if `now`) and
+    /// registers; `None` on shutdown.
+    async fn reconnect(&mut self, now: bool) -> Option<(Conn, Welcome)> {
         let cap = MAX_BACKOFF.min(self.keepalive);
         let mut backoff = Duration::from_millis(50).min(cap);
+        let mut first = now;
         loop {
-            // Jitter spreads a swarm's reconnects after a tracker restart; the cap holds anyway.
-            let jitter = rand::rng().random_range(0.5..1.5);
-            tokio::select! {
-                _ = self.shutdown.cancelled() => return None,
-                _ = tokio::time::sleep(backoff.mul_f64(jitter).min(cap)) => {}
+            if !first {
+                // Jitter spreads a swarm's reconnects after a tracker restart; the cap holds.
+                let jitter = rand::rng().random_range(0.5..1.5);
+                tokio::select! {
+                    _ = self.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(backoff.mul_f64(jitter).min(cap)) => {}
+                }
+                backoff = (backoff * 2).min(cap);
             }
-            backoff = (backoff * 2).min(cap);
+            first = false;
             let attempt = async {
                 let (mut conn, welcome) = open(&self.config).await?;
+                let mut endpoint = None;
                 if let Some(reg) = &self.registration {
-                    register_all(&mut conn, &welcome, reg, self.config.request_timeout).await?;
+                    endpoint = Some(register_all(&mut conn, &welcome, reg, self.config.request_timeout).await?);
                 }
-                Ok::<_, ConnectError>((conn, welcome))
+                Ok::<_, ConnectError>((conn, welcome, endpoint))
             };
-            match attempt.await {
-                Ok(c) => {
-                    info!(tracker = %self.config.tracker, "reconnected to the tracker and re-registered");
-                    return Some(c);
+            let result = tokio::select! {
+                _ = self.shutdown.cancelled() => return None,
+                r = attempt => r,
+            };
+            match result {
+                Ok((conn, welcome, endpoint)) => {
+                    info!(tracker = %self.config.tracker, "connected to the tracker and registered");
+                    self.link.send_replace(Link::Up { observed: welcome.observed.ip(), endpoint });
+                    return Some((conn, welcome));
                 }
-                Err(e) => debug!(error = %e, "reconnect failed"),
+                Err(e) => {
+                    debug!(tracker = %self.config.tracker, error = %e, "connecting to the tracker failed");
+                    let since = match &*self.link.borrow() {
+                        Link::Down { since, .. } => *since,
+                        _ => Instant::now(),
+                    };
+                    self.link.send_replace(Link::Down { since, grace: self.keepalive, error: Arc::new(e) });
+                }
             }
         }
     }

@@ -1,7 +1,9 @@
 //! Session unit tests: typed connect failures and Register batches that fit the tracker's limits.
 
+use super::session_register::register_batches;
 use super::*;
 use proto::limits::MIN_CHUNK_SIZE;
+use proto::Have;
 
 fn welcome(max_frame: u32, max_files: u32) -> Welcome {
     Welcome {
@@ -33,10 +35,12 @@ async fn an_unreachable_tracker_is_a_typed_connect_failure() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let config = SessionConfig { tracker: addr, request_timeout: Duration::from_secs(5) };
+    let config = SessionConfig { tracker: addr.into(), request_timeout: Duration::from_secs(5) };
     let r = TrackerSession::connect(config, None, CancellationToken::new()).await;
     match r {
-        Err(Error::TrackerUnreachable { addr: a, reason: ConnectError::Connect(_) }) => assert_eq!(a, addr),
+        Err(Error::TrackerUnreachable { tracker, reason }) if matches!(*reason, ConnectError::Connect(_)) => {
+            assert_eq!(tracker, HostPort::from(addr));
+        }
         Err(e) => panic!("{e:?}"),
         Ok(_) => panic!("connected to a closed port"),
     }
@@ -64,4 +68,40 @@ fn register_batches_fit_the_trackers_limits() {
         let req = TrackerRequest::Register(Register { listen: SocketAddr::from(([127, 0, 0, 1], 9)), files: b });
         assert!(postcard::to_stdvec(&req).unwrap().len() <= 16 * 1024);
     }
+}
+
+fn registration(listen: &str, dual_stack: bool, announce: Option<&str>) -> Registration {
+    Registration {
+        listen: listen.parse().unwrap(),
+        dual_stack,
+        announce: announce.map(|a| HostPort::parse(a, 0).unwrap()),
+        shares: crate::shares::Shares::default(),
+        only: None,
+    }
+}
+
+/// A peer never registers an endpoint it does not listen on: an IPv4-only listener seen by the
+/// tracker over IPv6 is refused before anything is sent; the rest go through, the announced
+/// endpoint with the listener's port unless it names one.
+#[tokio::test]
+async fn the_endpoint_registered_is_one_the_peer_listens_on() {
+    let v6: IpAddr = "fd00::2".parse().unwrap();
+    let v4: IpAddr = "10.0.0.2".parse().unwrap();
+    let mapped: IpAddr = "::ffff:10.0.0.2".parse().unwrap();
+    let err = registration("0.0.0.0:7000", false, None).endpoint(v6).await.unwrap_err();
+    assert!(matches!(err, ConnectError::NotListening { .. }), "{err}");
+    assert!(err.is_permanent());
+    assert!(err.to_string().contains("[fd00::2]:7000") && err.to_string().contains("0.0.0.0:7000"), "{err}");
+    let v6_only = registration("[::]:7000", false, None).endpoint(v4).await.unwrap_err();
+    assert!(matches!(v6_only, ConnectError::NotListening { .. }), "{v6_only}");
+    for (listen, dual, seen) in
+        [("0.0.0.0:7000", false, v4), ("0.0.0.0:7000", false, mapped), ("[::]:7000", true, v4), ("[::]:7000", true, v6)]
+    {
+        let reg = registration(listen, dual, None);
+        assert_eq!(reg.endpoint(seen).await.unwrap(), reg.listen, "{listen} seen from {seen}");
+    }
+    let announced = registration("[::]:7000", true, Some("10.9.9.9")).endpoint(v4).await.unwrap();
+    assert_eq!(announced, "10.9.9.9:7000".parse().unwrap());
+    let forwarded = registration("[::]:7000", true, Some("[fd00::9]:443")).endpoint(v4).await.unwrap();
+    assert_eq!(forwarded, "[fd00::9]:443".parse().unwrap());
 }

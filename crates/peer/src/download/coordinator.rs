@@ -49,6 +49,9 @@ pub(crate) enum Input {
     Discarded { source: SourceId, bytes: u64 },
     /// Storing failed locally: the download cannot go on.
     Failed(Error),
+    /// Time passed: sources whose backoff is over are connected again (see
+    /// [`Coordinator::next_retry`]).
+    Tick,
 }
 
 /// Something for the driver to do.
@@ -87,8 +90,9 @@ enum Link {
 struct Record {
     report: SourceReport,
     link: Link,
-    /// Connections that failed in a row, for the backoff.
+    /// Connections that failed in a row, for the backoff; reset by a chunk delivered.
     failures: u32,
+    /// When to connect again after a failure, without waiting for the tracker to list it again.
     retry_at: Option<Instant>,
     /// Copies that failed verification.
     strikes: u32,
@@ -194,8 +198,44 @@ impl Coordinator {
                 }
             }
             Input::Failed(e) => return Err(e),
+            Input::Tick => self.retry_due(now),
         }
         Ok(())
+    }
+
+    /// When the next source's backoff ends, if any source waits for one: the driver sends
+    /// [`Input::Tick`] then, so a source is retried on a schedule of its own.
+    pub(crate) fn next_retry(&self) -> Option<Instant> {
+        if self.linked >= self.config.max_sources {
+            return None;
+        }
+        self.sources
+            .values()
+            .filter(|r| r.link == Link::Down && r.report.dropped.is_none())
+            .filter_map(|r| r.retry_at)
+            .min()
+    }
+
+    /// Connects the sources whose backoff is over (up to the cap), earliest first.
+    fn retry_due(&mut self, now: Instant) {
+        let mut due: Vec<(Instant, SourceId)> = self
+            .sources
+            .iter()
+            .filter(|(_, r)| r.link == Link::Down && r.report.dropped.is_none())
+            .filter_map(|(&id, r)| r.retry_at.filter(|&t| t <= now).map(|t| (t, id)))
+            .collect();
+        due.sort_unstable();
+        for (_, id) in due {
+            if self.linked >= self.config.max_sources {
+                break;
+            }
+            let Some(rec) = self.sources.get_mut(&id) else { continue };
+            rec.link = Link::Connecting;
+            rec.retry_at = None;
+            self.linked += 1;
+            self.actions.push(Action::Connect { source: id, addr: rec.report.addr });
+        }
+        self.progress.active_sources = self.linked;
     }
 
     /// The error for a deadline that passed now.
@@ -283,6 +323,8 @@ impl Coordinator {
                 if let Some(r) = rec {
                     r.report.bytes += bytes;
                     r.report.chunks += 1;
+                    // A success: the next failure starts the backoff over.
+                    r.failures = 0;
                 }
                 self.actions.push(Action::Stored { chunk });
                 if self.sched.needed_count() == 0 && !self.sched.is_done() {

@@ -319,3 +319,31 @@ fn a_whole_file_mismatch_fetches_the_bad_chunks_again() {
     assert_eq!(requests(&f.c.take_actions()), vec![(s, 1)]);
     assert_eq!((f.c.progress().chunks_done, f.c.progress().bytes_done), (1, CHUNK));
 }
+
+/// A source that failed is connected again when its backoff ends, on a schedule of its own (not
+/// at the next tracker poll), and a delivered chunk starts the backoff over.
+#[test]
+fn a_failed_source_is_retried_when_its_backoff_ends_and_success_resets_it() {
+    let mut f = Fixture::new(4, 16);
+    let asked = f.connect(&[(1, Have::Complete)], 1);
+    let s1 = f.id_of(1);
+    assert_eq!(requests(&asked).len(), 1);
+    f.feed(Input::Ended { source: s1, result: Err(SourceError::TaskFailed) });
+    let first = f.c.next_retry().unwrap();
+    assert_eq!(first - f.now, Duration::from_millis(500));
+    assert!(f.feed(Input::Tick).is_empty(), "not before its time");
+    f.now = first;
+    assert_eq!(f.feed(Input::Tick), vec![Action::Connect { source: s1, addr: addr(1) }]);
+    assert_eq!(f.c.next_retry(), None);
+    // Fails again: a longer wait. Then it delivers a chunk, and the next failure waits 500 ms again.
+    f.feed(Input::Ended { source: s1, result: Err(SourceError::TaskFailed) });
+    assert_eq!(f.c.next_retry().unwrap() - f.now, Duration::from_secs(1));
+    f.now += Duration::from_secs(1);
+    f.feed(Input::Tick);
+    let asked = f.feed(Input::Connected { source: s1, have: Have::Complete, want: 1 });
+    let (_, c2) = requests(&asked)[0];
+    f.feed(Input::Received { source: s1, asked: c2, chunk: c2, want: 1 });
+    f.feed(Input::Stored { source: s1, chunk: c2, bytes: CHUNK });
+    f.feed(Input::Ended { source: s1, result: Err(SourceError::TaskFailed) });
+    assert_eq!(f.c.next_retry().unwrap() - f.now, Duration::from_millis(500));
+}

@@ -40,9 +40,9 @@ use tracing::{info, warn};
 
 use crate::error::Error;
 use crate::ratelimit::RateLimiter;
-use crate::session::TrackerSession;
 use crate::shares::{Shared, Shares, NEWS_BACKLOG};
 use crate::task::TaskGroup;
+use crate::trackers::Trackers;
 use coordinator::{Action, Coordinator, Input};
 use scheduler::SourceId;
 use source::SourceContext;
@@ -51,7 +51,7 @@ pub use types::{DownloadConfig, DownloadOptions, DownloadReport, Progress, Sourc
 /// What a download needs from its node.
 #[derive(Clone)]
 pub(crate) struct Context {
-    pub(crate) session: TrackerSession,
+    pub(crate) trackers: Trackers,
     pub(crate) store: Store,
     pub(crate) shares: Shares,
     /// Where this node listens (as bound: the IP may be unspecified).
@@ -77,7 +77,12 @@ pub(crate) async fn download(
     let start = Instant::now();
     // A name that could not be a file in the share folder is refused before anything is asked.
     proto::validate_name(name).map_err(|reason| Error::InvalidName { name: name.to_owned(), reason })?;
-    let meta = Arc::new(ctx.session.file_meta(name).await?);
+    // The deadline covers waiting for a tracker too (one may be down, or not up yet).
+    let meta = match opts.deadline {
+        Some(d) => tokio::time::timeout(d, ctx.trackers.file_meta(name)).await.map_err(|_| Error::NoTracker(d))??,
+        None => ctx.trackers.file_meta(name).await?,
+    };
+    let meta = Arc::new(meta);
     let existing = ctx.shares.get(name);
     match &existing {
         Some(Shared::Complete(m)) if m.same_content(&meta) => {
@@ -105,7 +110,7 @@ pub(crate) async fn download(
     if resumed > 0 {
         info!(name, resumed, "resuming download");
         let files = vec![RegisterFile { meta: (*meta).clone(), have: Have::Partial(have) }];
-        if let Err(e) = ctx.session.register(ctx.listen, files).await {
+        if let Err(e) = ctx.trackers.register(files).await {
             warn!(error = %e, "cannot register resumed chunks; they will be registered on reconnect");
         }
     }
@@ -119,7 +124,7 @@ pub(crate) async fn download(
     ctx.shares.insert(Shared::Complete(meta.clone()));
     // Complete at the tracker now, not chunk by chunk (and whatever registrations were lost).
     let complete = vec![RegisterFile { meta: (*meta).clone(), have: Have::Complete }];
-    if let Err(e) = ctx.session.register(ctx.listen, complete).await {
+    if let Err(e) = ctx.trackers.register(complete).await {
         warn!(error = %e, "cannot register the finished file; it will be registered on reconnect");
     }
     if let Some(p) = &opts.progress {
@@ -174,7 +179,7 @@ impl Download {
         let parallel = std::thread::available_parallelism().map_or(2, |p| p.get()).max(2);
         let (arrived_tx, arrived_rx) = mpsc::channel(parallel);
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
-        let me = Some(ctx.session.endpoint(ctx.listen));
+        let me = ctx.trackers.endpoint();
         let coordinator =
             Coordinator::new(&meta, &partial.have(), partial.bytes_done(), ctx.config.clone(), me, rand::random());
         if let Some(p) = &opts.progress {
@@ -182,11 +187,12 @@ impl Download {
         }
         let span = |what: &'static str| tracing::debug_span!("download", name = meta.name, task = what);
         writer.spawn_until(span("writer"), writer::run(partial.clone(), arrived_rx, inbox_tx.clone(), parallel));
-        let poller = poll_locations(ctx.session.clone(), meta.name.clone(), ctx.config.poll_interval, inbox_tx.clone());
+        let poller =
+            poll_locations(ctx.trackers.clone(), meta.name.clone(), ctx.config.poll_interval, inbox_tx.clone());
         tasks.spawn_until(span("poller"), poller);
         // Registrations are not cancelled with the rest: what is queued still reaches the tracker.
         let (register_tx, register_rx) = mpsc::unbounded_channel();
-        let registrations = register::run(ctx.session.clone(), meta.name.clone(), register_rx);
+        let registrations = register::run(ctx.trackers.clone(), meta.name.clone(), register_rx);
         let register_token = outer.spawn_until(span("register"), registrations);
         let source_cx = Arc::new(SourceContext {
             meta: meta.clone(),
@@ -236,6 +242,7 @@ impl Download {
             let input = tokio::select! {
                 _ = stop.cancelled() => return Err(Error::Cancelled),
                 _ = sleep_until(deadline) => return Err(self.coordinator.deadline_error()),
+                _ = sleep_until(self.coordinator.next_retry()) => Input::Tick,
                 // The download holds a sender (its sources' context): the inbox never closes.
                 Some(input) = self.inbox.recv() => input,
             };
@@ -354,16 +361,11 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// doubling up to `interval`, forwarding each answer. The first polls come fast because a swarm
 /// that starts together is invisible at first: downloaders become sources only with their first
 /// chunks, a moment after the start. A slow or unreachable tracker delays only this task.
-async fn poll_locations(
-    session: TrackerSession,
-    name: String,
-    interval: Duration,
-    inbox: mpsc::UnboundedSender<Input>,
-) {
+async fn poll_locations(trackers: Trackers, name: String, interval: Duration, inbox: mpsc::UnboundedSender<Input>) {
     let mut wait = interval / 8;
     loop {
         let next = Instant::now() + wait;
-        if inbox.send(Input::Locations(session.locations(&name).await)).is_err() {
+        if inbox.send(Input::Locations(trackers.locations(&name).await)).is_err() {
             return;
         }
         tokio::time::sleep_until(next).await;

@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::session::TrackerSession;
+use crate::trackers::Trackers;
 
 /// Shortest time between two batches of one download.
 pub(crate) const BATCH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Registers the chunks received on `stored` until it is closed and drained.
-pub(crate) async fn run(session: TrackerSession, name: String, mut stored: mpsc::UnboundedReceiver<u32>) {
+pub(crate) async fn run(trackers: Trackers, name: String, mut stored: mpsc::UnboundedReceiver<u32>) {
     let mut last: Option<Instant> = None;
     let mut open = true;
     while open {
@@ -44,7 +44,7 @@ pub(crate) async fn run(session: TrackerSession, name: String, mut stored: mpsc:
         }
         last = Some(Instant::now());
         let chunks = batch.len();
-        if let Err(e) = session.chunk_register_batch(&name, batch).await {
+        if let Err(e) = trackers.chunk_register_batch(&name, batch).await {
             debug!(chunks, error = %e, "chunk registration failed; re-registered on reconnect");
         }
     }
