@@ -74,31 +74,51 @@ pub(crate) struct Uploader {
     /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
     /// for [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
     pub(crate) fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
-    /// Open upload connections per remote IP, for [`ServeConfig::max_uploads_per_ip`].
-    pub(crate) per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Open upload connections per remote address and per IPv6 /64, for
+    /// [`ServeConfig::max_uploads_per_ip`].
+    pub(crate) per_ip: Mutex<HashMap<SlotKey, usize>>,
 }
 
-/// The address a connection from `ip` is counted under for the per-address cap.
-fn slot_key(ip: IpAddr) -> IpAddr {
+/// What a connection is counted under for the per-address caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum SlotKey {
+    /// One address (IPv4-mapped addresses as IPv4): at most `max_uploads_per_ip`.
+    Addr(IpAddr),
+    /// An IPv6 /64, which one host can fill with addresses of its own but a whole LAN also
+    /// shares: at most [`PREFIX_FACTOR`] times `max_uploads_per_ip`, so many hosts on one IPv6
+    /// LAN are served and one host with many addresses still cannot take every slot.
+    Prefix64(u64),
+}
+
+/// How many addresses' worth of slots one IPv6 /64 may hold.
+pub(crate) const PREFIX_FACTOR: usize = 16;
+
+/// The keys a connection from `ip` is counted under, with each one's cap.
+fn slot_keys(ip: IpAddr, per_ip: usize) -> Vec<(SlotKey, usize)> {
     match ip.to_canonical() {
-        IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from_bits(v6.to_bits() & !u128::from(u64::MAX))),
-        v4 => v4,
+        IpAddr::V6(v6) => vec![
+            (SlotKey::Addr(IpAddr::V6(v6)), per_ip),
+            (SlotKey::Prefix64((v6.to_bits() >> 64) as u64), per_ip.saturating_mul(PREFIX_FACTOR)),
+        ],
+        v4 => vec![(SlotKey::Addr(v4), per_ip)],
     }
 }
 
-/// One connection's place in [`Uploader::per_ip`], given back when dropped.
+/// One connection's places in [`Uploader::per_ip`], given back when dropped.
 struct IpSlot {
     up: Arc<Uploader>,
-    ip: IpAddr,
+    keys: Vec<SlotKey>,
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut per_ip = self.up.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.ip);
+        for key in &self.keys {
+            if let Some(n) = per_ip.get_mut(key) {
+                *n -= 1;
+                if *n == 0 {
+                    per_ip.remove(key);
+                }
             }
         }
     }
@@ -124,18 +144,18 @@ impl Uploader {
         Uploader { shares, store, limiter, uploaded, config, fresh: Mutex::default(), per_ip: Mutex::default() }
     }
 
-    /// Takes a connection slot for `remote`'s address (IPv4-mapped addresses counted as IPv4, and
-    /// IPv6 addresses by their /64, which one host can fill with addresses of its own), or None
-    /// if that address already holds [`ServeConfig::max_uploads_per_ip`].
+    /// Takes a connection slot for `remote` (see [`SlotKey`]), or None if its address already
+    /// holds [`ServeConfig::max_uploads_per_ip`] or its IPv6 /64 [`PREFIX_FACTOR`] times that.
     fn ip_slot(self: &Arc<Self>, remote: SocketAddr) -> Option<IpSlot> {
-        let ip = slot_key(remote.ip());
+        let keys = slot_keys(remote.ip(), self.config.max_uploads_per_ip);
         let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = per_ip.entry(ip).or_insert(0);
-        if *n >= self.config.max_uploads_per_ip {
+        if keys.iter().any(|(key, cap)| per_ip.get(key).copied().unwrap_or(0) >= *cap) {
             return None;
         }
-        *n += 1;
-        Some(IpSlot { up: self.clone(), ip })
+        for (key, _) in &keys {
+            *per_ip.entry(*key).or_insert(0) += 1;
+        }
+        Some(IpSlot { up: self.clone(), keys: keys.into_iter().map(|(k, _)| k).collect() })
     }
 
     /// The chunk to send for a request of `chunk` of the complete file `meta`: `chunk` itself

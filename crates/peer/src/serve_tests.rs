@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use super::{slot_key, Conn, UploadError};
+use super::{slot_keys, Conn, SlotKey, UploadError, PREFIX_FACTOR};
 
 /// A connected pair with small socket buffers, so a large write drains only as fast as the
 /// client reads.
@@ -54,11 +54,14 @@ async fn a_client_that_reads_nothing_is_cut_off_after_one_deadline() {
 }
 
 #[test]
-fn addresses_are_counted_by_host() {
+fn addresses_are_counted_by_host_and_ipv6_prefixes_with_room_for_a_lan() {
     let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
-    assert_eq!(slot_key(ip("::ffff:10.1.2.3")), ip("10.1.2.3"));
-    assert_eq!(slot_key(ip("10.1.2.3")), ip("10.1.2.3"));
-    assert_eq!(slot_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), ip("2001:db8:1:2::"));
-    assert_eq!(slot_key(ip("2001:db8:1:2::1")), slot_key(ip("2001:db8:1:2:ffff::9")));
-    assert_ne!(slot_key(ip("2001:db8:1:2::1")), slot_key(ip("2001:db8:1:3::1")));
+    let keys = |s: &str| slot_keys(ip(s), 4);
+    assert_eq!(keys("::ffff:10.1.2.3"), vec![(SlotKey::Addr(ip("10.1.2.3")), 4)]);
+    assert_eq!(keys("10.1.2.3"), vec![(SlotKey::Addr(ip("10.1.2.3")), 4)]);
+    let v6 = keys("2001:db8:1:2:aaaa:bbbb:cccc:dddd");
+    assert_eq!(v6[0], (SlotKey::Addr(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")), 4));
+    assert_eq!(v6[1].1, 4 * PREFIX_FACTOR);
+    assert_eq!(keys("2001:db8:1:2::1")[1], keys("2001:db8:1:2:ffff::9")[1], "one /64");
+    assert_ne!(keys("2001:db8:1:2::1")[1], keys("2001:db8:1:3::1")[1]);
 }

@@ -190,19 +190,31 @@ impl Trackers {
         self.route(name, |s| async move { s.locations(name).await }).await
     }
 
-    /// Registers chunks of a file with its tracker.
-    pub async fn chunk_register_batch(&self, name: &str, chunks: Vec<u32>) -> Result<(), Error> {
-        self.session_for(name).chunk_register_batch(name, chunks).await
+    /// Runs a registration on session `i` if it is connected, within the patience: never waits
+    /// for a tracker that is down, since what it would register goes with the re-registration
+    /// when it is back (or with the move to the next tracker), and a registration that waited
+    /// would hold up the ones after it.
+    async fn registration(&self, i: usize, call: impl Future<Output = Result<(), Error>>) -> Result<(), Error> {
+        if !matches!(&*self.sessions[i].link().borrow(), Link::Up { .. }) {
+            return Err(Error::TrackerLost);
+        }
+        tokio::time::timeout(self.patience, call).await.unwrap_or(Err(Error::TrackerLost))
     }
 
-    /// Registers files, each with its tracker.
+    /// Registers chunks of a file with its tracker, if that tracker is connected now.
+    pub async fn chunk_register_batch(&self, name: &str, chunks: Vec<u32>) -> Result<(), Error> {
+        let i = self.routes.primary(name, None);
+        self.registration(i, self.sessions[i].chunk_register_batch(name, chunks)).await
+    }
+
+    /// Registers files, each with its tracker, if that tracker is connected now.
     pub async fn register(&self, files: Vec<RegisterFile>) -> Result<(), Error> {
         let mut by: BTreeMap<usize, Vec<RegisterFile>> = BTreeMap::new();
         for f in files {
             by.entry(self.routes.primary(&f.meta.name, None)).or_default().push(f);
         }
         for (i, files) in by {
-            self.sessions[i].register(files).await?;
+            self.registration(i, self.sessions[i].register(files)).await?;
         }
         Ok(())
     }
