@@ -1,7 +1,11 @@
 //! Helpers for the integration tests: start a tracker in-process on port 0, talk to it with a raw
 //! protocol client, wait for conditions with a deadline (never a fixed sleep), make test files.
+//! [`netns`] builds hosts on network namespaces for the real binaries (shared with
+//! `cargo xtask bench swarm-netns`).
 
 #![allow(clippy::unwrap_used, missing_docs)]
+
+pub mod netns;
 
 use std::future::Future;
 use std::net::SocketAddr;

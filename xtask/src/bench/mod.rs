@@ -49,7 +49,12 @@ enum Which {
     /// One seed and N downloaders in this process, every upload capped, against the optimum.
     Swarm(SwarmArgs),
     /// The swarm as separate processes on network-namespace hosts, egress shaped with tc (root).
-    SwarmNetns(SwarmArgs),
+    ///
+    /// Each tracker, the seed and each downloader is a process on a host of its own (a network
+    /// namespace on a bridge); peers find the trackers by host name (`tracker.lab`, or
+    /// `tracker1.lab,tracker2.lab,...`). With `--kill-tracker-at`, the swarm runs twice, without
+    /// and with the kill, and the ratio of the two times is reported (target <= 1.10).
+    SwarmNetns(SwarmNetnsArgs),
     /// A tracker process under many sessions: requests/s, latency percentiles, memory per peer.
     Tracker(TrackerArgs),
     /// Many downloaders in one process against a few seeds: completion, time, memory.
@@ -116,6 +121,44 @@ impl SwarmArgs {
 
 const SWARM_DEFAULT: SwarmArgs = SwarmArgs { n: 8, size: 64 << 20, rate: 8 << 20 };
 
+/// Options of the swarm-netns benchmark: the swarm's, and the network's.
+#[derive(Debug, Clone, Copy, Args)]
+struct SwarmNetnsArgs {
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// Addresses of the hosts: v4 (10.77.0.0/16), v6 (fd00:77::/64 only, no IPv4 address) or
+    /// dual (both).
+    #[arg(long, default_value = "v4", value_parser = parse_family, value_name = "v4|v6|dual")]
+    family: netns::Family,
+    /// Trackers, each on its own host; every peer is given all of them, and each file has its
+    /// own tracker (rendezvous hashing over the list).
+    #[arg(long, default_value_t = 1)]
+    trackers: usize,
+    /// Kill (SIGKILL) the tracker responsible for the file at this fraction of T_min after the
+    /// downloads start (needs --trackers 2 or more). The swarm then runs twice, without and
+    /// with the kill, and the report compares the times (target: at most 1.10 times longer).
+    #[arg(long, value_name = "F")]
+    kill_tracker_at: Option<f64>,
+}
+
+fn parse_family(s: &str) -> Result<netns::Family, String> {
+    s.parse()
+}
+
+impl SwarmNetnsArgs {
+    fn setup(self) -> netns::NetnsSetup {
+        netns::NetnsSetup {
+            swarm: self.swarm.setup(),
+            family: self.family,
+            trackers: self.trackers,
+            kill_at: self.kill_tracker_at,
+        }
+    }
+}
+
+const SWARM_NETNS_DEFAULT: SwarmNetnsArgs =
+    SwarmNetnsArgs { swarm: SWARM_DEFAULT, family: netns::Family::V4, trackers: 1, kill_tracker_at: None };
+
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     util::install_interrupt_handler();
     let dir = args.dir.unwrap_or_else(std::env::temp_dir);
@@ -125,7 +168,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Chunkstore { size: GIB },
             Which::Single { size: GIB },
             Which::Swarm(SWARM_DEFAULT),
-            Which::SwarmNetns(SWARM_DEFAULT),
+            Which::SwarmNetns(SWARM_NETNS_DEFAULT),
             Which::Tracker(TRACKER_DEFAULT),
             Which::Scale(SCALE_DEFAULT),
         ],

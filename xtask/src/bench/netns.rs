@@ -1,214 +1,256 @@
 //! `bench swarm-netns`: the swarm benchmark with every peer a separate `peer` process on its own
-//! host: a Linux network namespace joined to the others through a bridge (in a namespace of its
-//! own), each host's egress shaped with `tc tbf` to the upload rate. Nothing touches the machine's
-//! own network: traffic flows only between the namespaces' 10.77.0.0/24 addresses. Needs root and
-//! iproute2; skipped with a clear message otherwise. Namespaces are removed afterwards, also when
-//! the benchmark is interrupted, and stale ones from a killed run are swept first.
+//! host (a Linux network namespace on a bridge, built by the tests crate's `tests::netns`, the
+//! same harness the CI tests use), each peer host's egress shaped with `tc tbf` to the upload
+//! rate. Nothing touches the machine's own network. Needs root and iproute2; skipped with a clear
+//! message otherwise. Namespaces are removed afterwards, also when the benchmark is interrupted
+//! (an `OnExit` runs the network's teardown), and stale ones from a killed run are swept first.
+//!
+//! Options: the address family (`v4`, `v6` only, `dual`), several trackers (peers given all of
+//! them by name; each file has its tracker by rendezvous hashing), and killing the file's
+//! responsible tracker with SIGKILL part-way: then the swarm runs twice, without and with the
+//! kill, and the report compares the two times.
 
-use std::path::Path;
-use std::process::Command;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+pub(crate) use tests::netns::Family;
+use tests::netns::{self, HostSpec, Net};
 
 use super::swarm::{report, Outcome, Setup};
 use super::util::{file_root, write_random_file, Bins, OnExit, Proc, Report, Scratch};
 
-/// Prefix of every namespace this benchmark creates; the creating process's id follows.
-const PREFIX: &str = "p2pb";
+/// The file every run distributes.
+const NAME: &str = "swarm.bin";
+/// Every tracker's port.
+const TRACKER_PORT: u16 = 6969;
+/// Every peer's listen port (all interfaces, IPv4 and IPv6).
+const PEER_PORT: &str = "7000";
+/// The swarm with the kill may take at most this factor of the swarm without it.
+const KILL_TARGET: f64 = 1.10;
 
-fn ip(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("ip").args(args).output().context("run ip (iproute2)")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+/// What `bench swarm-netns` is asked to do.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NetnsSetup {
+    /// Downloaders, file size, rate.
+    pub(crate) swarm: Setup,
+    /// Addresses of the hosts.
+    pub(crate) family: Family,
+    /// Trackers, each on its own host.
+    pub(crate) trackers: usize,
+    /// SIGKILL the file's responsible tracker at this fraction of T_min.
+    pub(crate) kill_at: Option<f64>,
 }
 
-fn tc(args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("tc").args(args).output().context("run tc (iproute2)")?;
-    if !out.status.success() {
-        bail!("tc {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-/// Names of existing namespaces.
-fn namespaces() -> Vec<String> {
-    Command::new("ip")
-        .args(["netns", "list"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .filter_map(|l| l.split_whitespace().next())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// Removes namespaces left by a run that was killed before it could clean up (its process is
-/// gone).
-fn sweep_stale() {
-    for ns in namespaces() {
-        let Some(rest) = ns.strip_prefix(PREFIX) else { continue };
-        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
-        if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = ip(&["netns", "del", &ns]);
+impl NetnsSetup {
+    /// What this benchmark adds to the swarm's description.
+    fn describe(&self) -> String {
+        let mut s = self.family.to_string();
+        if self.trackers > 1 {
+            s += &format!(", {} trackers", self.trackers);
         }
-    }
-}
-
-/// The hosts of one run: namespace names and addresses; all removed when dropped.
-struct Net {
-    hosts: Vec<String>,
-    _cleanup: OnExit,
-}
-
-impl Net {
-    /// Host `i` has address 10.77.0.(i+1); hosts other than 0 (the tracker's) have their egress
-    /// shaped to `rate` bytes/s.
-    fn build(count: usize, rate: u64) -> anyhow::Result<Net> {
-        let tag = format!("{PREFIX}{}", std::process::id());
-        let switch = format!("{tag}sw");
-        let hosts: Vec<String> = (0..count).map(|i| format!("{tag}h{i}")).collect();
-        let all: Vec<String> = std::iter::once(switch.clone()).chain(hosts.iter().cloned()).collect();
-        let cleanup = OnExit::new(move || {
-            for ns in &all {
-                let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            }
-        });
-        ip(&["netns", "add", &switch])?;
-        ip(&["-n", &switch, "link", "add", "br0", "type", "bridge"])?;
-        ip(&["-n", &switch, "link", "set", "br0", "up"])?;
-        let bits = (rate * 8).to_string() + "bit";
-        // A bucket of about 10 ms of traffic, at least 32 KiB, so the shaper keeps up at any rate.
-        let burst = (rate / 100).max(32 * 1024).to_string();
-        for (i, h) in hosts.iter().enumerate() {
-            ip(&["netns", "add", h])?;
-            let (inner, outer) = (format!("h{i}"), format!("s{i}"));
-            ip(&["link", "add", &inner, "netns", h, "type", "veth", "peer", "name", &outer, "netns", &switch])?;
-            ip(&["-n", &switch, "link", "set", &outer, "master", "br0", "up"])?;
-            ip(&["-n", h, "addr", "add", &format!("10.77.0.{}/24", i + 1), "dev", &inner])?;
-            ip(&["-n", h, "link", "set", &inner, "up"])?;
-            ip(&["-n", h, "link", "set", "lo", "up"])?;
-            if i > 0 {
-                tc(&[
-                    "-n", h, "qdisc", "add", "dev", &inner, "root", "tbf", "rate", &bits, "burst", &burst, "latency",
-                    "100ms",
-                ])?;
-            }
+        if let Some(f) = self.kill_at {
+            s += &format!(", the file's tracker killed at {f}·T_min");
         }
-        Ok(Net { hosts, _cleanup: cleanup })
+        s
+    }
+}
+
+/// The hosts of a run: trackers first, then the seed, then the downloaders.
+struct Lab<'a> {
+    bins: &'a Bins,
+    net: &'a Net,
+    setup: NetnsSetup,
+    /// The `--tracker` list every peer is given: every tracker by name.
+    list: String,
+    seed_dir: PathBuf,
+    scratch: &'a Path,
+}
+
+/// What a run with a kill adds to its outcome.
+struct Kill {
+    /// Which tracker (1-based), and when, seconds after the start.
+    tracker: usize,
+    at: f64,
+    /// Seconds from the kill until the file was listed at its next tracker, if it was.
+    moved: Option<f64>,
+}
+
+impl Lab<'_> {
+    fn seed_host(&self) -> usize {
+        self.setup.trackers
     }
 
-    fn addr(i: usize) -> String {
-        format!("10.77.0.{}", i + 1)
-    }
-
-    /// A command run inside host `i`.
-    fn exec(&self, i: usize, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.hosts[i]]).arg(program);
+    fn peer(&self, host: usize) -> Command {
+        let mut c = self.net.command(host, &self.bins.peer);
+        c.args(["--tracker", &self.list]).env("RUST_LOG", "warn");
         c
     }
-}
 
-/// Whether this machine lets us build namespaces: root and a working `ip netns`.
-fn permitted() -> Result<(), String> {
-    let probe = format!("{PREFIX}{}probe", std::process::id());
-    match ip(&["netns", "add", &probe]) {
-        Ok(()) => {
-            let _ = ip(&["netns", "del", &probe]);
-            Ok(())
+    /// One swarm from start to finish: trackers, seed, downloaders; every file checked against
+    /// `root`; every process stopped. With `kill`, the file's responsible tracker is killed then.
+    fn run(&self, tag: &str, root: blake3::Hash, kill: Option<f64>) -> anyhow::Result<(Outcome, Option<Kill>)> {
+        let setup = self.setup.swarm;
+        let mut trackers = Vec::new();
+        for t in 0..self.setup.trackers {
+            let mut cmd = self.net.command(t, &self.bins.tracker);
+            cmd.args(["--listen", &TRACKER_PORT.to_string()]).env("RUST_LOG", "warn");
+            let p = Proc::spawn(cmd, &tracker_name(self.setup.trackers, t))?;
+            p.wait_line(Duration::from_secs(10), |l| l.starts_with("tracker listening").then_some(()))?;
+            trackers.push(Some(p));
         }
-        Err(e) => Err(format!("{e:#}")),
+        let mut cmd = self.peer(self.seed_host());
+        cmd.args(["serve", "--listen", PEER_PORT]).arg("--share").arg(&self.seed_dir);
+        let seed = Proc::spawn(cmd, "seed")?;
+        seed.wait_line(Duration::from_secs(120), |l| l.starts_with("serving ").then_some(()))?;
+
+        // Downloaders keep serving after their download (--seed) until every one is done, as the
+        // in-process peers do; a file appears under its name only once verified.
+        let start = Instant::now();
+        let mut downloaders = Vec::new();
+        for i in 0..setup.n {
+            let d = self.scratch.join(format!("{tag}-d{i}"));
+            std::fs::create_dir_all(&d)?;
+            let mut cmd = self.peer(self.seed_host() + 1 + i);
+            cmd.args(["--json", "download", NAME, "--seed", "--listen", PEER_PORT]).arg("--share").arg(&d);
+            downloaders.push((Proc::spawn(cmd, &format!("downloader {i}"))?, d.join(NAME), None::<f64>));
+        }
+        let keys: Vec<String> = (0..self.setup.trackers)
+            .map(|t| format!("{}.{}:{TRACKER_PORT}", tracker_name(self.setup.trackers, t), netns::DOMAIN))
+            .collect();
+        let order = netns::tracker_order(&keys, NAME);
+        let mut kill_at = kill.map(|f| f * setup.t_min());
+        let mut killed = None;
+        let deadline = start + Duration::from_secs_f64(setup.t_min() * 20.0 + 60.0);
+        while downloaders.iter().any(|(_, _, t)| t.is_none()) {
+            anyhow::ensure!(Instant::now() < deadline, "the swarm did not finish in 20 × T_min");
+            if kill_at.is_some_and(|at| start.elapsed().as_secs_f64() >= at) {
+                kill_at = None;
+                // Dropping the process kills it with SIGKILL.
+                drop(trackers[order[0]].take());
+                killed = Some((order[0], start.elapsed().as_secs_f64(), self.locate_thread(order[1])));
+            }
+            for (_, path, done) in downloaders.iter_mut().filter(|d| d.2.is_none()) {
+                if path.exists() {
+                    *done = Some(start.elapsed().as_secs_f64());
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let mut times: Vec<f64> = downloaders.iter().filter_map(|d| d.2).collect();
+        times.sort_by(f64::total_cmp);
+
+        // Stop them (gracefully: they tell the tracker Leave) and read where their bytes came from.
+        let seed_ips: Vec<IpAddr> = {
+            let h = self.net.host(self.seed_host());
+            [h.v4.map(IpAddr::V4), h.v6.map(IpAddr::V6)].into_iter().flatten().collect()
+        };
+        let (mut from_seed, mut from_peers) = (0u64, 0u64);
+        for (p, _, _) in &downloaders {
+            let _ = Command::new("kill").args(["-TERM", &p.pid().to_string()]).status();
+        }
+        for (i, (p, path, _)) in downloaders.into_iter().enumerate() {
+            let out = p.finish(Duration::from_secs(30))?;
+            let rep: serde_json::Value =
+                serde_json::from_str(&out).with_context(|| format!("downloader {i}'s report"))?;
+            for s in rep["sources"].as_array().into_iter().flatten() {
+                let bytes = s["bytes"].as_u64().unwrap_or(0);
+                let addr = s["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                if addr.is_some_and(|a| seed_ips.contains(&a.ip().to_canonical())) {
+                    from_seed += bytes;
+                } else {
+                    from_peers += bytes;
+                }
+            }
+            anyhow::ensure!(file_root(&path)? == root, "downloader {i} has a different file");
+        }
+        drop(seed);
+        drop(trackers);
+        let kill = killed.map(|(t, at, locate)| Kill { tracker: t + 1, at, moved: locate.join().ok().flatten() });
+        Ok((Outcome { times, seed_uploaded: from_seed, peers_uploaded: from_peers }, kill))
+    }
+
+    /// Polls tracker `t` (from its own host) with `peer locate` every 50 ms until it lists the
+    /// file, for at most 30 s; the thread returns the seconds that took.
+    fn locate_thread(&self, t: usize) -> std::thread::JoinHandle<Option<f64>> {
+        let mut cmd = self.net.command(t, &self.bins.peer);
+        let tracker = format!("{}.{}", tracker_name(self.setup.trackers, t), netns::DOMAIN);
+        cmd.args(["--tracker", &tracker, "locate", NAME]).stdout(Stdio::null()).stderr(Stdio::null());
+        let since = Instant::now();
+        std::thread::spawn(move || {
+            while since.elapsed() < Duration::from_secs(30) {
+                if cmd.status().is_ok_and(|s| s.success()) {
+                    return Some(since.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        })
     }
 }
 
-pub(crate) fn run(bins: &Bins, setup: Setup, dir: &Path) -> anyhow::Result<Report> {
-    let mut r =
-        Report::new("swarm-netns", format!("{} (separate processes, network namespaces, tc tbf)", setup.describe()));
-    if let Err(why) = permitted() {
+/// Host `t`'s name among `count` trackers.
+fn tracker_name(count: usize, t: usize) -> String {
+    if count == 1 {
+        "tracker".into()
+    } else {
+        format!("tracker{}", t + 1)
+    }
+}
+
+pub(crate) fn run(bins: &Bins, s: NetnsSetup, dir: &Path) -> anyhow::Result<Report> {
+    anyhow::ensure!(s.trackers >= 1, "--trackers must be at least 1");
+    anyhow::ensure!(s.kill_at.is_none() || s.trackers > 1, "--kill-tracker-at needs --trackers 2 or more");
+    anyhow::ensure!(
+        s.kill_at.is_none_or(|f| f > 0.0 && f < 1.0),
+        "--kill-tracker-at is a fraction of T_min, 0 < F < 1"
+    );
+    let mode = format!("separate processes, network namespaces, tc tbf; {}", s.describe());
+    if let Err(why) = netns::permitted() {
+        let mut r = Report::new("swarm-netns", format!("{} ({mode})", s.swarm.describe()));
         r.note(format!("skipped: network namespaces are not available here (needs root and iproute2): {why}"));
         return Ok(r);
     }
-    sweep_stale();
     let scratch = Scratch::new(dir, "netns")?;
     let seed_dir = scratch.path().join("seed");
     std::fs::create_dir_all(&seed_dir)?;
-    let source = seed_dir.join("swarm.bin");
-    write_random_file(&source, setup.size, 41)?;
-    let root = file_root(&source)?;
-    // Host 0: tracker; host 1: seed; hosts 2..: downloaders.
-    let net = Net::build(setup.n + 2, setup.rate)?;
-    let tracker_addr = format!("{}:6969", Net::addr(0));
+    write_random_file(&seed_dir.join(NAME), s.swarm.size, 41)?;
+    let root = file_root(&seed_dir.join(NAME))?;
 
-    let mut cmd = net.exec(0, &bins.tracker);
-    cmd.args(["--listen", &tracker_addr]).env("RUST_LOG", "warn");
-    let tracker = Proc::spawn(cmd, "tracker")?;
-    tracker.wait_line(Duration::from_secs(10), |l| l.starts_with("tracker listening").then_some(()))?;
-    let peer_args = |i: usize| {
-        vec!["--tracker".to_owned(), tracker_addr.clone(), "--listen".into(), format!("{}:7000", Net::addr(i))]
-    };
+    // Trackers unshaped; the seed and the downloaders shaped to the upload rate.
+    let mut hosts: Vec<HostSpec> = (0..s.trackers).map(|t| HostSpec::new(tracker_name(s.trackers, t), None)).collect();
+    hosts.push(HostSpec::new("seed", Some(s.swarm.rate)));
+    hosts.extend((0..s.swarm.n).map(|i| HostSpec::new(format!("d{i}"), Some(s.swarm.rate))));
+    let net = Net::build(s.family, &hosts)?;
+    // The interrupt handler exits without dropping `net`: it runs this instead.
+    let teardown = net.teardown();
+    let _cleanup = OnExit::new(move || teardown.run());
+    let list: Vec<String> = net.hosts()[..s.trackers].iter().map(|h| h.name.clone()).collect();
+    let list = list.join(",");
+    let lab = Lab { bins, net: &net, setup: s, list, seed_dir, scratch: scratch.path() };
 
-    let mut cmd = net.exec(1, &bins.peer);
-    cmd.args(&peer_args(1)[..2]).arg("serve").args(&peer_args(1)[2..]).arg("--share").arg(&seed_dir);
-    let seed = Proc::spawn(cmd, "seed")?;
-    seed.wait_line(Duration::from_secs(120), |l| l.starts_with("serving ").then_some(()))?;
-
-    // Downloaders keep serving after their download (--seed) until every one is done, as the
-    // in-process peers do; a file appears under its name only once verified.
-    let start = Instant::now();
-    let mut downloaders = Vec::new();
-    for i in 0..setup.n {
-        let host = i + 2;
-        let d = scratch.path().join(format!("d{i}"));
-        std::fs::create_dir_all(&d)?;
-        let a = peer_args(host);
-        let mut cmd = net.exec(host, &bins.peer);
-        cmd.args(&a[..2]).args(["--json", "download", "swarm.bin", "--seed"]).args(&a[2..]).arg("--share").arg(&d);
-        downloaders.push((Proc::spawn(cmd, &format!("downloader {i}"))?, d.join("swarm.bin"), None::<f64>));
-    }
-    let deadline = start + Duration::from_secs_f64(setup.t_min() * 20.0 + 60.0);
-    while downloaders.iter().any(|(_, _, t)| t.is_none()) {
-        anyhow::ensure!(Instant::now() < deadline, "the swarm did not finish in 20 × T_min");
-        for (_, path, done) in downloaders.iter_mut().filter(|d| d.2.is_none()) {
-            if path.exists() {
-                *done = Some(start.elapsed().as_secs_f64());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    let mut times: Vec<f64> = downloaders.iter().filter_map(|d| d.2).collect();
-    times.sort_by(f64::total_cmp);
-
-    // Stop them (gracefully: they tell the tracker Leave) and read where their bytes came from.
-    let seed_addr = format!("{}:7000", Net::addr(1));
-    let (mut from_seed, mut from_peers) = (0u64, 0u64);
-    for (p, _, _) in &downloaders {
-        let _ = Command::new("kill").args(["-TERM", &p.pid().to_string()]).status();
-    }
-    for (i, (p, path, _)) in downloaders.into_iter().enumerate() {
-        let out = p.finish(Duration::from_secs(30))?;
-        let rep: serde_json::Value = serde_json::from_str(&out).with_context(|| format!("downloader {i}'s report"))?;
-        for s in rep["sources"].as_array().into_iter().flatten() {
-            let bytes = s["bytes"].as_u64().unwrap_or(0);
-            if s["addr"].as_str() == Some(seed_addr.as_str()) {
-                from_seed += bytes;
-            } else {
-                from_peers += bytes;
-            }
-        }
-        anyhow::ensure!(file_root(&path)? == root, "downloader {i} has a different file");
-    }
-    drop(seed);
-    drop(tracker);
-    drop(net);
-    let o = Outcome { times, seed_uploaded: from_seed, peers_uploaded: from_peers };
-    let mut r = report("swarm-netns", &setup, "separate processes, network namespaces, tc tbf", &o);
+    let (plain, _) = lab.run("plain", root, None)?;
+    let mut r = report("swarm-netns", &s.swarm, &mode, &plain);
     r.note("times run from starting the downloader processes until each file was in place (verified)");
     r.note("uploads are the bytes each downloader's report attributes to the seed and to other downloaders");
+    if let Some(f) = s.kill_at {
+        let (o, kill) = lab.run("kill", root, Some(f))?;
+        let kill = kill.context("the tracker was never killed")?;
+        let (t0, t1) = (plain.times.last().copied().unwrap_or(0.0), o.times.last().copied().unwrap_or(0.0));
+        r.row("T without the kill (the run above)", t0, "s");
+        r.row(&format!("T with tracker{} killed at {:.2} s", kill.tracker, kill.at), t1, "s");
+        r.at_most("T with the kill / T without", t1 / t0.max(1e-9), "ratio", KILL_TARGET);
+        r.row("with the kill: seed uploaded / F", o.seed_uploaded as f64 / s.swarm.size as f64, "copies");
+        // Peers move a file once its tracker has been lost for one keep-alive interval.
+        let two_keepalives = 2.0 * proto::limits::DEFAULT_KEEPALIVE_MS as f64 / 1000.0;
+        match kill.moved {
+            Some(m) => r.at_most("file listed at its next tracker, after the kill", m, "s", two_keepalives),
+            None => r.note("the file was never listed at its next tracker within 30 s of the kill"),
+        }
+        r.note("the killed tracker is the file's first in rendezvous order, as the peers compute it");
+        r.note("the trackers run with their default keep-alive interval");
+    }
     Ok(r)
 }
