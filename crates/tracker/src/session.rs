@@ -89,6 +89,8 @@ impl fmt::Display for End {
             End::Closed => f.write_str("the peer closed the connection"),
             End::Expired => f.write_str("nothing heard from the peer for the session timeout"),
             End::Shutdown => f.write_str("the tracker is shutting down"),
+            // A reset or a failed read is the connection failing, not the peer's framing.
+            End::Framing(CodecError::Io(e)) => write!(f, "the connection failed ({e})"),
             End::Framing(e) => write!(f, "the peer broke the framing ({e})"),
             End::SendFailed => f.write_str("a reply could not be sent (the connection failed)"),
             End::Stalled => f.write_str("the peer read none of its replies for the session timeout"),
