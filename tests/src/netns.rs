@@ -230,6 +230,54 @@ impl Net {
         c
     }
 
+    /// Makes `NAME.lab` (and `NAME`) resolve to host `i`'s addresses on every host, replacing
+    /// what it resolved to before: a DNS change, for processes already running as well as new
+    /// ones. `name` is a label like a host's (see [`HostSpec`]) but not one of the hosts' own.
+    ///
+    /// The files are rewritten in place (same inode), not replaced by a rename: `ip netns exec`
+    /// bind-mounts `/etc/netns/NS/hosts` itself over `/etc/hosts` in the mount namespace it makes
+    /// for each process, and a bind mount pins the inode it was made from, so a process already
+    /// running would keep reading the old file for ever after a rename (checked: `getent hosts`
+    /// in a running `ip netns exec` shell still answered the old address after a rename, and the
+    /// new one after an in-place rewrite; glibc reads `/etc/hosts` afresh at every lookup, with
+    /// no nscd here). The price: the rewrite is not atomic. The new text is written over the old
+    /// from offset 0, then the file cut to its length, so it is never empty, but a lookup at
+    /// that very moment may read a mix of both (a name then resolves to the old address or to
+    /// none: callers that matter retry).
+    pub fn set_host_alias(&self, name: &str, i: usize) -> anyhow::Result<()> {
+        use std::fmt::Write as _;
+        use std::io::{Seek, Write as _};
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !name.starts_with('-');
+        anyhow::ensure!(ok, "alias {name:?} is not a host name label");
+        let full = format!("{name}.{DOMAIN}");
+        anyhow::ensure!(!self.hosts.iter().any(|h| h.name == full), "{full} is a host's own name");
+        let target = self.hosts.get(i).with_context(|| format!("no host {i}"))?;
+        let mut lines = String::new();
+        for a in [target.v4.map(IpAddr::V4), target.v6.map(IpAddr::V6)].into_iter().flatten() {
+            let _ = writeln!(lines, "{a}\t{full} {name}");
+        }
+        for h in &self.hosts {
+            let path = etc_path(&h.ns).join("hosts");
+            let old = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+            // Every line but those naming the alias, then the alias's new lines.
+            let mut text: String = old
+                .lines()
+                .filter(|l| !l.split_whitespace().skip(1).any(|n| n == full || n == name))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            text.push_str(&lines);
+            let mut f =
+                fs::OpenOptions::new().write(true).open(&path).with_context(|| format!("open {}", path.display()))?;
+            f.write_all(text.as_bytes()).with_context(|| format!("write {}", path.display()))?;
+            let len = f.stream_position().with_context(|| format!("write {}", path.display()))?;
+            f.set_len(len).with_context(|| format!("truncate {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     /// Runs `fut` to completion on a new thread inside host `i`'s network namespace, on a
     /// current-thread runtime, so the sockets it opens are that host's (to talk to the other
     /// hosts from the test itself). A panic in `fut` is resumed on the caller's thread.

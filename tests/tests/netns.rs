@@ -3,9 +3,10 @@
 //! dual-stack peers; a seed on the tracker's own host that registers through loopback (the
 //! tracker hands downloaders its own address for it); three trackers with the responsible one
 //! killed mid-transfer (the file moves to the next within two keep-alive intervals and every
-//! download completes). Each test is skipped, saying why, where namespaces are not available (not
-//! root, no iproute2). They run one at a time: the failover test times a shaped transfer, and the
-//! machine has two cores.
+//! download completes); a DNS change (every host's hosts file rewritten, the old tracker killed)
+//! moving a running seed to the tracker the name now gives. Each test is skipped, saying why,
+//! where namespaces are not available (not root, no iproute2). They run one at a time: the
+//! failover test times a shaped transfer, and the machine has two cores.
 
 #![allow(clippy::unwrap_used)]
 
@@ -279,4 +280,70 @@ fn responsible_tracker_killed_mid_transfer() {
         println!("every download verified {:.1?} after the start", started.elapsed());
     })
     .unwrap();
+}
+
+/// The one source a tracker lists for `name`, if it lists exactly one.
+async fn only_source(c: &mut RawClient, name: &str) -> Option<SocketAddr> {
+    let l = locate(c, name).await?;
+    (l.total_sources == 1 && l.sources.len() == 1).then(|| l.sources[0].addr)
+}
+
+/// A DNS change moves peers: `--tracker tracker.lab` is resolved again at every (re)connect.
+/// `tracker.lab` first names tracker1's host in every host's hosts file, and the seed registers
+/// its file there. Then every hosts file is rewritten so that it names tracker2's host, and
+/// tracker1 is killed (SIGKILL): the seed, still running, loses it at its next keep-alive,
+/// resolves the name again, and registers at tracker2 within a bounded time (its reconnect
+/// backoff is capped at the keep-alive, 500 ms here); a downloader told `--tracker tracker.lab`
+/// then fetches the file from the seed, byte for byte.
+#[test]
+fn a_dns_change_moves_peers() {
+    const NAME: &str = "moved.bin";
+    let hosts = [("tracker1", None), ("tracker2", None), ("seed", None), ("a", None)];
+    let Some(lab) = lab(Family::V4, &hosts) else { return };
+    let net = &lab.net;
+    let started = Instant::now();
+    net.set_host_alias("tracker", 0).unwrap();
+    net.block_on(2, async {
+        let timing = ["--listen", "6969", "--keepalive-ms", "500", "--session-timeout-ms", "1500"];
+        let mut t1 = tracker(net, 0, &timing).await;
+        let t2 = tracker(net, 1, &timing).await;
+        let root = tempfile::tempdir().unwrap();
+        let s = root.path().join("seed");
+        let data = test_data(2 * MIB, 47);
+        std::fs::create_dir_all(&s).unwrap();
+        std::fs::write(s.join(NAME), &data).unwrap();
+        let seed = seed(net, 2, "tracker.lab", &s).await;
+        let seed_ip = net.host(2).addr();
+        let addr = |h: usize| SocketAddr::new(net.host(h).addr(), 6969);
+        let (mut at1, mut at2) = (RawClient::connect(addr(0)).await, RawClient::connect(addr(1)).await);
+        let listed = only_source(&mut at1, NAME).await;
+        assert!(listed.is_some_and(|a| a.ip() == seed_ip), "tracker1 lists {listed:?}\n{}", seed.log());
+        assert!(locate(&mut at2, NAME).await.is_none(), "listed at tracker2 before the DNS change");
+
+        net.set_host_alias("tracker", 1).unwrap();
+        t1.kill().await;
+        let since = Instant::now();
+        let deadline = Duration::from_secs(4);
+        let moved = loop {
+            if let Some(a) = only_source(&mut at2, NAME).await {
+                break (since.elapsed(), a);
+            }
+            assert!(
+                since.elapsed() < deadline,
+                "not listed at tracker2 within {deadline:?} of the DNS change\n{}{}",
+                seed.log(),
+                t2.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(moved.1.ip(), seed_ip, "tracker2 lists the seed at another address");
+        println!("listed at tracker2 {:.0?} after the DNS change and tracker1's kill", moved.0);
+
+        let d = root.path().join("a");
+        let dl = download(net, 3, "tracker.lab", NAME, &d, 20);
+        let from = finished(dl, &d, NAME, &data, &[&t2, &seed, &t1]).await;
+        assert!(!from.is_empty() && from.iter().all(|a| a.ip() == seed_ip), "fetched from {from:?}");
+    })
+    .unwrap();
+    println!("downloaded through tracker2 and verified {:.1?} after the start", started.elapsed());
 }

@@ -38,6 +38,8 @@ type Conn = Framed<TcpStream, TrackerClientCodec>;
 /// Longest wait between reconnect attempts; also never longer than the tracker's keep-alive
 /// interval, so a restarted tracker has every peer back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// How often a tracker that stays unreachable is mentioned at warn (each failure is at debug).
+const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
 
 /// How to reach the tracker.
 #[derive(Debug, Clone)]
@@ -401,6 +403,9 @@ impl Actor {
         let cap = MAX_BACKOFF.min(self.keepalive);
         let mut backoff = Duration::from_millis(50).min(cap);
         let mut first = now;
+        // Failures are logged at warn now and then, so a peer stuck on a dead tracker says so
+        // (the first failure is reported by whoever started the session, or the loss was).
+        let mut next_warning = Instant::now() + UNREACHABLE_WARNING;
         loop {
             if !first {
                 // Jitter spreads a swarm's reconnects after a tracker restart; the cap holds.
@@ -431,7 +436,12 @@ impl Actor {
                     return Some((conn, welcome));
                 }
                 Err(e) => {
-                    debug!(tracker = %self.config.tracker, error = %e, "connecting to the tracker failed");
+                    if Instant::now() >= next_warning {
+                        warn!(tracker = %self.config.tracker, error = %e, "cannot connect to the tracker; still trying");
+                        next_warning = Instant::now() + UNREACHABLE_WARNING;
+                    } else {
+                        debug!(tracker = %self.config.tracker, error = %e, "connecting to the tracker failed");
+                    }
                     let since = match &*self.link.borrow() {
                         Link::Down { since, .. } => *since,
                         _ => Instant::now(),
