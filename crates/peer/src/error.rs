@@ -90,6 +90,9 @@ pub enum Error {
         /// The lowest missing chunk.
         first: u32,
     },
+    /// The node was given no tracker.
+    #[error("no tracker given")]
+    NoTrackers,
     /// No tracker answered for the file's metadata before the download's deadline.
     #[error("no tracker answered within the deadline of {0:?}")]
     NoTracker(Duration),

@@ -83,6 +83,9 @@ impl Node {
     /// Opens the share folder (hashing new files, resuming partial downloads), starts serving, and
     /// registers everything with the tracker. Fails if the tracker cannot be reached.
     pub async fn start(config: NodeConfig) -> Result<Node, Error> {
+        if config.trackers.is_empty() {
+            return Err(Error::NoTrackers);
+        }
         let share = config.share.clone();
         let (store, shares) = tokio::task::spawn_blocking(move || open_share(share))
             .await

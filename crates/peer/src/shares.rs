@@ -74,6 +74,11 @@ impl Shares {
         inner.values().map(|s| RegisterFile { meta: s.meta().clone(), have: s.have() }).collect()
     }
 
+    /// The names of every served file.
+    pub fn names(&self) -> Vec<String> {
+        self.inner.read().unwrap_or_else(PoisonError::into_inner).keys().cloned().collect()
+    }
+
     /// Number of served files.
     pub fn len(&self) -> usize {
         self.inner.read().unwrap_or_else(PoisonError::into_inner).len()

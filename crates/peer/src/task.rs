@@ -1,6 +1,8 @@
 //! One way to spawn a task: [`TaskGroup::spawn`] gives it a tracing span and a child of its
 //! group's cancellation token, and tracks it so the group can be waited on. Cancelling a group
-//! cancels every task in it and in its child groups, so nothing outlives the node that started it.
+//! cancels every task in it and in its child groups, so nothing runs on after the node that
+//! started it is stopped (a child group's tasks are waited for by whoever owns that group: a
+//! download waits for its own before it returns).
 
 use std::future::Future;
 

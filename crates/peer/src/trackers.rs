@@ -47,7 +47,7 @@ impl Routes {
     /// together do not register files with a later tracker because the first had not answered
     /// yet), or lost for less than one keep-alive interval (a restart or a blip does not move
     /// every file).
-    fn live(&self, i: usize, now: Instant) -> bool {
+    pub(crate) fn live(&self, i: usize, now: Instant) -> bool {
         let Some(links) = self.links.get() else { return true };
         match &*links[i].borrow() {
             Link::Up { .. } | Link::Connecting => true,
@@ -118,6 +118,9 @@ impl Trackers {
         request_timeout: Duration,
         stop: CancellationToken,
     ) -> Result<Trackers, Error> {
+        if list.is_empty() {
+            return Err(Error::NoTrackers);
+        }
         let group = crate::task::TaskGroup::new(stop);
         let routes = Arc::new(Routes::new(list));
         let mut sessions = Vec::new();
@@ -157,26 +160,34 @@ impl Trackers {
         &self.sessions[self.routes.primary(name, None)]
     }
 
-    /// Runs `f` against the tracker responsible for `name`; if that tracker does not answer in
-    /// time (it is being lost), against the one responsible then, each tracker once.
+    /// Runs `f` against the trackers for `name` in turn, live ones first in the file's order, until
+    /// one answers: a tracker that is not connected, or does not answer within the patience, is
+    /// passed over. With one tracker, or when none answers, it waits for a tracker to come back
+    /// (bounded by the caller: a download's deadline, Ctrl-C). Any answer, refusals included, is
+    /// returned as it is.
     async fn route<T, F, Fut>(&self, name: &str, f: F) -> Result<T, Error>
     where
         F: Fn(TrackerSession) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let mut tried = Vec::new();
+        if self.sessions.len() == 1 {
+            return f(self.sessions[0].clone()).await;
+        }
         loop {
-            let i = self.routes.primary(name, None);
-            let last = tried.contains(&i) || tried.len() + 1 >= self.sessions.len();
-            tried.push(i);
-            let call = f(self.sessions[i].clone());
-            if last {
-                return call.await;
+            let now = Instant::now();
+            let (mut live, rest): (Vec<usize>, Vec<usize>) =
+                self.routes.order(name).into_iter().partition(|&i| self.routes.live(i, now));
+            live.extend(rest);
+            for i in live {
+                match tokio::time::timeout(self.patience, f(self.sessions[i].clone())).await {
+                    Ok(Err(Error::TrackerLost)) | Err(_) => {}
+                    Ok(r) => return r,
+                }
             }
-            match tokio::time::timeout(self.patience, call).await {
-                Ok(Err(Error::TrackerLost | Error::SessionClosed)) | Err(_) => continue,
-                Ok(r) => return r,
-            }
+            // None answered: wait for any link to change, or a while, and go round again.
+            let mut links: Vec<_> = self.sessions.iter().map(TrackerSession::link).collect();
+            let changed = select_all(links.iter_mut().map(|l| Box::pin(l.changed())));
+            let _ = tokio::time::timeout(self.patience, changed).await;
         }
     }
 
@@ -213,10 +224,14 @@ impl Trackers {
         for f in files {
             by.entry(self.routes.primary(&f.meta.name, None)).or_default().push(f);
         }
+        // Every tracker gets its files, whatever another one says.
+        let mut first_error = None;
         for (i, files) in by {
-            self.registration(i, self.sessions[i].register(files)).await?;
+            if let Err(e) = self.registration(i, self.sessions[i].register(files)).await {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Every file on every tracker that answers, merged by name (a file listed by several
@@ -263,36 +278,52 @@ impl Trackers {
     }
 }
 
+/// How soon a move of files to their tracker that failed is tried again.
+const RETRY_MOVE: Duration = Duration::from_secs(1);
+
 /// Moves files between trackers as trackers are lost and come back: whenever a link changes, or
 /// a lost tracker's grace ends, each served file whose responsible tracker changed is registered
 /// with its new one. (A tracker that comes back registers its own files as it reconnects; this
 /// also catches files added since.)
 pub(crate) async fn supervise(trackers: Trackers, shares: Shares, stop: CancellationToken) {
     let mut links: Vec<watch::Receiver<Link>> = trackers.sessions.iter().map(TrackerSession::link).collect();
-    let mut assigned: HashMap<String, usize> = HashMap::new();
+    // Each session registers its own files as it connects: what they start with needs no move.
+    let mut assigned: HashMap<String, usize> = shares
+        .names()
+        .into_iter()
+        .map(|name| {
+            let p = trackers.routes.primary(&name, None);
+            (name, p)
+        })
+        .collect();
     loop {
         let now = Instant::now();
         let mut moved: BTreeMap<usize, Vec<RegisterFile>> = BTreeMap::new();
-        for f in shares.snapshot() {
-            let p = trackers.routes.primary(&f.meta.name, None);
-            if assigned.insert(f.meta.name.clone(), p) != Some(p) && trackers.sessions[p].endpoint().is_some() {
-                moved.entry(p).or_default().push(f);
-            }
-        }
-        for (p, files) in moved {
-            let n = files.len();
-            let names: Vec<String> = files.iter().map(|f| f.meta.name.clone()).collect();
-            match trackers.sessions[p].register(files).await {
-                Ok(()) => info!(files = n, tracker = %trackers.routes.keys[p], "registered files with their tracker"),
-                Err(e) => {
-                    debug!(error = %e, "moving files to their tracker failed; tried again at the next change");
-                    for name in names {
-                        assigned.remove(&name);
-                    }
+        for name in shares.names() {
+            let p = trackers.routes.primary(&name, None);
+            if assigned.get(&name) != Some(&p) {
+                if let Some(f) = shares.get(&name).map(|s| RegisterFile { meta: s.meta().clone(), have: s.have() }) {
+                    moved.entry(p).or_default().push(f);
                 }
             }
         }
-        let expiry = trackers.routes.next_expiry(now);
+        let mut failed = false;
+        for (p, files) in moved {
+            let names: Vec<String> = files.iter().map(|f| f.meta.name.clone()).collect();
+            match trackers.registration(p, trackers.sessions[p].register(files)).await {
+                Ok(()) => {
+                    info!(files = names.len(), tracker = %trackers.routes.keys[p], "registered files with their tracker");
+                    for name in names {
+                        assigned.insert(name, p);
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "moving files to their tracker failed; trying again shortly");
+                    failed = true;
+                }
+            }
+        }
+        let expiry = trackers.routes.next_expiry(now).or(failed.then(|| now + RETRY_MOVE));
         let changed = select_all(links.iter_mut().map(|l| Box::pin(l.changed())));
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -61,11 +61,15 @@ pub(crate) enum Action {
     Connect { source: SourceId, addr: SocketAddr },
     /// Ask a source for a chunk; `fresh` lets it send another one nobody has yet.
     Request { source: SourceId, chunk: u32, fresh: bool },
-    /// End a source's task: it was dropped for this download.
+    /// End a source's task: it was dropped for this download, or gave its place to another.
     Drop { source: SourceId },
     /// A chunk was stored: tell upload connections and the tracker.
     Stored { chunk: u32 },
 }
+
+/// How long a connected source must have had nothing to give before it gives its place to a
+/// new one at the source cap.
+pub(crate) const IDLE_EVICTION: Duration = Duration::from_secs(2);
 
 /// Fresh requests a source may answer with chunks already stored here before it is only asked for
 /// exact chunks: an honest seed substitutes chunks nobody had, so this only bounds the waste of a
@@ -98,6 +102,12 @@ struct Record {
     strikes: u32,
     /// Fresh requests answered with a chunk stored here already.
     useless: u32,
+    /// Listed in the tracker's latest locations reply: only such sources are retried on their
+    /// own schedule (a peer the tracker no longer lists has probably left).
+    listed: bool,
+    /// Since when it is connected with nothing to fetch from it, if so: such a source gives up
+    /// its place to a new one when the source cap is reached.
+    idle_since: Option<Instant>,
 }
 
 /// The coordinator. See the module docs.
@@ -118,6 +128,8 @@ pub(crate) struct Coordinator {
     progress: Progress,
     fetched: u32,
     actions: Vec<Action>,
+    /// The time of the input being handled.
+    now: Instant,
 }
 
 impl Coordinator {
@@ -153,6 +165,7 @@ impl Coordinator {
             progress,
             fetched: 0,
             actions: Vec::new(),
+            now: Instant::now(),
         }
     }
 
@@ -173,6 +186,7 @@ impl Coordinator {
 
     /// Handles one input. An error ends the download.
     pub(crate) fn handle(&mut self, input: Input, now: Instant) -> Result<(), Error> {
+        self.now = now;
         match input {
             Input::Locations(Ok(loc)) => self.on_locations(loc, now)?,
             Input::Locations(Err(e)) => debug!(error = %e, "locations request failed"),
@@ -211,7 +225,7 @@ impl Coordinator {
         }
         self.sources
             .values()
-            .filter(|r| r.link == Link::Down && r.report.dropped.is_none())
+            .filter(|r| r.link == Link::Down && r.report.dropped.is_none() && r.listed)
             .filter_map(|r| r.retry_at)
             .min()
     }
@@ -221,7 +235,7 @@ impl Coordinator {
         let mut due: Vec<(Instant, SourceId)> = self
             .sources
             .iter()
-            .filter(|(_, r)| r.link == Link::Down && r.report.dropped.is_none())
+            .filter(|(_, r)| r.link == Link::Down && r.report.dropped.is_none() && r.listed)
             .filter_map(|(&id, r)| r.retry_at.filter(|&t| t <= now).map(|t| (t, id)))
             .collect();
         due.sort_unstable();
@@ -424,6 +438,34 @@ impl Coordinator {
             self.actions.push(Action::Request { source: id, chunk, fresh });
             *outstanding += 1;
         }
+        if *outstanding > 0 {
+            rec.idle_since = None;
+        } else if rec.idle_since.is_none() {
+            rec.idle_since = Some(self.now);
+        }
+    }
+
+    /// At the source cap, makes room for a new source by disconnecting the one that has had
+    /// nothing to give for longest (at least [`IDLE_EVICTION`]); false if none qualifies. Not a
+    /// failure: it may be connected again when it has something.
+    pub(super) fn make_room(&mut self) -> bool {
+        let now = self.now;
+        let idlest = self
+            .sources
+            .iter()
+            .filter(|(_, r)| matches!(r.link, Link::Up { outstanding: 0, .. }))
+            .filter_map(|(&id, r)| r.idle_since.filter(|&t| now.duration_since(t) >= IDLE_EVICTION).map(|t| (t, id)))
+            .min();
+        let Some((_, id)) = idlest else { return false };
+        if let Some(rec) = self.sources.get_mut(&id) {
+            debug!(source = %rec.report.addr, "disconnecting a source with nothing to give, for another");
+            rec.link = Link::Down;
+            rec.idle_since = None;
+        }
+        self.linked -= 1;
+        self.sched.remove_source(id);
+        self.actions.push(Action::Drop { source: id });
+        true
     }
 
     /// [`Coordinator::top_up`] for every connected source: after chunks were freed.

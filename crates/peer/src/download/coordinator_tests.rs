@@ -347,3 +347,39 @@ fn a_failed_source_is_retried_when_its_backoff_ends_and_success_resets_it() {
     f.feed(Input::Ended { source: s1, result: Err(SourceError::TaskFailed) });
     assert_eq!(f.c.next_retry().unwrap() - f.now, Duration::from_millis(500));
 }
+
+/// A source the tracker no longer lists has probably left: it is not retried on its own
+/// schedule (only if it is listed again).
+#[test]
+fn a_source_no_longer_listed_is_not_retried() {
+    let mut f = Fixture::new(4, 17);
+    f.connect(&[(1, Have::Complete), (2, Have::Complete)], 1);
+    let s1 = f.id_of(1);
+    f.feed(Input::Ended { source: s1, result: Err(SourceError::TaskFailed) });
+    assert!(f.c.next_retry().is_some());
+    f.locations(vec![(addr(2), Have::Complete)], vec![1; 4]).unwrap();
+    assert_eq!(f.c.next_retry(), None, "gone from the tracker's list");
+    f.now += Duration::from_secs(60);
+    assert!(f.feed(Input::Tick).is_empty());
+    let back = f.locations(vec![(addr(1), Have::Complete), (addr(2), Have::Complete)], vec![2; 4]).unwrap();
+    assert_eq!(back, vec![Action::Connect { source: s1, addr: addr(1) }]);
+}
+
+/// At the source cap, a connected source that has had nothing to give for a while makes room for
+/// a new one (without counting as a failure); one that only just ran dry does not.
+#[test]
+fn at_the_cap_an_idle_source_makes_room_for_a_new_one() {
+    let config = DownloadConfig { max_sources: 1, ..DownloadConfig::default() };
+    let mut f = Fixture::with(4, 18, config, None);
+    let asked = f.connect(&[(1, have(4, &[]))], 2);
+    assert!(requests(&asked).is_empty());
+    let s1 = f.id_of(1);
+    let listed = || vec![(addr(1), have(4, &[])), (addr(2), Have::Complete)];
+    assert!(f.locations(listed(), vec![1; 4]).unwrap().is_empty(), "idle for less than the eviction time");
+    f.now += IDLE_EVICTION;
+    let made_room = f.locations(listed(), vec![1; 4]).unwrap();
+    assert_eq!(made_room, vec![Action::Drop { source: s1 }, Action::Connect { source: f.id_of(2), addr: addr(2) }]);
+    assert_eq!(f.c.progress().active_sources, 1);
+    f.feed(Input::Ended { source: s1, result: Ok(()) });
+    assert_eq!(f.c.progress().active_sources, 1, "its end changes nothing");
+}

@@ -21,6 +21,9 @@ impl Coordinator {
             return Err(Error::ContentChanged(self.name.clone()));
         }
         self.sched.set_availability(std::mem::take(&mut loc.availability));
+        for rec in self.sources.values_mut() {
+            rec.listed = false;
+        }
         for src in &loc.sources {
             if Some(src.addr) == self.me {
                 continue;
@@ -28,6 +31,7 @@ impl Coordinator {
             let next_id = self.by_addr.len() as SourceId + 1;
             let id = *self.by_addr.entry(src.addr).or_insert(next_id);
             let rec = self.sources.entry(id).or_insert_with(|| Record::new(src.addr));
+            rec.listed = true;
             if rec.report.dropped.is_some() {
                 continue;
             }
@@ -38,9 +42,12 @@ impl Coordinator {
                 }
                 Link::Connecting => {}
                 Link::Down => {
-                    if self.linked >= self.config.max_sources || rec.retry_at.is_some_and(|t| t > now) {
+                    if rec.retry_at.is_some_and(|t| t > now)
+                        || (self.linked >= self.config.max_sources && !self.make_room())
+                    {
                         continue;
                     }
+                    let Some(rec) = self.sources.get_mut(&id) else { continue };
                     rec.link = Link::Connecting;
                     self.linked += 1;
                     self.actions.push(Action::Connect { source: id, addr: src.addr });
@@ -106,6 +113,8 @@ impl Record {
             retry_at: None,
             strikes: 0,
             useless: 0,
+            listed: false,
+            idle_since: None,
         }
     }
 }

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chunkstore::{Partial, Store, StoreError};
-use proto::tracker::RegisterFile;
+use proto::tracker::{Locations, RegisterFile};
 use proto::{FileMeta, Have};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::Instant;
@@ -158,6 +158,8 @@ struct Download {
     sources: HashMap<SourceId, (mpsc::UnboundedSender<source::Request>, CancellationToken)>,
     source_cx: Arc<SourceContext>,
     inbox: mpsc::UnboundedReceiver<Input>,
+    /// The poller's answers, one at a time.
+    locations: mpsc::Receiver<Result<Locations, Error>>,
     /// Tells this peer's upload connections of each stored chunk.
     news: broadcast::Sender<u32>,
     /// Chunks to register with the tracker, and the registering task's token; closed (and
@@ -179,6 +181,7 @@ impl Download {
         let parallel = std::thread::available_parallelism().map_or(2, |p| p.get()).max(2);
         let (arrived_tx, arrived_rx) = mpsc::channel(parallel);
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
+        let (locations_tx, locations) = mpsc::channel(1);
         let me = ctx.trackers.endpoint();
         let coordinator =
             Coordinator::new(&meta, &partial.have(), partial.bytes_done(), ctx.config.clone(), me, rand::random());
@@ -187,8 +190,7 @@ impl Download {
         }
         let span = |what: &'static str| tracing::debug_span!("download", name = meta.name, task = what);
         writer.spawn_until(span("writer"), writer::run(partial.clone(), arrived_rx, inbox_tx.clone(), parallel));
-        let poller =
-            poll_locations(ctx.trackers.clone(), meta.name.clone(), ctx.config.poll_interval, inbox_tx.clone());
+        let poller = poll_locations(ctx.trackers.clone(), meta.name.clone(), ctx.config.poll_interval, locations_tx);
         tasks.spawn_until(span("poller"), poller);
         // Registrations are not cancelled with the rest: what is queued still reaches the tracker.
         let (register_tx, register_rx) = mpsc::unbounded_channel();
@@ -211,6 +213,7 @@ impl Download {
             sources: HashMap::new(),
             source_cx,
             inbox,
+            locations,
             news,
             register: Some((register_tx, register_token)),
         }
@@ -245,6 +248,7 @@ impl Download {
                 _ = sleep_until(self.coordinator.next_retry()) => Input::Tick,
                 // The download holds a sender (its sources' context): the inbox never closes.
                 Some(input) = self.inbox.recv() => input,
+                Some(loc) = self.locations.recv() => Input::Locations(loc),
             };
             self.coordinator.handle(input, Instant::now())?;
             // Whatever else is already queued, before acting and reporting once.
@@ -328,17 +332,17 @@ impl Download {
         drop(source_cx);
         writer.wait().await;
         let Some((register, token)) = register else { return coordinator };
-        while let Ok(input) = inbox.try_recv() {
-            // The download is over: only what was stored matters now.
-            if coordinator.handle(input, Instant::now()).is_err() {
-                continue;
-            }
+        // The download is over: only what was stored matters now, including stores decided but
+        // not yet carried out when an error ended the loop.
+        loop {
             for action in coordinator.take_actions() {
                 if let Action::Stored { chunk } = action {
                     let _ = news.send(chunk);
                     let _ = register.send(chunk);
                 }
             }
+            let Ok(input) = inbox.try_recv() else { break };
+            let _ = coordinator.handle(input, Instant::now());
         }
         drop(register);
         if tokio::time::timeout(REGISTER_DRAIN, outer.wait()).await.is_err() {
@@ -361,11 +365,18 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// doubling up to `interval`, forwarding each answer. The first polls come fast because a swarm
 /// that starts together is invisible at first: downloaders become sources only with their first
 /// chunks, a moment after the start. A slow or unreachable tracker delays only this task.
-async fn poll_locations(trackers: Trackers, name: String, interval: Duration, inbox: mpsc::UnboundedSender<Input>) {
+async fn poll_locations(
+    trackers: Trackers,
+    name: String,
+    interval: Duration,
+    out: mpsc::Sender<Result<Locations, Error>>,
+) {
     let mut wait = interval / 8;
     loop {
         let next = Instant::now() + wait;
-        if inbox.send(Input::Locations(trackers.locations(&name).await)).is_err() {
+        // One answer waits at most: while the download is not reading (its whole-file check),
+        // the poller waits too, rather than piling up replies.
+        if out.send(trackers.locations(&name).await).await.is_err() {
             return;
         }
         tokio::time::sleep_until(next).await;

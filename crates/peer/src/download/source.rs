@@ -110,7 +110,6 @@ async fn connection(
             PeerResponse::Chunk { chunk, data } => {
                 check_range(chunk, n)?;
                 let asked = expect_front(&mut inflight, chunk, true)?;
-                answer_by = Instant::now() + cfg.stall_timeout;
                 window.arrived(data.len());
                 let _ = cx.inbox.send(Input::Received { source, asked, chunk, want: window.depth() });
                 cx.limiter.acquire(data.len()).await;
@@ -119,6 +118,8 @@ async fn connection(
                     // The writer is gone: the download is stopping.
                     return Ok(());
                 }
+                // From now: time spent here (the rate cap, a slow disk) is not the source's.
+                answer_by = Instant::now() + cfg.stall_timeout;
                 continue;
             }
             PeerResponse::DontHave { chunk } => {
