@@ -66,7 +66,7 @@ async fn length_bombs_are_closed_without_large_allocations() {
         assert_eq!(warm.call(TrackerRequest::KeepAlive).await, TrackerResponse::KeepAlive);
         drop(warm);
         let rss_before = rss_bytes();
-        let fds_before = open_fds();
+        let fds_before = open_sockets();
         COUNTING.store(true, Ordering::Relaxed);
 
         let mut tasks = tokio::task::JoinSet::new();
@@ -122,7 +122,7 @@ async fn length_bombs_are_closed_without_large_allocations() {
         drop(fresh);
         let reg = t.registry().clone();
         eventually("sessions back to zero", Duration::from_secs(5), || reg.stats().sessions == 0).await;
-        eventually("fds back to baseline", Duration::from_secs(5), || open_fds() <= fds_before + 2).await;
+        eventually("fds back to baseline", Duration::from_secs(5), || open_sockets() <= fds_before + 2).await;
         t.shutdown().await.unwrap();
     })
     .await;

@@ -81,7 +81,7 @@ async fn slow_frames_are_cut_off_while_others_are_served() {
                 assert_eq!(seed.call(TrackerRequest::KeepAlive).await, TrackerResponse::KeepAlive);
             }
         });
-        let fds = open_fds();
+        let fds = open_sockets();
 
         let mut clients = Vec::new();
         for _ in 0..1000 {
@@ -148,7 +148,7 @@ async fn slow_frames_are_cut_off_while_others_are_served() {
         drop(fresh);
         let reg = t.registry().clone();
         eventually("only the seed's session is left", Duration::from_secs(10), || reg.stats().sessions == 1).await;
-        eventually("descriptors back to baseline", Duration::from_secs(10), || open_fds() <= fds + 2).await;
+        eventually("descriptors back to baseline", Duration::from_secs(10), || open_sockets() <= fds + 2).await;
         assert!(!keepalive.is_finished(), "the seed's session stayed alive throughout");
         keepalive.abort();
         t.shutdown().await.unwrap();
@@ -167,7 +167,7 @@ async fn connection_flood_is_capped_and_recovers() {
             tracker::Config { max_connections: 1000, handshake_timeout: Duration::from_secs(1), ..Default::default() };
         let t = spawn_tracker(config).await;
         let addr = t.addr();
-        let fds = open_fds();
+        let fds = open_sockets();
 
         let mut idle = Vec::new();
         for _ in 0..2000 {
@@ -201,7 +201,7 @@ async fn connection_flood_is_capped_and_recovers() {
         let served = start.elapsed();
         assert!(served < Duration::from_secs(1), "fresh client waited {served:?}");
         drop(fresh);
-        eventually("descriptors back to baseline", Duration::from_secs(10), || open_fds() <= fds + 2).await;
+        eventually("descriptors back to baseline", Duration::from_secs(10), || open_sockets() <= fds + 2).await;
         let reg = t.registry().clone();
         eventually("no session left", Duration::from_secs(10), || reg.stats().sessions == 0).await;
         t.shutdown().await.unwrap();
