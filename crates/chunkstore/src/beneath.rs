@@ -291,6 +291,13 @@ impl Dir {
     }
 }
 
+/// The folder's descriptor, for queries about it that need no path (its free space).
+impl AsFd for Dir {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// Splits a relative name into its parent folder (None at the top) and its last component.
 pub(crate) fn split_parent(rel: &str) -> (Option<&str>, &str) {
     match rel.rsplit_once('/') {

@@ -99,6 +99,35 @@ pub enum StoreError {
         /// The file's name.
         name: String,
     },
+    /// The file system has too little free space for what a download still needs (see
+    /// `Partial::reserve`). The download is kept: free some space and reserve again.
+    #[error(
+        "not enough disk space for {}: needs {}, {} free",
+        path.display(),
+        human_bytes(*needed),
+        human_bytes(*free)
+    )]
+    NoSpace {
+        /// Where the download goes.
+        path: PathBuf,
+        /// Bytes of the chunks not yet held.
+        needed: u64,
+        /// Bytes free for this process on the download's file system.
+        free: u64,
+    },
+    /// A partial download cannot be removed while this store has it open (a `Partial` handle to
+    /// it is alive, or it is being opened).
+    #[error("download of {name:?} is open; close it before removing it")]
+    PartialInUse {
+        /// The file's name.
+        name: String,
+    },
+    /// There is no partial download of this metadata on disk.
+    #[error("no partial download of {name:?}")]
+    NoPartial {
+        /// The file's name.
+        name: String,
+    },
     /// A bookkeeping file under `.p2p` could not be decoded.
     #[error("corrupt bookkeeping file {}: {reason}", path.display())]
     Corrupt {
@@ -137,4 +166,17 @@ pub(crate) fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io
             StoreError::Io { action, path: path.to_path_buf(), source }
         }
     }
+}
+
+/// `bytes` for people: "512 B", "4 MiB", "1.2 GiB" (one decimal below 10 units, none above).
+pub(crate) fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let shown = if unit == 0 || value >= 10.0 { format!("{value:.0}") } else { format!("{value:.1}") };
+    format!("{} {}", shown.strip_suffix(".0").unwrap_or(&shown), UNITS[unit])
 }

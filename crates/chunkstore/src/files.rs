@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
-use crate::hash::hash_chunk_at;
+use crate::hash::{chunk_span, hash_chunk_at};
 use crate::scan::write_atomic;
 
 /// The id a download is filed under: hex of the first 16 bytes of
@@ -50,6 +50,17 @@ impl Names {
     pub(crate) fn of(id: &str) -> Self {
         Names { meta: format!("{id}.meta"), data: format!("{id}.data"), have: format!("{id}.have") }
     }
+}
+
+/// Bytes of the file of `meta` in the chunks `have` marks held (the last chunk may be short).
+pub(crate) fn bytes_held(meta: &FileMeta, have: &Bitmap) -> u64 {
+    let n = meta.num_chunks();
+    let mut done = u64::from(have.count()) * u64::from(meta.chunk_size);
+    if n > 0 && have.get(n - 1) {
+        let (_, last) = chunk_span(meta.length, meta.chunk_size, n - 1);
+        done -= u64::from(meta.chunk_size) - last as u64;
+    }
+    done
 }
 
 /// Reads and validates the `.meta` file `name` of `dir`.

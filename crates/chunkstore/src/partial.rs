@@ -9,13 +9,17 @@
 //!   fsynced one by one: a crash can lose the last chunks written or leave a bit set over torn
 //!   bytes, and either way the next open finds out and fetches those chunks again.
 //! - A file appears under its name only after every chunk was read back from disk and matched,
-//!   the data was fsynced, and it was linked into place without replacing anything (`place.rs`).
+//!   the data was fsynced, and it was linked into place without replacing anything (`place.rs`),
+//!   or, if the caller asked ([`Partial::finish_replacing_until`]), renamed over a regular file.
 //!
-//! A download knows of its store only what [`Home`] gives it: the folders it works in and the hash
-//! cache. Which downloads are open, and that each has one handle, is the registry's business
-//! (`partials.rs`); finishing never waits for it. The flushes of the data file and the whole-file
-//! check, which a caller may interrupt ([`Partial::finish_until`]), are in `partial/verify.rs`.
+//! A download knows of its store only what [`Home`] gives it (the share folder and the hash cache)
+//! and the partial folder the registry opened for it. Which downloads are open, and that each has
+//! one handle, is the registry's business (`partials.rs`); finishing never waits for it. The
+//! flushes of the data file and the whole-file check, which a caller may interrupt
+//! ([`Partial::finish_until`]), are in `partial/verify.rs`;
+//! reserving the space it still needs is in `partial/space.rs`.
 
+mod space;
 mod verify;
 
 use std::fs::File;
@@ -30,8 +34,7 @@ use proto::{Bitmap, ChunkIndex, FileMeta, MetaError};
 use crate::beneath::Dir;
 use crate::error::{io_err, StoreError};
 use crate::files::{self, Opened};
-use crate::hash::chunk_span;
-use crate::place::promote;
+use crate::place::{promote, Replace};
 use crate::scan::HashCache;
 use crate::sync::lock;
 
@@ -43,19 +46,19 @@ pub struct Partial {
     inner: Arc<Inner>,
 }
 
-/// What a download needs of its store, and nothing more: the folders it works in, held open, and
-/// the hash cache it records its finished file in. One per store, shared by its downloads.
+/// What a download needs of its store, and nothing more: the share folder, held open, and the
+/// hash cache it records its finished file in. One per store, shared by its downloads.
 pub(crate) struct Home {
     /// The share folder: a finished download is placed below it.
     pub(crate) root: Arc<Dir>,
-    /// `.p2p/partial`: the downloads' own files are opened and removed by name in it.
-    pub(crate) dir: Dir,
     /// Where a finished file is recorded, so the next scan neither re-hashes nor re-chunks it.
     pub(crate) cache: Arc<HashCache>,
 }
 
 struct Inner {
     home: Arc<Home>,
+    /// `.p2p/partial`, held open: the download's own files are opened and removed by name in it.
+    dir: Arc<Dir>,
     meta: FileMeta,
     id: String,
     /// Paths of the data and bitmap files, for messages only: they are opened and removed by name
@@ -122,14 +125,15 @@ impl WeakPartial {
 }
 
 impl Partial {
-    /// Creates or resumes the download of `meta`, filed under `id` in `home`'s partial folder
+    /// Creates or resumes the download of `meta`, filed under `id` in the partial folder `dir`
     /// (see [`files::open`]: a resume re-hashes every chunk it claims). The caller makes sure there
     /// is only one handle per download: two would overwrite each other's bookkeeping.
-    pub(crate) fn open(home: Arc<Home>, meta: &FileMeta, id: String) -> Result<Partial, StoreError> {
-        let Opened { data, have_file, have, data_path, have_path } = files::open(&home.dir, meta, &id)?;
+    pub(crate) fn open(home: Arc<Home>, dir: Arc<Dir>, meta: &FileMeta, id: String) -> Result<Partial, StoreError> {
+        let Opened { data, have_file, have, data_path, have_path } = files::open(&dir, meta, &id)?;
         Ok(Partial {
             inner: Arc::new(Inner {
                 home,
+                dir,
                 meta: meta.clone(),
                 id,
                 data_path,
@@ -171,16 +175,7 @@ impl Partial {
 
     /// Bytes of the file held so far.
     pub fn bytes_done(&self) -> u64 {
-        let meta = &self.inner.meta;
-        let st = lock(&self.inner.state);
-        let n = meta.num_chunks();
-        let mut done = u64::from(st.have.count()) * u64::from(meta.chunk_size);
-        if n > 0 && st.have.get(n - 1) {
-            // The last chunk may be short.
-            let (_, last) = chunk_span(meta.length, meta.chunk_size, n - 1);
-            done -= u64::from(meta.chunk_size) - last as u64;
-        }
-        done
+        files::bytes_held(&self.inner.meta, &lock(&self.inner.state).have)
     }
 
     /// Whether every chunk is held (true at once for an empty file).
@@ -268,10 +263,11 @@ impl Partial {
     /// whole data file back from disk and checks it hashes to the root hash
     /// ([`StoreError::WholeFileMismatch`] otherwise: the bad chunks are marked missing and
     /// nothing is put in place), fsyncs it, creates the parent folders, and moves it to its name
-    /// without replacing anything ([`StoreError::AlreadyExists`] if a different file is there; an
-    /// identical file there is kept and the download dropped). Then fsyncs the folder and deletes
-    /// the bookkeeping. Returns the file's path. A second call fails with
-    /// [`StoreError::Finished`]. Cannot be interrupted: see [`Partial::finish_until`].
+    /// without replacing anything ([`StoreError::AlreadyExists`] if a different file is there,
+    /// see [`Partial::finish_replacing_until`] to replace it; an identical file there is kept and
+    /// the download dropped). Then fsyncs the folder and deletes the bookkeeping. Returns the
+    /// file's path. A second call fails with [`StoreError::Finished`]. Cannot be interrupted: see
+    /// [`Partial::finish_until`].
     pub fn finish(&self) -> Result<PathBuf, StoreError> {
         self.finish_until(&AtomicBool::new(false))
     }
@@ -283,6 +279,22 @@ impl Partial {
     /// the download stays open with every chunk held, so a later finish can succeed. Once the
     /// file is verified and durable, placing it is not interrupted.
     pub fn finish_until(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
+        self.finish_with(stop, Replace::No)
+    }
+
+    /// [`Partial::finish_until`], but a different regular file already under the name is
+    /// replaced rather than refused: after the same full verification, the verified file is given
+    /// a temporary name in the destination folder and renamed over the old one, so the name holds
+    /// the old file or the new one at every moment, never neither; then the folder is fsynced.
+    /// A symbolic link at the name is refused ([`StoreError::Symlink`]), as is a folder or any
+    /// other non-regular file ([`StoreError::NotRegular`]); either way nothing is changed and
+    /// the download is kept. An identical file there is kept, as by `finish`.
+    pub fn finish_replacing_until(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
+        self.finish_with(stop, Replace::Yes)
+    }
+
+    /// The finishes above: whether they may `replace` a different file at the name.
+    fn finish_with(&self, stop: &AtomicBool, replace: Replace) -> Result<PathBuf, StoreError> {
         let inner = &*self.inner;
         let meta = &inner.meta;
         {
@@ -299,7 +311,7 @@ impl Partial {
             }
             st.phase = Phase::Finishing;
         }
-        let result = self.verify_and_promote(stop);
+        let result = self.verify_and_promote(stop, replace);
         let mut st = lock(&inner.state);
         if result.is_ok() {
             // The registry needs no word: it treats a finished download as gone (`is_finished`).
@@ -313,12 +325,12 @@ impl Partial {
 
     /// Verifies the file (unless `stop` is set first), places it (`place.rs`), deletes the
     /// bookkeeping and records the file in the hash cache.
-    fn verify_and_promote(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
+    fn verify_and_promote(&self, stop: &AtomicBool, replace: Replace) -> Result<PathBuf, StoreError> {
         self.verify(stop)?;
         let inner = &*self.inner;
         let home = &*inner.home;
-        let (dest, file) = promote(&home.root, &home.dir, &inner.data, &inner.meta, &inner.id)?;
-        files::remove_all(&home.dir, &inner.id)?;
+        let (dest, file) = promote(&home.root, &inner.dir, &inner.data, &inner.meta, &inner.id, replace)?;
+        files::remove_all(&inner.dir, &inner.id)?;
         home.cache.remember(file.as_ref().unwrap_or(&inner.data), &inner.meta);
         Ok(dest)
     }

@@ -1,11 +1,12 @@
 //! Scanning a share folder: walking it, hashing new or changed files on all cores, and the hash
 //! cache that lets a restart skip unchanged files.
 //!
-//! The cache (`.p2p/hash-cache`, postcard) maps a name to the file's metadata together with the
-//! length, modification time (ns), inode and chunk size it was computed from. A file whose four
-//! values all match is not re-hashed. The cache is rewritten atomically (temporary file, fsync,
-//! rename) so a crash leaves either the old or the new cache, and a cache that fails to decode is
-//! simply ignored: it is an optimisation, never a source of truth.
+//! The cache (`hash-cache` in the state folder, `.p2p` by default; postcard) maps a name to the
+//! file's metadata together with the length, modification time (ns), inode and chunk size it was
+//! computed from. A file whose four values all match is not re-hashed. The cache is rewritten
+//! atomically (temporary file, fsync, rename) so a crash leaves either the old or the new cache,
+//! and a cache that fails to decode is simply ignored: it is an optimisation, never a source of
+//! truth.
 
 use std::collections::HashMap;
 use std::fs;
@@ -34,8 +35,8 @@ const CACHE_FILE: &str = "hash-cache";
 /// records its finished file here). Both scans and finished downloads rewrite the whole cache
 /// (read, change, write a temporary, rename), so they take turns.
 pub(crate) struct HashCache {
-    /// The bookkeeping folder (`.p2p`), held open: the cache and its temporary are opened by name
-    /// in it.
+    /// The state folder (the share's `.p2p`, or one of the caller's choosing), held open: the
+    /// cache and its temporary are opened by name in it.
     dir: Dir,
     /// Serialises the cache's writers: two at once would race on the temporary file, and the
     /// entries of one would be lost.

@@ -17,18 +17,18 @@ use tracing::{debug, warn};
 use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
 use crate::hash::chunk_span;
+use crate::info::PartialInfo;
 use crate::partial::{Home, Partial};
-use crate::partials::Partials;
+use crate::partials::{Create, Partials};
 use crate::scan::{HashCache, ScanStats, Skipped};
+use crate::space::free_bytes;
 use crate::sync::lock;
 
-/// Folder under the bookkeeping folder that holds partial downloads.
-const PARTIAL_DIR: &str = "partial";
-
-/// A share folder: complete files under their names, partial downloads and the hash cache under
-/// its `.p2p` folder (see the crate docs for the layout). Cheap to clone; all clones share state.
+/// A share folder: complete files under their names, partial downloads under its `.p2p` folder,
+/// and the hash cache in a state folder, by default that same `.p2p` (see the crate docs for the
+/// layout). Cheap to clone; all clones share state.
 ///
-/// Every file access below the share folder goes through an open handle of it ([`Dir`]), refusing
+/// Every file access below the share folder goes through an open handle of it (`Dir`), refusing
 /// symbolic links in every component atomically with the open: nothing is checked by path first
 /// and used later, so swapping a component for a link at any moment cannot make the store read or
 /// write outside the folder.
@@ -40,10 +40,12 @@ pub struct Store {
 struct Inner {
     /// Canonical path of the share folder, for messages and for the paths `finish` returns.
     root: PathBuf,
+    /// Path of the state folder holding the hash cache, for callers to show.
+    state: PathBuf,
     /// The share folder, held open: everything below it is resolved from this handle. Shared with
     /// the downloads, which place finished files below it.
     root_dir: Arc<Dir>,
-    /// The hash cache in `.p2p`, shared with the downloads, which record finished files in it.
+    /// The hash cache in the state folder, shared with the downloads, which record finished files in it.
     cache: Arc<HashCache>,
     /// Entries the last scan skipped, so each is warned about once, not at every scan.
     warned: Mutex<HashSet<String>>,
@@ -53,27 +55,72 @@ struct Inner {
 
 impl Store {
     /// Opens the share folder at `root`, creating it and its bookkeeping folders
-    /// (`root/.p2p/partial`) if needed, and sweeping bookkeeping left behind by a crash.
+    /// (`root/.p2p/partial`) if needed, and sweeping bookkeeping left behind by a crash. The hash
+    /// cache lives in `root/.p2p`.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
-        let root = root.into();
-        fs::create_dir_all(&root).map_err(io_err("create share folder", &root))?;
-        let root = fs::canonicalize(&root).map_err(io_err("resolve share folder", &root))?;
-        let root_dir = Arc::new(Dir::open_anchor(&root).map_err(io_err("open share folder", &root))?);
+        let (root, root_dir) = open_share(root.into())?;
         // Created and opened without following links: a symlinked bookkeeping folder would let
         // writes land outside the share folder.
-        let p2p_dir =
-            root_dir.create_dir_all(RESERVED_DIR).map_err(io_err("create folder", &root.join(RESERVED_DIR)))?;
-        let partial_dir =
-            p2p_dir.create_dir_all(PARTIAL_DIR).map_err(io_err("create folder", &p2p_dir.display(PARTIAL_DIR)))?;
-        let cache = Arc::new(HashCache::new(p2p_dir));
-        let home = Home { root: root_dir.clone(), dir: partial_dir, cache: cache.clone() };
-        let partials = Partials::new(Arc::new(home))?;
-        Ok(Store { inner: Arc::new(Inner { root, root_dir, cache, warned: Mutex::new(HashSet::new()), partials }) })
+        let state = root.join(RESERVED_DIR);
+        let p2p_dir = root_dir.create_dir_all(RESERVED_DIR).map_err(io_err("create folder", &state))?;
+        Store::assemble(root, root_dir, state, p2p_dir, Create::Now)
+    }
+
+    /// Opens the share folder `share` (created if missing) keeping the hash cache in `state_dir`
+    /// (`state_dir/hash-cache`; the folder is created if missing), so that opening, scanning and
+    /// serving write nothing inside the share: it may be read-only. Partial downloads still live
+    /// in `share/.p2p/partial`, on the destination's file system so that placing a finished file
+    /// is a rename, but that folder is created only by the first [`Store::open_partial`] that
+    /// starts a download. Bookkeeping left there by a crash is swept when the folder exists and
+    /// can be written, and left alone (with a warning) when the share is read-only.
+    ///
+    /// `state_dir` should be outside the share (or be its `.p2p`): one elsewhere inside would be
+    /// scanned and shared like any folder.
+    pub fn open_with_state(share: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Result<Store, StoreError> {
+        let (root, root_dir) = open_share(share.into())?;
+        let state = state_dir.into();
+        fs::create_dir_all(&state).map_err(io_err("create state folder", &state))?;
+        let state = fs::canonicalize(&state).map_err(io_err("resolve state folder", &state))?;
+        // Held open from here on, like the share folder: the cache is written by name in it.
+        let state_dir = Dir::open_anchor(&state).map_err(io_err("open state folder", &state))?;
+        if state.starts_with(&root) && state != root.join(RESERVED_DIR) {
+            warn!(state = %state.display(), "the state folder is inside the share folder; its files will be shared");
+        }
+        Store::assemble(root, root_dir, state, state_dir, Create::Lazily)
+    }
+
+    /// A store of the open share folder `root_dir` (at `root`), its hash cache in `state_dir`
+    /// (at `state`), its partial folder made as `create` says.
+    fn assemble(
+        root: PathBuf,
+        root_dir: Arc<Dir>,
+        state: PathBuf,
+        state_dir: Dir,
+        create: Create,
+    ) -> Result<Store, StoreError> {
+        let cache = Arc::new(HashCache::new(state_dir));
+        let home = Home { root: root_dir.clone(), cache: cache.clone() };
+        let partials = Partials::new(Arc::new(home), create)?;
+        let warned = Mutex::new(HashSet::new());
+        Ok(Store { inner: Arc::new(Inner { root, state, root_dir, cache, warned, partials }) })
     }
 
     /// The share folder (canonical path).
     pub fn root(&self) -> &Path {
         &self.inner.root
+    }
+
+    /// The state folder holding the hash cache (canonical path): `root/.p2p` unless the store
+    /// was opened with [`Store::open_with_state`].
+    pub fn state_dir(&self) -> &Path {
+        &self.inner.state
+    }
+
+    /// Bytes free for this process on the share folder's file system (`statvfs`: `f_bavail ×
+    /// f_frsize`), where downloads are written: for a caller checking a whole batch of downloads
+    /// before starting any. See also [`Partial::reserve`].
+    pub fn free_space(&self) -> Result<u64, StoreError> {
+        free_bytes(&*self.inner.root_dir).map_err(io_err("check free space of", &self.inner.root))
     }
 
     /// Scans the share folder: every regular file under it (recursively, names relative with `/`
@@ -161,8 +208,26 @@ impl Store {
 
     /// Metadata of the partial downloads present on disk, sorted by name, so a restarted peer can
     /// resume them and register the chunks it holds. Unreadable entries are skipped with a warning.
+    /// Empty when there is no partial folder (yet).
     pub fn partials(&self) -> Result<Vec<FileMeta>, StoreError> {
         self.inner.partials.on_disk()
+    }
+
+    /// The partial downloads present on disk with their progress, age and disk usage, sorted by
+    /// name, for a user deciding what to resume or remove. Read from their bookkeeping files
+    /// only: nothing is re-hashed, so progress is what each bitmap claims (an open re-verifies
+    /// it). Unreadable entries are skipped with a warning, as by [`Store::partials`].
+    pub fn partial_infos(&self) -> Result<Vec<PartialInfo>, StoreError> {
+        self.inner.partials.infos()
+    }
+
+    /// Removes the partial download of `meta` from disk: its metadata first, then its data and
+    /// bitmap, then fsyncs the folder (a crash part way leaves only files the next open sweeps).
+    /// Refused with [`StoreError::PartialInUse`] while this store has it open (a [`Partial`]
+    /// handle to it is alive, or an open of it is under way); other stores and processes are not
+    /// known of. [`StoreError::NoPartial`] if there is no such download on disk.
+    pub fn remove_partial(&self, meta: &FileMeta) -> Result<(), StoreError> {
+        self.inner.partials.remove(meta)
     }
 
     /// Creates the partial download of `meta`, or resumes it if it is on disk (re-verifying every
@@ -178,6 +243,15 @@ impl Store {
     pub(crate) fn partials_for_test(&self) -> &Partials {
         &self.inner.partials
     }
+}
+
+/// Creates the share folder at `root` if it is missing, and opens it: its canonical path and its
+/// handle, which everything below it is resolved from.
+fn open_share(root: PathBuf) -> Result<(PathBuf, Arc<Dir>), StoreError> {
+    fs::create_dir_all(&root).map_err(io_err("create share folder", &root))?;
+    let root = fs::canonicalize(&root).map_err(io_err("resolve share folder", &root))?;
+    let root_dir = Arc::new(Dir::open_anchor(&root).map_err(io_err("open share folder", &root))?);
+    Ok((root, root_dir))
 }
 
 impl std::fmt::Debug for Store {
