@@ -13,6 +13,7 @@ pub mod meta;
 pub mod name;
 pub mod net;
 pub mod peer;
+pub mod root_prefix;
 pub mod tracker;
 pub mod units;
 
@@ -24,3 +25,4 @@ pub use codec::{
 pub use handshake::{HandshakeError, Hello, MAGIC, PROTOCOL_VERSION};
 pub use meta::{ChunkIndex, FileMeta, Hash, HashMismatch, MetaError};
 pub use name::{validate_name, NameError};
+pub use root_prefix::RootPrefix;

@@ -79,3 +79,16 @@ pub const DEFAULT_MAX_META_BYTES_TOTAL: u64 = 2 * 1024 * 1024 * 1024;
 /// to their sockets), over all connections (256 MiB): 32 File Meta replies of the largest file
 /// in flight at once. Beyond it the connections furthest behind are dropped.
 pub const DEFAULT_MAX_QUEUED_BYTES: usize = 256 * 1024 * 1024;
+
+/// Fewest hex digits in a Find Root prefix (16: 64 bits). A random root shares a given 64-bit
+/// prefix with probability 2^-64, so such a prefix names one content in practice, yet is short
+/// enough to type; shorter ones would make Find Root a way to sweep the file list by hash.
+pub const MIN_ROOT_PREFIX_DIGITS: usize = 16;
+
+/// Most hex digits in a Find Root prefix: a whole root hash (32 bytes).
+pub const MAX_ROOT_PREFIX_DIGITS: usize = 64;
+
+/// Most files in one Root Matches reply (fixed, not configurable): several names can share a
+/// root, and a short prefix can match several roots, but a client resolving a prefix needs only
+/// enough to tell whether it is ambiguous. `more` says some were left out.
+pub const MAX_ROOT_MATCHES: usize = 16;

@@ -1,6 +1,7 @@
 //! The tracker protocol: the seed's five request/reply pairs (Register, File List, File Locations,
-//! Chunk Register, Leave), plus the handshake, a metadata request, a keep-alive and Chunk Register
-//! Batch (many Chunk Registers in one request, answered like one).
+//! Chunk Register, Leave), plus the handshake, a metadata request, a keep-alive, Chunk Register
+//! Batch (many Chunk Registers in one request, answered like one) and Find Root (the files whose
+//! root hash starts with a prefix).
 //!
 //! One connection is one session. The client sends [`TrackerRequest::Hello`] first; after the
 //! [`TrackerResponse::Welcome`] it may send any other request, and the tracker answers every
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::bitmap::Have;
 use crate::handshake::{HandshakeError, Hello};
+use crate::limits::{MAX_ROOT_PREFIX_DIGITS, MIN_ROOT_PREFIX_DIGITS};
 use crate::meta::{FileMeta, Hash, MetaError};
 use crate::name::NameError;
 
@@ -60,6 +62,15 @@ pub enum TrackerRequest {
         /// The chunk indices, in any order; duplicates and chunks already held are harmless, and
         /// an empty list changes nothing. The frame limit bounds its length.
         chunks: Vec<u32>,
+    },
+    /// Asks for the registered files whose root hash starts with a prefix, so a client can name
+    /// content by (part of) its hash. Answered with [`TrackerResponse::RootMatches`]. Needs no
+    /// Register.
+    FindRoot {
+        /// [`MIN_ROOT_PREFIX_DIGITS`] to [`MAX_ROOT_PREFIX_DIGITS`] hex digits, either case (see
+        /// [`crate::RootPrefix`]); anything else is refused with
+        /// [`RequestError::InvalidRootPrefix`].
+        prefix: String,
     },
 }
 
@@ -113,6 +124,16 @@ pub enum TrackerResponse {
     KeepAlive,
     /// The request failed; nothing changed.
     Error(RequestError),
+    /// Find Root's reply: the files whose root starts with the prefix, sorted by root then name,
+    /// at most [`MAX_ROOT_MATCHES`](crate::limits::MAX_ROOT_MATCHES). Several names may share a
+    /// root (identical content) and a prefix may match several roots: the tracker lists, the
+    /// client decides what is ambiguous.
+    RootMatches {
+        /// The matching files (empty if none).
+        files: Vec<FileSummary>,
+        /// True when more files match than the reply lists.
+        more: bool,
+    },
 }
 
 /// Session parameters the tracker hands out in its welcome.
@@ -314,5 +335,15 @@ pub enum RequestError {
         announced: SocketAddr,
         /// The IP the tracker sees the session coming from, canonical.
         observed: IpAddr,
+    },
+    /// Find Root's prefix is not [`MIN_ROOT_PREFIX_DIGITS`] to [`MAX_ROOT_PREFIX_DIGITS`] hex
+    /// digits. Only its length is named: the string came from the network and may be as long as
+    /// a frame.
+    #[error(
+        "invalid root prefix of {prefix_len} bytes: expected {MIN_ROOT_PREFIX_DIGITS} to {MAX_ROOT_PREFIX_DIGITS} hex digits"
+    )]
+    InvalidRootPrefix {
+        /// The prefix's length in bytes (not characters), `u32::MAX` if longer.
+        prefix_len: u32,
     },
 }

@@ -41,6 +41,10 @@ fn requests() -> Vec<TrackerRequest> {
         TrackerRequest::ChunkRegisterBatch { name: "x".into(), chunks: vec![0, 3, 3, u32::MAX] },
         TrackerRequest::ChunkRegisterBatch { name: "dir/file.bin".into(), chunks: vec![] },
         TrackerRequest::ChunkRegisterBatch { name: "x".into(), chunks: (0..1 << 18).collect() },
+        TrackerRequest::FindRoot { prefix: meta().root.to_string() },
+        TrackerRequest::FindRoot { prefix: "0123456789ABCDEF".into() },
+        // Decoding does not check the prefix: the tracker refuses it with a typed error.
+        TrackerRequest::FindRoot { prefix: "not hex".into() },
     ]
 }
 
@@ -104,6 +108,22 @@ fn responses() -> Vec<TrackerResponse> {
             announced: "[2001:db8::1]:65535".parse().unwrap(),
             observed: "::1".parse().unwrap(),
         }),
+        TrackerResponse::RootMatches {
+            files: ["a", "b"]
+                .map(|name| FileSummary {
+                    name: name.into(),
+                    length: 5,
+                    root: meta().root,
+                    chunk_size: MIN_CHUNK_SIZE,
+                    sources: 2,
+                    complete_sources: 1,
+                })
+                .to_vec(),
+            more: true,
+        },
+        TrackerResponse::RootMatches { files: vec![], more: false },
+        TrackerResponse::Error(RequestError::InvalidRootPrefix { prefix_len: 15 }),
+        TrackerResponse::Error(RequestError::InvalidRootPrefix { prefix_len: u32::MAX }),
     ]
 }
 

@@ -30,6 +30,10 @@ fn golden_tracker_requests() {
         [0, 0, 0, 8, 8, 2, b'a', b'b', 2, 1, 0xac, 0x02]
     );
     assert_eq!(enc(TrackerRequest::ChunkRegisterBatch { name: "".into(), chunks: vec![] }), [0, 0, 0, 3, 8, 0, 0]);
+    // Appended at the end of the enum (the version stays 3): Find Root, its prefix a string.
+    let mut want = vec![0, 0, 0, 18, 9, 16];
+    want.extend(b"0123456789abcdef");
+    assert_eq!(enc(TrackerRequest::FindRoot { prefix: "0123456789abcdef".into() }), want);
 }
 
 #[test]
@@ -66,6 +70,25 @@ fn golden_tracker_responses() {
     want.push(1);
     want.extend([0; 15].into_iter().chain([2]));
     assert_eq!(enc(TrackerResponse::Error(foreign_v6)), want);
+    // Appended at the ends of their enums (the version stays 3): Find Root's reply, a list of
+    // File List's summaries and `more`, and its error, the prefix's length.
+    let summary = tracker::FileSummary {
+        name: "a".into(),
+        length: 5,
+        root: Hash([7; 32]),
+        chunk_size: 16384,
+        sources: 2,
+        complete_sources: 1,
+    };
+    let mut want = vec![0, 0, 0, 43, 9, 1, 1, b'a', 5];
+    want.extend([7; 32]);
+    want.extend([0x80, 0x80, 0x01, 2, 1, 1]);
+    assert_eq!(enc(TrackerResponse::RootMatches { files: vec![summary], more: true }), want);
+    assert_eq!(enc(TrackerResponse::RootMatches { files: vec![], more: false }), [0, 0, 0, 3, 9, 0, 0]);
+    assert_eq!(
+        enc(TrackerResponse::Error(tracker::RequestError::InvalidRootPrefix { prefix_len: 300 })),
+        [0, 0, 0, 4, 8, 15, 0xac, 0x02]
+    );
 }
 
 /// The File Meta reply holds its metadata in an `Arc` (the tracker encodes it from its registry

@@ -149,6 +149,10 @@ fn handle(registry: &Registry, caller: &Caller, req: TrackerRequest) -> TrackerR
             Ok(R::Left)
         }
         TrackerRequest::KeepAlive => Ok(R::KeepAlive),
+        // Light: a few lookups under the read lock, a reply of at most `MAX_ROOT_MATCHES` files.
+        TrackerRequest::FindRoot { prefix } => {
+            registry.find_root(&prefix).map(|(files, more)| R::RootMatches { files, more })
+        }
     };
     reply.unwrap_or_else(R::Error)
 }

@@ -160,7 +160,9 @@ fn size_hint(reply: &TrackerResponse) -> usize {
                 .sum();
             5 * l.availability.len() + 32 * l.sources.len() + bitmaps
         }
-        TrackerResponse::FileList { files, .. } => files.iter().map(|f| f.name.len() + 64).sum(),
+        TrackerResponse::FileList { files, .. } | TrackerResponse::RootMatches { files, .. } => {
+            files.iter().map(|f| f.name.len() + 64).sum()
+        }
         TrackerResponse::Registered { results } => 16 * results.len(),
         _ => 0,
     }

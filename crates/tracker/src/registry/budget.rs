@@ -17,16 +17,22 @@ use crate::config::Limits;
 /// metadata's fixed fields.
 const FILE_OVERHEAD: u64 = 256;
 
+/// Bytes of a file's entry in the index by root (`files.rs`): a 48-byte element (the root and
+/// the name's shared pointer; the name itself is the map's key, not copied) in B-tree nodes
+/// about two thirds full.
+const ROOT_INDEX_ENTRY: u64 = 80;
+
 /// Bytes of overhead per holding: its places in the file's holder map and lists and in the
 /// session's set of names.
 const HOLDING_OVERHEAD: u64 = 64;
 
 /// What the registry holds for one file, in bytes, about: its chunk hashes (32 bytes a chunk),
 /// its File Meta reply once encoded (32 more), its availability counters (4), its name three
-/// times (the metadata's, the map key's, the reply's) and the entry. The reply is encoded only
-/// if someone asks for it, but counted from the start: the budget is what the file may cost.
+/// times (the metadata's, the map key's, the reply's), the entry and its place in the index by
+/// root. The reply is encoded only if someone asks for it, but counted from the start: the
+/// budget is what the file may cost.
 pub fn file_bytes(meta: &FileMeta) -> u64 {
-    FILE_OVERHEAD + 3 * meta.name.len() as u64 + 68 * meta.chunk_hashes.len() as u64
+    FILE_OVERHEAD + ROOT_INDEX_ENTRY + 3 * meta.name.len() as u64 + 68 * meta.chunk_hashes.len() as u64
 }
 
 /// What one holder of a file costs the registry, in bytes: a bitmap row (a bit per chunk; counted

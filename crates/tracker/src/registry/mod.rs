@@ -5,8 +5,9 @@
 //! no method takes another peer's id from the network: that is what makes impersonation impossible.
 //!
 //! The parts, each keeping its own facts:
-//! - this module: the handle, the sessions and the map of files, and the read-only requests
-//!   (File List, File Meta, File Locations);
+//! - this module: the handle, the sessions, and the read-only requests (File List, File Meta,
+//!   File Locations, Find Root);
+//! - `files`: the files by name and their index by root hash, kept in step by one type;
 //! - `register`: Register and Chunk Register (single or batched), step by step;
 //! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
 //!   File Locations, as one type whose methods keep those arrays in step;
@@ -15,6 +16,7 @@
 //!
 //! Invariants (checked by [`Registry::check_invariants`], which the tests and the fuzz target call):
 //! - a file is present iff at least one peer holds it (registered or chunk-registered);
+//! - the index by root holds exactly every file's (root, name);
 //! - `peers[p].files` contains `f` iff `files[f].holders` contains `p`, and every holder has an
 //!   endpoint (`peers[p].listen`);
 //! - each file's holders keep the invariants of the `holders` module, with every slot at its
@@ -36,24 +38,27 @@
 //! for why; every other endpoint is listed as kept.
 
 mod budget;
+mod files;
 mod holders;
 mod host;
 mod register;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Bound;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
+use proto::limits::MAX_ROOT_MATCHES;
 use proto::tracker::{FileSummary, Locations, RequestError};
-use proto::{validate_name, FileMeta};
+use proto::{validate_name, FileMeta, RootPrefix};
 use tokio::sync::OnceCell;
 
 use crate::config::Limits;
+use files::Files;
 use holders::Holders;
 use host::OwnHost;
 
@@ -98,7 +103,7 @@ pub struct Registry {
 
 #[derive(Debug, Default)]
 struct State {
-    files: BTreeMap<Arc<str>, FileEntry>,
+    files: Files,
     peers: PeerMap<PeerEntry>,
     next_id: u64,
     /// Metadata bytes held, by the estimate of [`file_bytes`] and [`holding_bytes`].
@@ -141,6 +146,18 @@ impl FileEntry {
     fn new(meta: Arc<FileMeta>) -> Self {
         let holders = Holders::new(meta.num_chunks());
         Self { meta, reply: Arc::default(), holders }
+    }
+
+    /// The file as File List and Find Root list it.
+    fn summary(&self, name: &str) -> FileSummary {
+        FileSummary {
+            name: name.to_owned(),
+            length: self.meta.length,
+            root: self.meta.root,
+            chunk_size: self.meta.chunk_size,
+            sources: self.holders.sources(),
+            complete_sources: self.holders.complete_sources(),
+        }
     }
 }
 
@@ -205,17 +222,23 @@ impl Registry {
                 || (page.len() < self.limits.list_page && bytes + summary_size(name) <= self.limits.list_page_bytes)
         }) {
             bytes += summary_size(name);
-            page.push(FileSummary {
-                name: name.to_string(),
-                length: f.meta.length,
-                root: f.meta.root,
-                chunk_size: f.meta.chunk_size,
-                sources: f.holders.sources(),
-                complete_sources: f.holders.complete_sources(),
-            });
+            page.push(f.summary(name));
         }
         let more = it.peek().is_some();
         (page, more)
+    }
+
+    /// Find Root: the files whose root hash starts with `prefix` (16 to 64 hex digits, either
+    /// case), sorted by root then name, at most [`MAX_ROOT_MATCHES`], and whether more match.
+    /// Summarised as File List summarises them. O(log n) in the number of files, by the index by
+    /// root (see `files`), whatever the prefix: at most one more file than the cap is looked at.
+    pub fn find_root(&self, prefix: &str) -> Result<(Vec<FileSummary>, bool), RequestError> {
+        let prefix = RootPrefix::parse(prefix)?;
+        let st = self.read();
+        let mut found = st.files.with_root(prefix).map(|(name, f)| f.summary(name));
+        let files: Vec<FileSummary> = found.by_ref().take(MAX_ROOT_MATCHES).collect();
+        let more = found.next().is_some();
+        Ok((files, more))
     }
 
     /// A file's metadata.
@@ -312,7 +335,8 @@ impl State {
     }
 
     fn check_invariants(&self) {
-        for (name, f) in &self.files {
+        self.files.check_invariants();
+        for (name, f) in self.files.iter() {
             assert!(!f.holders.is_empty(), "{name} has no holders");
             for p in f.holders.peers() {
                 assert!(self.peers[&p].files.contains(name));

@@ -8,15 +8,13 @@
 //! and quota checks, then the holding). Every check of a file comes before anything of it is
 //! added, so a refused file leaves the registry as it was.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
-use std::ops::Bound;
-use std::sync::Arc;
 
 use proto::tracker::{RegisterFile, RejectReason, RequestError};
 use proto::{validate_name, FileMeta, Have};
 
-use super::{budget, canonical, host, FileEntry, PeerEntry, PeerId, Registry, State};
+use super::{budget, canonical, host, Files, PeerEntry, PeerId, Registry, State};
 use crate::config::Limits;
 
 /// A Register request after [`Registry::check_register`]: the endpoint (canonical) and each file
@@ -222,7 +220,7 @@ fn endpoint(listen: SocketAddr, observed: IpAddr, limits: &Limits) -> Result<Soc
 
 /// Records that `peer` (whose entry is `entry`) serves at `addr`. If it served elsewhere, what
 /// it already holds is found at the new address from now on.
-fn follow_endpoint(files: &mut BTreeMap<Arc<str>, FileEntry>, entry: &mut PeerEntry, peer: PeerId, addr: SocketAddr) {
+fn follow_endpoint(files: &mut Files, entry: &mut PeerEntry, peer: PeerId, addr: SocketAddr) {
     if entry.listen.replace(addr).is_some_and(|old| old != addr) {
         for name in &entry.files {
             if let Some(file) = files.get_mut(name) {
@@ -235,7 +233,7 @@ fn follow_endpoint(files: &mut BTreeMap<Arc<str>, FileEntry>, entry: &mut PeerEn
 /// Adding the files of one Register, under the write lock: the parts of the state it changes and
 /// the session it changes them for.
 struct Adding<'a> {
-    files: &'a mut BTreeMap<Arc<str>, FileEntry>,
+    files: &'a mut Files,
     /// The registry's metadata bytes.
     total: &'a mut u64,
     entry: &'a mut PeerEntry,
@@ -253,7 +251,7 @@ impl Adding<'_> {
         if let Err(reason) = self.admit(&meta, validated) {
             return Err(Refused { reason, name: meta.name });
         }
-        let key = insert_file(self.files, meta);
+        let key = self.files.insert(meta);
         self.entry.files.insert(key.clone());
         if let Some(file) = self.files.get_mut(&key) {
             file.holders.add(self.peer, self.addr, have);
@@ -273,12 +271,7 @@ impl Adding<'_> {
 
 /// Whether `meta` may be held: the same content as the file registered under its name, or a new
 /// file within the registry's file quota. Returns whether it is new.
-fn admit_content(
-    files: &BTreeMap<Arc<str>, FileEntry>,
-    meta: &FileMeta,
-    validated: bool,
-    limits: &Limits,
-) -> Result<bool, RejectReason> {
+fn admit_content(files: &Files, meta: &FileMeta, validated: bool, limits: &Limits) -> Result<bool, RejectReason> {
     let existing = files.get(meta.name.as_str());
     let identical = existing.is_some_and(|e| e.meta.same_content(meta));
     if !identical && !validated {
@@ -307,29 +300,4 @@ fn admit_holding(
         return Err(RejectReason::SessionQuota { max: limits.max_files_per_session });
     }
     budget::charge(total, &mut entry.meta_bytes, meta, new_file, limits)
-}
-
-/// The key of the file named by `meta`, whose entry is created from `meta` if there is none. The
-/// request's own copy becomes the registry's: metadata is never copied.
-fn insert_file(files: &mut BTreeMap<Arc<str>, FileEntry>, meta: FileMeta) -> Arc<str> {
-    match files.get_key_value(meta.name.as_str()) {
-        Some((k, _)) => k.clone(),
-        None => {
-            let key: Arc<str> = Arc::from(meta.name.as_str());
-            files.insert(key.clone(), FileEntry::new(Arc::new(meta)));
-            key
-        }
-    }
-}
-
-/// `BTreeMap::get_key_value` with the value mutable: Chunk Register needs the map's own key
-/// (shared, not copied, by the session's set of names) and the entry at once.
-trait GetKeyValueMut<V> {
-    fn get_key_value_mut(&mut self, k: &str) -> Option<(&Arc<str>, &mut V)>;
-}
-
-impl<V> GetKeyValueMut<V> for BTreeMap<Arc<str>, V> {
-    fn get_key_value_mut(&mut self, k: &str) -> Option<(&Arc<str>, &mut V)> {
-        self.range_mut::<str, _>((Bound::Included(k), Bound::Included(k))).next()
-    }
 }

@@ -1,8 +1,9 @@
 //! Unit tests of the registry through its public methods; Chunk Register Batch's are in
-//! `tests/batch.rs`, the peers on the tracker's own host in `tests/own_host.rs`, the stateful
-//! proptest in `tests/sequences.rs`.
+//! `tests/batch.rs`, the peers on the tracker's own host in `tests/own_host.rs`, Find Root's in
+//! `tests/find_root.rs`, the stateful proptest in `tests/sequences.rs`.
 
 mod batch;
+mod find_root;
 mod own_host;
 mod sequences;
 
@@ -246,7 +247,7 @@ fn unspecified_listen_ip_is_replaced_by_observed() {
 fn metadata_budgets_in_bytes() {
     let (big, small) = (meta("big", 1, 64), meta("small", 1, 1));
     let (big_cost, small_cost) = (session_cost(&big), session_cost(&small));
-    assert_eq!(big_cost, 256 + 3 * 3 + 68 * 64 + 64 + 8);
+    assert_eq!(big_cost, 256 + 80 + 3 * 3 + 68 * 64 + 64 + 8);
     let limits = Limits {
         max_meta_bytes_per_session: big_cost + small_cost,
         max_meta_bytes_total: big_cost + small_cost + holding_bytes(&big),
