@@ -113,6 +113,56 @@ pub enum Error {
     /// The operation was cancelled (shutdown or Ctrl-C).
     #[error("cancelled")]
     Cancelled,
+    /// What was asked for cannot be understood (a bad name, pattern, root or manifest).
+    #[error(transparent)]
+    Select(#[from] crate::select::SelectError),
+    /// A prefix or pattern that matches no file the trackers list.
+    #[error("no file on the tracker matches {0:?}")]
+    NoMatch(String),
+    /// No file on the trackers has content with this root.
+    #[error("no file on the tracker has root {0}")]
+    RootNotFound(String),
+    /// A root prefix that matches several files: the user must say which.
+    #[error("root {root} matches {} files: {}; give more digits or NAME@ROOT", .matches.len(), .matches.join(", "))]
+    AmbiguousRoot {
+        /// The root or prefix given.
+        root: String,
+        /// What it matches, as NAME@ROOT (at most the tracker's cap).
+        matches: Vec<String>,
+    },
+    /// The tracker's file of that name has other content than the root asked for.
+    #[error("{name:?} on the tracker has root {found}, not the {wanted} asked for")]
+    RootMismatch {
+        /// The name.
+        name: String,
+        /// The root (or prefix) asked for.
+        wanted: String,
+        /// The root the tracker has.
+        found: String,
+    },
+    /// The same name asked for with two different roots.
+    #[error("{name:?} is asked for with two different roots, {first} and {second}")]
+    ConflictingRoots {
+        /// The name.
+        name: String,
+        /// One root.
+        first: String,
+        /// The other.
+        second: String,
+    },
+    /// The batch needs more disk space than the share's file system has free.
+    #[error("not enough disk space in {path}: the download needs {}, {} free", indicatif::HumanBytes(*.needed), indicatif::HumanBytes(*.free))]
+    NoSpace {
+        /// The share folder.
+        path: std::path::PathBuf,
+        /// Bytes still to fetch.
+        needed: u64,
+        /// Bytes free.
+        free: u64,
+    },
+    /// Another process already serves or downloads into this share or state folder.
+    #[error("{} is in use by another peer process (one process per share folder)", .0.display())]
+    InUse(std::path::PathBuf),
 }
 
 /// Why a tracker session could not be opened (connect, handshake and first registration).

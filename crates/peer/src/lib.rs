@@ -15,11 +15,15 @@
 //! ```
 
 mod addr;
+mod batch;
 mod connection;
 mod download;
 mod error;
+mod folders;
+mod lock;
 mod node;
 mod ratelimit;
+mod select;
 mod serve;
 mod session;
 mod shares;
@@ -27,11 +31,15 @@ mod task;
 mod trackers;
 
 pub use addr::{parse_listen, parse_trackers, AddrError, HostPort, DEFAULT_TRACKER_PORT};
+pub use batch::{resolve, BatchOptions, BatchProgress, BatchReport, FileOutcome, Target};
+pub use chunkstore::PartialInfo;
 pub use download::{DownloadConfig, DownloadOptions, DownloadReport, Progress, SourceReport};
 pub use error::{ConnectError, Error, PeerProtocolError, SourceError, TrackerProtocolError};
+pub use folders::{default_state_dir, partials};
 pub use node::{Node, NodeConfig};
 pub use ratelimit::{parse_bytes, RateLimiter};
+pub use select::{format_manifest, parse_manifest, parse_root, RootPrefix, SelectError, Selector, MIN_ROOT_PREFIX};
 pub use serve::ServeConfig;
 pub use session::{Link, Registration, SessionConfig, TrackerSession};
-pub use shares::{Shared, Shares};
+pub use shares::{Refusal, Shared, Shares};
 pub use trackers::{rendezvous_order, Trackers};

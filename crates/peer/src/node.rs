@@ -7,14 +7,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chunkstore::{Store, StoreError};
+use chunkstore::Store;
 use tokio::net::TcpListener;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use tracing::{info, warn};
 
 use crate::addr::HostPort;
-use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport};
+use crate::batch::{self, BatchOptions, BatchReport, Target};
+use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport, SourceBudget};
 use crate::error::Error;
+use crate::lock::FolderLock;
 use crate::ratelimit::RateLimiter;
 use crate::serve::{self, ServeConfig, Uploader};
 use crate::session::{FileFilter, Link, Registration, SessionConfig, TrackerSession};
@@ -29,8 +31,14 @@ pub struct NodeConfig {
     /// responsibility of one at a time (see `trackers.rs`); every peer must be given the same
     /// list.
     pub trackers: Vec<HostPort>,
-    /// The share folder: files in it are served, downloads land in it.
+    /// The share folder: files in it are served, downloads land in it (their partial data in
+    /// its `.p2p/partial`, created at the first download, so that placing a finished file is an
+    /// atomic rename on one file system).
     pub share: PathBuf,
+    /// Where serving state lives (the hash cache), so that serving writes nothing in the share
+    /// and a read-only share can be served. `None`: the share's own `.p2p` folder. (The `peer`
+    /// binary defaults to a folder under the user's state directory, keyed by the share's path.)
+    pub state_dir: Option<PathBuf>,
     /// Where to accept other peers (port 0 for any). `[::]` is every interface of both families
     /// (IPv4 alone on a host without IPv6).
     pub listen: SocketAddr,
@@ -55,6 +63,7 @@ impl NodeConfig {
         Self {
             trackers: vec![tracker.into()],
             share: share.into(),
+            state_dir: None,
             listen: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)),
             announce: None,
             upload_rate: None,
@@ -70,6 +79,8 @@ impl NodeConfig {
 /// waiting for them): the upload server, the tracker session (which says Leave) and downloads.
 pub struct Node {
     ctx: Context,
+    /// The share and state folders' locks: one process per share.
+    _lock: FolderLock,
     uploaded: Arc<AtomicU64>,
     /// Every task of the node; cancelled on shutdown: stops the server, the session (which says
     /// Leave) and downloads.
@@ -86,8 +97,8 @@ impl Node {
         if config.trackers.is_empty() {
             return Err(Error::NoTrackers);
         }
-        let share = config.share.clone();
-        let (store, shares) = tokio::task::spawn_blocking(move || open_share(share))
+        let (share, state) = (config.share.clone(), config.state_dir.clone());
+        let (store, shares, lock) = tokio::task::spawn_blocking(move || open_share(share, state))
             .await
             .map_err(|e| Error::Io { action: "scan the share folder", source: std::io::Error::other(e) })??;
         let bind = |source| Error::Io { action: "bind the listen address", source };
@@ -153,9 +164,10 @@ impl Node {
             shares,
             listen,
             limiter: Arc::new(RateLimiter::new(config.download_rate)),
+            budget: SourceBudget::new(config.download.connections_per_source),
             config: config.download,
         };
-        Ok(Node { ctx, uploaded, tasks, _stop_on_drop: stop_on_drop })
+        Ok(Node { ctx, _lock: lock, uploaded, tasks, _stop_on_drop: stop_on_drop })
     }
 
     /// Where this node accepts other peers.
@@ -193,6 +205,12 @@ impl Node {
         download::download(&self.ctx, name, opts, self.tasks.child()).await
     }
 
+    /// Downloads many files (see [`crate::resolve`] for turning names, prefixes, patterns and
+    /// roots into targets), a bounded number at a time, serving each as it arrives.
+    pub async fn download_all(&self, targets: Vec<Target>, opts: BatchOptions) -> Result<BatchReport, Error> {
+        batch::run(&self.ctx, targets, opts, &self.tasks).await
+    }
+
     /// Stops serving and downloading, tells the tracker Leave, and waits for every task (at most a
     /// few seconds). Partial downloads stay on disk for the next run.
     pub async fn shutdown(self) {
@@ -203,8 +221,25 @@ impl Node {
     }
 }
 
-fn open_share(share: PathBuf) -> Result<(Store, Shares), StoreError> {
-    let store = Store::open(share)?;
+fn open_share(share: PathBuf, state: Option<PathBuf>) -> Result<(Store, Shares, FolderLock), Error> {
+    let io = |action| move |source| Error::Io { action, source };
+    if std::fs::metadata(&share).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::Io {
+            action: "use the share folder",
+            source: std::io::Error::other(format!("{} is a file, not a folder", share.display())),
+        });
+    }
+    // Created first, so both can be locked before anything in them is touched.
+    std::fs::create_dir_all(&share).map_err(io("create the share folder"))?;
+    if let Some(state) = &state {
+        std::fs::create_dir_all(state).map_err(io("create the state folder"))?;
+    }
+    let lock =
+        FolderLock::acquire(&[Some(share.as_path()), state.as_deref()].into_iter().flatten().collect::<Vec<_>>())?;
+    let store = match state {
+        Some(state) => Store::open_with_state(share, state)?,
+        None => Store::open(share)?,
+    };
     let shares = Shares::default();
     for meta in store.scan()? {
         shares.insert(Shared::Complete(Arc::new(meta)));
@@ -216,5 +251,5 @@ fn open_share(share: PathBuf) -> Result<(Store, Shares), StoreError> {
             Err(e) => warn!(name = meta.name, error = %e, "cannot resume partial download"),
         }
     }
-    Ok((store, shares))
+    Ok((store, shares, lock))
 }

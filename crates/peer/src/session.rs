@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::addr::HostPort;
 use crate::error::{ConnectError, Error, TrackerProtocolError};
+use crate::shares::{sent, Shares};
 use session_register::register_all;
 pub(crate) use session_register::FileFilter;
 pub use session_register::Registration;
@@ -38,6 +39,8 @@ type Conn = Framed<TcpStream, TrackerClientCodec>;
 /// Longest wait between reconnect attempts; also never longer than the tracker's keep-alive
 /// interval, so a restarted tracker has every peer back within about two intervals.
 const MAX_BACKOFF: Duration = Duration::from_secs(2);
+/// Refused files offered again per keep-alive interval, so a retry stays a small frame.
+const RETRY_BATCH: usize = 64;
 /// How often a tracker that stays unreachable is mentioned at warn (each failure is at debug).
 const UNREACHABLE_WARNING: Duration = Duration::from_secs(30);
 
@@ -60,6 +63,8 @@ struct Call {
 pub struct TrackerSession {
     calls: mpsc::Sender<Call>,
     link: watch::Receiver<Link>,
+    /// The registration's shares, where refusals are recorded.
+    shares: Option<Shares>,
 }
 
 /// The state of a session's connection, as its actor last saw it.
@@ -131,8 +136,9 @@ impl TrackerSession {
         let (tx, rx) = mpsc::channel(1024);
         let (link_tx, link_rx) = watch::channel(link);
         let keepalive = MAX_BACKOFF;
+        let shares = registration.as_ref().map(|r| r.shares.clone());
         let actor = Actor { config, registration, calls: rx, shutdown, keepalive, link: link_tx };
-        (TrackerSession { calls: tx, link: link_rx }, actor)
+        (TrackerSession { calls: tx, link: link_rx, shares }, actor)
     }
 
     /// The state of the connection, updated as it changes.
@@ -214,15 +220,27 @@ impl TrackerSession {
         }
     }
 
+    /// The files whose root starts with `prefix` (hex), at most the tracker's cap.
+    pub async fn find_root(&self, prefix: &str) -> Result<Vec<FileSummary>, Error> {
+        match self.call(TrackerRequest::FindRoot { prefix: prefix.to_owned() }).await? {
+            TrackerResponse::RootMatches { files, .. } => Ok(files),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Registers files (with the chunks held) at the endpoint this session registered.
     pub async fn register(&self, files: Vec<RegisterFile>) -> Result<(), Error> {
         let listen = match &*self.link.borrow() {
             Link::Up { endpoint: Some(e), .. } => *e,
             _ => return Err(Error::NotRegistered),
         };
+        let sent = sent(&files);
         match self.call(TrackerRequest::Register(Register { listen, files })).await? {
             TrackerResponse::Registered { results } => {
                 log_rejections(&results);
+                if let Some(shares) = &self.shares {
+                    shares.record_results(&sent, &results);
+                }
                 Ok(())
             }
             other => Err(unexpected(other)),
@@ -374,6 +392,7 @@ impl Actor {
 
     async fn serve(&mut self, conn: &mut Conn, keepalive: Duration) -> Exit {
         let mut last = Instant::now();
+        let mut retry_at = last + keepalive;
         loop {
             tokio::select! {
                 _ = self.shutdown.cancelled() => return Exit::Shutdown,
@@ -393,8 +412,41 @@ impl Actor {
                     }
                     last = Instant::now();
                 }
+                // Files refused before are offered again once per interval, busy or not: a name
+                // held by other content is free once its last holder leaves.
+                _ = tokio::time::sleep_until(retry_at) => {
+                    retry_at = Instant::now() + keepalive;
+                    let Some((req, sent)) = self.retry_refused() else { continue };
+                    match roundtrip(conn, req, self.config.request_timeout).await {
+                        Ok(TrackerResponse::Registered { results }) => {
+                            if let Some(reg) = &self.registration {
+                                reg.shares.record_results(&sent, &results);
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(_) => return Exit::Lost,
+                    }
+                    last = Instant::now();
+                }
             }
         }
+    }
+
+    /// A Register of the refused files this session is responsible for, if any (at most one
+    /// frame's worth: the rest go at the next interval).
+    fn retry_refused(&self) -> Option<(TrackerRequest, Vec<(String, proto::Hash)>)> {
+        let reg = self.registration.as_ref()?;
+        let listen = match &*self.link.borrow() {
+            Link::Up { endpoint: Some(e), .. } => *e,
+            _ => return None,
+        };
+        let mut files = reg.shares.refused_files(|n| reg.accepts(n));
+        files.truncate(RETRY_BATCH);
+        if files.is_empty() {
+            return None;
+        }
+        let sent = sent(&files);
+        Some((TrackerRequest::Register(Register { listen, files }), sent))
     }
 
     /// Connects with jittered exponential backoff (the first try at once if `now`) and

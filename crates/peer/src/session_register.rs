@@ -14,7 +14,7 @@ use tracing::{debug, warn};
 use super::{log_rejections, roundtrip, step_failed, Conn};
 use crate::addr::HostPort;
 use crate::error::ConnectError;
-use crate::shares::Shares;
+use crate::shares::{sent, Shares};
 
 /// Room left in a Register frame for what the size estimate of [`register_batches`] leaves out.
 const REGISTER_FRAME_SLACK: usize = 4096;
@@ -71,7 +71,7 @@ impl Registration {
         Ok(listen)
     }
 
-    fn accepts(&self, name: &str) -> bool {
+    pub(crate) fn accepts(&self, name: &str) -> bool {
         self.only.as_ref().is_none_or(|f| f(name))
     }
 }
@@ -129,9 +129,11 @@ pub(super) async fn register_all(
     }
     for files in batches {
         let n = files.len();
+        let sent = sent(&files);
         match roundtrip(conn, TrackerRequest::Register(Register { listen, files }), t).await {
             Ok(TrackerResponse::Registered { results }) => {
                 log_rejections(&results);
+                reg.shares.record_results(&sent, &results);
                 debug!(files = n, "registered");
             }
             Ok(other) => return Err(step_failed(STEP, other)),

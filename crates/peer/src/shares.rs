@@ -1,12 +1,12 @@
 //! What this peer can serve: its complete files and the verified chunks of its partial downloads.
 //! Shared by the upload server (lookups), the tracker session (re-registration) and downloads.
 
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use chunkstore::Partial;
-use proto::tracker::RegisterFile;
-use proto::{FileMeta, Have};
+use proto::tracker::{RegisterFile, RejectReason};
+use proto::{FileMeta, Hash, Have};
 use tokio::sync::broadcast;
 
 /// Chunk announcements an upload connection may fall behind by before it re-reads the bitmap.
@@ -50,10 +50,22 @@ impl Shared {
     }
 }
 
-/// The set of served files, by name. Cheap to clone.
+/// A served file a tracker refused to register: other peers cannot find it there.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Refusal {
+    /// The file.
+    pub name: String,
+    /// Its root here.
+    pub root: Hash,
+    /// Why it was refused: for a name registered with other content, the holders' root.
+    pub reason: RejectReason,
+}
+
+/// The set of served files, by name, and the ones trackers refused. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Shares {
     inner: Arc<RwLock<HashMap<String, Shared>>>,
+    refused: Arc<Mutex<BTreeMap<String, Refusal>>>,
 }
 
 impl Shares {
@@ -88,4 +100,45 @@ impl Shares {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Records a Register reply: files refused are remembered (to be tried again, and reported),
+    /// files accepted are forgotten from the refusals.
+    pub(crate) fn record_results(&self, sent: &[(String, Hash)], results: &[Result<(), RejectReason>]) {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((name, root), result) in sent.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    refused.remove(name);
+                }
+                Err(reason) => {
+                    refused.insert(name.clone(), Refusal { name: name.clone(), root: *root, reason: reason.clone() });
+                }
+            }
+        }
+    }
+
+    /// The files refused and still served with the content that was refused, by name.
+    pub fn refused(&self) -> Vec<Refusal> {
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        // A file since removed, replaced or registered elsewhere is no longer refused here.
+        refused.retain(|name, r| self.get(name).is_some_and(|s| s.meta().root == r.root));
+        refused.values().cloned().collect()
+    }
+
+    /// The refused files `accept` takes, as a Register request would carry them: a name refused
+    /// because another content held it is accepted once that content's last holder leaves.
+    pub(crate) fn refused_files(&self, accept: impl Fn(&str) -> bool) -> Vec<RegisterFile> {
+        let names: Vec<String> = self.refused().into_iter().map(|r| r.name).filter(|n| accept(n)).collect();
+        let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);
+        names
+            .iter()
+            .filter_map(|n| inner.get(n))
+            .map(|s| RegisterFile { meta: s.meta().clone(), have: s.have() })
+            .collect()
+    }
+}
+
+/// The (name, root) of each file in a Register request, to pair with the reply's results.
+pub(crate) fn sent(files: &[RegisterFile]) -> Vec<(String, Hash)> {
+    files.iter().map(|f| (f.meta.name.clone(), f.meta.root)).collect()
 }

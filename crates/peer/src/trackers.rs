@@ -271,6 +271,35 @@ impl Trackers {
         }
     }
 
+    /// The files whose root starts with `prefix` (hex), on every tracker that answers (files are
+    /// spread over the trackers by name, so any may hold it), sorted by root and name.
+    pub async fn find_root(&self, prefix: &str) -> Result<Vec<FileSummary>, Error> {
+        let patience = self.patience;
+        let ask = |s: &TrackerSession| {
+            let s = s.clone();
+            async move { tokio::time::timeout(patience, s.find_root(prefix)).await.unwrap_or(Err(Error::TrackerLost)) }
+        };
+        let answers = futures::future::join_all(self.sessions.iter().map(ask)).await;
+        let mut merged = BTreeMap::new();
+        let mut first_error = None;
+        let mut answered = false;
+        for answer in answers {
+            match answer {
+                Ok(files) => {
+                    answered = true;
+                    merged.extend(files.into_iter().map(|f| ((f.root, f.name.clone()), f)));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match (answered, first_error) {
+            (false, Some(e)) => Err(e),
+            _ => Ok(merged.into_values().collect()),
+        }
+    }
+
     /// This peer's endpoint as a tracker records it (see [`TrackerSession::endpoint`]): from the
     /// first tracker that has registered it.
     pub fn endpoint(&self) -> Option<std::net::SocketAddr> {

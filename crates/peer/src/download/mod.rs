@@ -15,6 +15,7 @@
 //! Should that check fail (the disk changed a chunk after it was verified), the chunks found bad
 //! are fetched again.
 
+mod budget;
 mod coordinator;
 mod pool;
 mod register;
@@ -43,6 +44,7 @@ use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares, NEWS_BACKLOG};
 use crate::task::TaskGroup;
 use crate::trackers::Trackers;
+pub(crate) use budget::SourceBudget;
 use coordinator::{Action, Coordinator, Input};
 use scheduler::SourceId;
 use source::SourceContext;
@@ -58,6 +60,8 @@ pub(crate) struct Context {
     pub(crate) listen: SocketAddr,
     /// The process-wide download cap, shared by every download's sources.
     pub(crate) limiter: Arc<RateLimiter>,
+    /// Connections per source, shared by every download.
+    pub(crate) budget: Arc<SourceBudget>,
     pub(crate) config: DownloadConfig,
 }
 
@@ -82,6 +86,13 @@ pub(crate) async fn download(
         Some(d) => tokio::time::timeout(d, ctx.trackers.file_meta(name)).await.map_err(|_| Error::NoTracker(d))??,
         None => ctx.trackers.file_meta(name).await?,
     };
+    if let Some(want) = opts.root.as_ref().filter(|want| !want.matches(&meta.root)) {
+        return Err(Error::RootMismatch {
+            name: name.to_owned(),
+            wanted: want.to_string(),
+            found: meta.root.to_string(),
+        });
+    }
     let meta = Arc::new(meta);
     let existing = ctx.shares.get(name);
     match &existing {
@@ -89,12 +100,18 @@ pub(crate) async fn download(
             let path = ctx.store.root().join(name);
             return Ok(types::report(&meta, path, start, true, 0, (Vec::new(), 0)));
         }
-        Some(Shared::Complete(_)) => return Err(Error::Conflict(name.to_owned())),
+        Some(Shared::Complete(_)) if !opts.replace => return Err(Error::Conflict(name.to_owned())),
         _ => {}
     }
+    // The space the rest needs is reserved before anything is fetched: a full disk fails now,
+    // not minutes in (the partial stays for a later run).
     let partial = blocking({
         let (store, meta) = (ctx.store.clone(), meta.clone());
-        move || store.open_partial(&meta)
+        move || {
+            let partial = store.open_partial(&meta)?;
+            partial.reserve()?;
+            Ok(partial)
+        }
     })
     .await?;
     // Upload connections listen on the file's news channel for stored chunks. A partial of the
@@ -116,6 +133,7 @@ pub(crate) async fn download(
     }
 
     let mut dl = Download::start(ctx, meta.clone(), partial, news, &opts, tasks);
+    dl.replace = opts.replace;
     let deadline = opts.deadline.map(|d| start + d);
     let result = dl.run(&opts, deadline).await;
     let coordinator = dl.stop().await;
@@ -165,6 +183,8 @@ struct Download {
     /// Chunks to register with the tracker, and the registering task's token; closed (and
     /// drained) when the download stops.
     register: Option<(mpsc::UnboundedSender<u32>, CancellationToken)>,
+    /// Whether the finished file may replace a different one of its name.
+    replace: bool,
 }
 
 impl Download {
@@ -202,6 +222,7 @@ impl Download {
             limiter: ctx.limiter.clone(),
             inbox: inbox_tx,
             arrived: arrived_tx,
+            budget: ctx.budget.clone(),
         });
         Download {
             coordinator,
@@ -216,6 +237,7 @@ impl Download {
             locations,
             news,
             register: Some((register_tx, register_token)),
+            replace: false,
         }
     }
 
@@ -301,8 +323,8 @@ impl Download {
     async fn finish(&mut self) -> Result<PathBuf, Error> {
         let stop_flag = Arc::new(AtomicBool::new(false));
         let check = tokio::task::spawn_blocking({
-            let (partial, stop_flag) = (self.partial.clone(), stop_flag.clone());
-            move || partial.finish_until(&stop_flag)
+            let (partial, stop_flag, replace) = (self.partial.clone(), stop_flag.clone(), self.replace);
+            move || if replace { partial.finish_replacing_until(&stop_flag) } else { partial.finish_until(&stop_flag) }
         });
         tokio::pin!(check);
         let joined = tokio::select! {

@@ -26,6 +26,10 @@ pub(crate) const SCAN_WINDOW: usize = 4096;
 
 /// Most sources fetching one chunk at once in endgame.
 pub(crate) const ENDGAME_OWNERS: usize = 2;
+/// Files with fewer chunks have no endgame: for them it would fetch most of the file twice, and
+/// a folder of small files would cost its sources two copies. A stuck chunk still moves on when
+/// its source stalls.
+pub(crate) const ENDGAME_MIN_CHUNKS: usize = 4;
 
 /// Identifies a source within one download.
 pub(crate) type SourceId = u64;
@@ -244,7 +248,7 @@ impl Scheduler {
     pub(crate) fn pick(&mut self, id: SourceId, rng: &mut impl Rng) -> Option<u32> {
         let src = self.sources.get(&id)?;
         let chosen = self.rarest_needed(src, rng).or_else(|| {
-            if self.needed.len() == 0 {
+            if self.needed.len() == 0 && self.state.len() >= ENDGAME_MIN_CHUNKS {
                 self.endgame(id, src, rng)
             } else {
                 None

@@ -149,25 +149,39 @@ fn dont_have_updates_the_source() {
 #[test]
 fn endgame_duplicates_the_last_chunks_and_first_copy_wins() {
     let mut rng = StdRng::seed_from_u64(5);
-    let mut s = Scheduler::new(2, &Bitmap::new(2));
+    let n = ENDGAME_MIN_CHUNKS as u32;
+    let mut s = Scheduler::new(n, &Bitmap::new(n));
     for id in 1..=3 {
         s.update_source(id, &Have::Complete);
     }
-    let a = s.pick(1, &mut rng).unwrap();
-    let b = s.pick(1, &mut rng).unwrap();
-    // Nothing needed left: source 2 duplicates one of 1's chunks, source 3 the other.
+    let first: Vec<u32> = (0..n).map(|_| s.pick(1, &mut rng).unwrap()).collect();
+    // Nothing needed left: sources 2 and 3 duplicate chunks in flight, different ones first.
     let d2 = s.pick(2, &mut rng).unwrap();
     let d3 = s.pick(3, &mut rng).unwrap();
     assert_ne!(d2, d3);
-    assert!([a, b].contains(&d2) && [a, b].contains(&d3));
+    assert!(first.contains(&d2) && first.contains(&d3));
     s.check_invariant();
     assert_eq!(s.complete(d2, 2), Completion::New);
     assert_eq!(s.complete(d2, 1), Completion::Duplicate);
     s.check_invariant();
-    assert_eq!(s.pick(2, &mut rng), None, "at most ENDGAME_OWNERS per chunk");
-    assert_eq!(s.complete(d3, 3), Completion::New);
+    for c in first.iter().filter(|&&c| c != d2) {
+        s.complete(*c, 1);
+    }
     assert!(s.is_done());
     s.check_invariant();
+}
+
+#[test]
+fn files_of_few_chunks_have_no_endgame() {
+    let mut rng = StdRng::seed_from_u64(6);
+    let n = ENDGAME_MIN_CHUNKS as u32 - 1;
+    let mut s = Scheduler::new(n, &Bitmap::new(n));
+    s.update_source(1, &Have::Complete);
+    s.update_source(2, &Have::Complete);
+    for _ in 0..n {
+        assert!(s.pick(1, &mut rng).is_some());
+    }
+    assert_eq!(s.pick(2, &mut rng), None, "a small file is not fetched twice");
 }
 
 #[test]

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::SourceBudget;
 use super::coordinator::Input;
 use super::scheduler::SourceId;
 use super::types::DownloadConfig;
@@ -35,6 +36,8 @@ pub(crate) struct SourceContext {
     pub(crate) inbox: mpsc::UnboundedSender<Input>,
     /// To the writer; bounded, so a source slows down when storage lags.
     pub(crate) arrived: mpsc::Sender<Arrived>,
+    /// Connections per source, shared with the process's other downloads.
+    pub(crate) budget: Arc<SourceBudget>,
 }
 
 /// Tells the coordinator that a source's task ended, however it ends: returning, cancelled, or
@@ -75,6 +78,8 @@ async fn connection(
 ) -> Result<(), SourceError> {
     let cfg = &cx.config;
     let n = cx.meta.num_chunks();
+    // Held for as long as the connection lives; the wait counts as connecting.
+    let _slot = cx.budget.acquire(addr).await;
     let (mut conn, have) = PeerConn::open(addr, &cx.meta, cfg.connect_timeout).await?;
     let mut window = Window::new(cfg.pipeline, cx.meta.chunk_size);
     if cx.inbox.send(Input::Connected { source, have, want: window.depth() }).is_err() {

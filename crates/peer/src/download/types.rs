@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proto::FileMeta;
+
+use crate::select::RootPrefix;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -18,6 +20,9 @@ pub struct DownloadConfig {
     pub pipeline: usize,
     /// Sources downloaded from at once.
     pub max_sources: usize,
+    /// Connections to one source at once, across every download of the process (several files
+    /// downloading from one seed share them).
+    pub connections_per_source: usize,
     /// A source with requests outstanding that sends nothing for this long loses its chunks.
     pub stall_timeout: Duration,
     /// Deadline for connecting to a source and its handshake.
@@ -35,6 +40,7 @@ impl Default for DownloadConfig {
         Self {
             pipeline: 8,
             max_sources: 32,
+            connections_per_source: 2,
             stall_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(5),
             poll_interval: Duration::from_millis(500),
@@ -51,6 +57,11 @@ pub struct DownloadOptions {
     pub deadline: Option<Duration>,
     /// Receives progress updates.
     pub progress: Option<watch::Sender<Progress>>,
+    /// Download only if the tracker's file has this root (or a root with this prefix).
+    pub root: Option<RootPrefix>,
+    /// Replace a different file of the same name in the share folder (atomically, once the new
+    /// one is verified) instead of refusing.
+    pub replace: bool,
 }
 
 /// A progress snapshot.
