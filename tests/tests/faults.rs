@@ -108,8 +108,9 @@ async fn a_chunk_every_source_corrupts_fails_clearly_and_the_peer_keeps_serving(
     .await;
 }
 
-/// A download onto a full disk (a 2 MiB tmpfs) fails with a clear storage error; no chunk that
-/// was not stored is marked done or registered, and no file is put in place. Skipped, saying so,
+/// A download onto a full disk (a 2 MiB tmpfs) fails at once with a clear storage error ("needs
+/// X, Y free"); no chunk that was not stored is marked done or registered, no file is put in
+/// place, and the partial download is kept. Skipped, saying so,
 /// where mounting a tmpfs is not permitted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_cleanly() {
@@ -141,9 +142,14 @@ async fn a_full_disk_fails_cleanly() {
         let d = small.join("share");
         let pd = spawn_peer(t.addr(), &d, |_| {}).await;
         let r = pd.download("big.bin", DownloadOptions::default()).await;
-        let Err(e @ PeerError::Store(_)) = &r else { panic!("expected a storage error, got {r:?}") };
+        // The space is reserved before anything is fetched: the download fails at once, saying
+        // how much it needs and how much is free.
+        let Err(e @ PeerError::Store(chunkstore::StoreError::NoSpace { needed, .. })) = &r else {
+            panic!("expected a NoSpace error, got {r:?}")
+        };
         println!("full disk: {e:#}");
-        assert!(format!("{e:?}").contains("StorageFull") || e.to_string().contains("write"), "{e}");
+        assert_eq!(*needed, 4 * MIB as u64);
+        assert!(e.to_string().contains("needs 4 MiB"), "{e}");
         assert!(!d.join("big.bin").exists(), "no file put in place");
 
         // What the tracker was told this peer holds is exactly what it verifiably holds.

@@ -153,7 +153,9 @@ fn listed(f: &FileSummary) -> Target {
 
 /// The one file whose root has this prefix.
 async fn find_root(trackers: &Trackers, prefix: &RootPrefix) -> Result<Target, Error> {
-    let found = trackers.find_root(&prefix.to_string()).await?;
+    let mut found = trackers.find_root(&prefix.to_string()).await?;
+    // The tracker's answer is checked, not trusted: only files whose root has the prefix count.
+    found.retain(|f| prefix.matches(&f.root));
     match found.as_slice() {
         [] => Err(Error::RootNotFound(prefix.to_string())),
         [one] => Ok(listed(one)),
