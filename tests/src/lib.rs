@@ -397,3 +397,13 @@ pub fn binary(name: &str) -> std::path::PathBuf {
     assert!(path.exists(), "{} not found", path.display());
     path
 }
+
+/// Unmounts a folder when dropped, so a test that mounted something (a tmpfs, a read-only bind
+/// mount) leaves nothing behind, even when it fails.
+pub struct Unmount(pub std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}

@@ -146,15 +146,6 @@ async fn bad_selections_are_clear_errors_and_nothing_is_written() {
     .await;
 }
 
-/// Undoes a read-only bind mount, even when the test fails.
-struct Unmount(std::path::PathBuf);
-
-impl Drop for Unmount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_read_only_share_is_served() {
     binary("peer");
@@ -168,7 +159,7 @@ async fn a_read_only_share_is_served() {
             eprintln!("SKIPPED: cannot bind-mount (needs root)");
             return;
         }
-        let _unmount = Unmount(ro.clone());
+        let _unmount = tests::Unmount(ro.clone());
         let remount = Command::new("mount").args(["-o", "remount,bind,ro"]).arg(&ro).status().unwrap();
         assert!(remount.success());
         assert!(std::fs::write(ro.join("probe"), b"x").is_err(), "the share is read-only");

@@ -127,12 +127,6 @@ async fn a_full_disk_fails_cleanly() {
             println!("skipped: cannot mount a tmpfs here (needs root)");
             return;
         }
-        struct Unmount(std::path::PathBuf);
-        impl Drop for Unmount {
-            fn drop(&mut self) {
-                let _ = std::process::Command::new("umount").arg(&self.0).status();
-            }
-        }
         let _unmount = Unmount(small.clone());
 
         let t = spawn_tracker(tracker::Config::default()).await;
