@@ -407,3 +407,34 @@ impl Drop for Unmount {
         let _ = std::process::Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// Writes a folder of `n` files under `top/` in nested folders, sizes from 0 to a few MiB (most
+/// small, as in real data sets); returns (name, bytes) sorted by name.
+pub fn write_folder(dir: &std::path::Path, top: &str, n: usize) -> Vec<(String, Vec<u8>)> {
+    let mut files: Vec<(String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let len = match (i % 100, i % 50) {
+                (_, 0) => 0,
+                (1, _) => 3 * MIB / 2 + i * 97,
+                (_, 2..=6) => 60_000 + i * 31,
+                _ => 1 + (i * 7919) % 16_000,
+            };
+            let name = format!("{top}/d{}/s{}/f{i:04}.bin", i % 7, i % 3);
+            let data = write_file(dir, &name, len, i as u64 + 1);
+            (name, data)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Copies the files under `from` (not its `.p2p` state) to `to`.
+pub fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    for rel in walk_files(from) {
+        if rel.starts_with(".p2p") {
+            continue;
+        }
+        std::fs::create_dir_all(to.join(&rel).parent().unwrap()).unwrap();
+        std::fs::copy(from.join(&rel), to.join(&rel)).unwrap();
+    }
+}

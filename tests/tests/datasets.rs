@@ -10,36 +10,6 @@ use std::time::Duration;
 use peer::{BatchOptions, DownloadOptions, Error, Selector};
 use tests::*;
 
-/// Writes a folder of `n` files under `top/` in nested folders, sizes from 0 to a few MiB (most
-/// small, as in real data sets); returns (name, bytes) sorted by name.
-fn write_folder(dir: &Path, top: &str, n: usize) -> Vec<(String, Vec<u8>)> {
-    let mut files: Vec<(String, Vec<u8>)> = (0..n)
-        .map(|i| {
-            let len = match (i % 100, i % 50) {
-                (_, 0) => 0,
-                (1, _) => 3 * MIB / 2 + i * 97,
-                (_, 2..=6) => 60_000 + i * 31,
-                _ => 1 + (i * 7919) % 16_000,
-            };
-            let name = format!("{top}/d{}/s{}/f{i:04}.bin", i % 7, i % 3);
-            let data = write_file(dir, &name, len, i as u64 + 1);
-            (name, data)
-        })
-        .collect();
-    files.sort();
-    files
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    for rel in walk_files(from) {
-        if rel.starts_with(".p2p") {
-            continue;
-        }
-        std::fs::create_dir_all(to.join(&rel).parent().unwrap()).unwrap();
-        std::fs::copy(from.join(&rel), to.join(&rel)).unwrap();
-    }
-}
-
 /// Peers on one host share its IP: let each serve all the others.
 fn many_per_ip(c: &mut peer::NodeConfig) {
     c.serve.max_uploads_per_ip = 256;

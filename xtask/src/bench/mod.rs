@@ -3,6 +3,7 @@
 //! name, every benchmark runs with its defaults. See docs/BENCHMARKS.md.
 
 mod chunkstore;
+mod folder;
 mod netns;
 mod procs;
 mod scale;
@@ -59,7 +60,26 @@ enum Which {
     Tracker(TrackerArgs),
     /// Many downloaders in one process against a few seeds: completion, time, memory.
     Scale(ScaleArgs),
+    /// A folder of many files from 2 capped seeds to N downloaders, one batch each, against one
+    /// file of the same size in the same run.
+    Folder(FolderArgs),
 }
+
+/// Options of the folder benchmark.
+#[derive(Debug, Clone, Copy, Args)]
+struct FolderArgs {
+    /// Files in the folder.
+    #[arg(long, default_value_t = 1000)]
+    files: usize,
+    /// Downloaders.
+    #[arg(long, short, default_value_t = 4)]
+    n: usize,
+    /// Upload cap of each of the 2 seeds, bytes per second.
+    #[arg(long, default_value_t = 3 << 19)]
+    seed_rate: u64,
+}
+
+const FOLDER_DEFAULT: FolderArgs = FolderArgs { files: 1000, n: 4, seed_rate: 3 << 19 };
 
 /// Options of the scale benchmark.
 #[derive(Debug, Clone, Copy, Args)]
@@ -171,6 +191,7 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::SwarmNetns(SWARM_NETNS_DEFAULT),
             Which::Tracker(TRACKER_DEFAULT),
             Which::Scale(SCALE_DEFAULT),
+            Which::Folder(FOLDER_DEFAULT),
         ],
     };
     let mut bins = None;
@@ -190,6 +211,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Scale(a) => scale::run(
                 &bins()?,
                 scale::Setup { downloaders: a.downloaders, seeds: a.seeds.max(1), size: a.size },
+                &dir,
+            )?,
+            Which::Folder(a) => folder::run(
+                folder::Setup { files: a.files.max(1), n: a.n.max(1), seed_rate: a.seed_rate.max(1) },
                 &dir,
             )?,
             Which::Tracker(a) => tracker_load::run(
