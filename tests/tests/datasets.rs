@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
 use std::time::Duration;
 
 use peer::{BatchOptions, DownloadOptions, Error, Selector};
