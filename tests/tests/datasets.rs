@@ -64,10 +64,11 @@ async fn a_folder_of_a_thousand_files_reaches_four_downloaders_from_two_seeds() 
         let uploaded: u64 = seeds.iter().map(|s| s.uploaded_bytes()).sum();
         let copies = uploaded as f64 / total as f64;
         eprintln!("folder of {} files, {total} bytes: the seeds uploaded {copies:.2} copies", files.len());
-        // Without trading the seeds would upload four copies (one per downloader) and more.
-        // Measured 1.5-1.6 here; the target of 1.2 is not reached yet (see
-        // docs/BENCHMARKS.md): small files are fetched from whichever holder answers first.
-        assert!(copies <= 2.0, "the seeds uploaded {copies:.2} copies of the folder: the downloaders did not trade");
+        // Without trading the seeds would upload four copies (one per downloader) and more. A
+        // seed known to be slower than a peer holding a chunk leaves it to that peer (see
+        // download/coordinator.rs): measured 1.1-1.3 here (`cargo xtask bench folder`: 1.14 in a
+        // release build), against 1.5-1.6 when small files went to whoever answered first.
+        assert!(copies <= 1.6, "the seeds uploaded {copies:.2} copies of the folder: the downloaders did not trade");
         for p in seeds.into_iter().chain(dls) {
             p.shutdown().await;
         }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::addr::HostPort;
 use crate::batch::{self, BatchOptions, BatchReport, Target};
-use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport, SourceBudget};
+use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport, SourceBook};
 use crate::error::Error;
 use crate::lock::FolderLock;
 use crate::ratelimit::RateLimiter;
@@ -164,7 +164,7 @@ impl Node {
             shares,
             listen,
             limiter: Arc::new(RateLimiter::new(config.download_rate)),
-            budget: SourceBudget::new(config.download.connections_per_source),
+            book: SourceBook::new(config.download.connections_per_source),
             config: config.download,
         };
         Ok(Node { ctx, _lock: lock, uploaded, tasks, _stop_on_drop: stop_on_drop })

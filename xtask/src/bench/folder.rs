@@ -15,7 +15,7 @@ use anyhow::Context;
 use peer::{BatchOptions, DownloadOptions, Node, NodeConfig, Selector};
 use tokio::time::Instant;
 
-use super::util::{file_root, write_random_file, Report, Scratch, MIB};
+use super::util::{file_root, fs_type, write_random_file, Report, Scratch, MIB};
 
 /// The folder's time over the one file's.
 const TIME_TARGET: f64 = 1.3;
@@ -87,6 +87,12 @@ pub(crate) fn run(setup: Setup, dir: &Path) -> anyhow::Result<Report> {
     r.at_most("folder: seeds uploaded / F", folder.seeds_uploaded as f64 / f, "copies", SEED_TARGET);
     r.row("one file: seeds uploaded / F", one.seeds_uploaded as f64 / f, "copies");
     r.note("every downloaded file was compared with the seeds' bytes");
+    let fs = fs_type(scratch.path()).unwrap_or_else(|| "an unknown file system".into());
+    r.note(format!(
+        "scratch folder on {fs}: each file downloaded costs the file system a few file creations and \
+         removals, which a folder of many files multiplies (docs/BENCHMARKS.md); `--dir /dev/shm` \
+         measures the transfer alone"
+    ));
     Ok(r)
 }
 

@@ -346,3 +346,19 @@ pub(crate) fn file_root(path: &Path) -> anyhow::Result<blake3::Hash> {
     h.update_mmap_rayon(path).with_context(|| format!("hash {}", path.display()))?;
     Ok(h.finalize())
 }
+
+/// The type of the file system holding `path` (`ext4`, `tmpfs`, ...), from `/proc/self/mounts`: the
+/// mount point that is the longest prefix of its canonical path.
+pub(crate) fn fs_type(path: &Path) -> Option<String> {
+    let path = fs::canonicalize(path).ok()?;
+    let mounts = fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, at, kind) = (f.next()?, f.next()?, f.next()?);
+            path.starts_with(at).then(|| (at.len(), kind.to_owned()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, kind)| kind)
+}

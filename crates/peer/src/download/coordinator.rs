@@ -9,9 +9,18 @@
 //! (`want`, from its measured rate) whenever it answers one, learns a chunk, or chunks are freed
 //! (a source ended or was dropped, a copy failed, a "don't have"). A source with nothing useful
 //! just waits; the next news about it wakes it through its own [`Input`].
+//!
+//! Faster sources choose first. A source known (from the process's [`SourceBook`], across files)
+//! to deliver at less than half the rate of another is not given the chunks that one holds while
+//! it is connected, or connecting (for [`CONNECT_GRACE`]); a source of unknown rate counts as
+//! fast until measured. So a capped or busy seed is asked only for what the faster peers do not
+//! have, and spends its upload on chunks nobody else can give: the difference, for a folder of
+//! small files fetched by several downloaders, between the seeds sending each file once or to
+//! every downloader that happened to reach them first.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::tracker::Locations;
@@ -21,6 +30,7 @@ use rand::SeedableRng;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
+use super::book::SourceBook;
 use super::scheduler::{Completion, Scheduler, SourceId};
 use super::types::{DownloadConfig, Progress, SourceReport};
 use crate::error::{Error, SourceError};
@@ -71,6 +81,14 @@ pub(crate) enum Action {
 /// new one at the source cap.
 pub(crate) const IDLE_EVICTION: Duration = Duration::from_secs(2);
 
+/// How many times faster than another a source must have delivered to choose before it.
+pub(crate) const OUTRANK: f64 = 2.0;
+
+/// How long a connecting source keeps the chunks it holds from slower sources: about a connection
+/// set-up; one that takes longer (waiting for a place in the source budget, or unreachable) no
+/// longer holds anyone up.
+pub(crate) const CONNECT_GRACE: Duration = Duration::from_millis(500);
+
 /// Fresh requests a source may answer with chunks already stored here before it is only asked for
 /// exact chunks: an honest seed substitutes chunks nobody had, so this only bounds the waste of a
 /// seed that has handed them out already (or one that lies).
@@ -108,6 +126,15 @@ struct Record {
     /// Since when it is connected with nothing to fetch from it, if so: such a source gives up
     /// its place to a new one when the source cap is reached.
     idle_since: Option<Instant>,
+    /// While connecting after the tracker listed it: since when, and what it holds.
+    connecting: Option<(Instant, Have)>,
+}
+
+/// Chunks kept for faster sources, away from a slower one.
+enum Reserved {
+    Nothing,
+    All,
+    These(Bitmap),
 }
 
 /// The coordinator. See the module docs.
@@ -130,11 +157,13 @@ pub(crate) struct Coordinator {
     actions: Vec<Action>,
     /// The time of the input being handled.
     now: Instant,
+    /// Rates measured by this process's downloads, per source endpoint.
+    book: Arc<SourceBook>,
 }
 
 impl Coordinator {
     /// A coordinator for `meta`, with the chunks in `have` (`bytes_done` bytes) already stored;
-    /// `seed` seeds the random tie-breaks.
+    /// `seed` seeds the random tie-breaks; `book` has the sources' rates.
     pub(crate) fn new(
         meta: &FileMeta,
         have: &Bitmap,
@@ -142,6 +171,7 @@ impl Coordinator {
         config: DownloadConfig,
         me: Option<SocketAddr>,
         seed: u64,
+        book: Arc<SourceBook>,
     ) -> Self {
         let n = meta.num_chunks();
         let progress = Progress {
@@ -166,6 +196,7 @@ impl Coordinator {
             fetched: 0,
             actions: Vec::new(),
             now: Instant::now(),
+            book,
         }
     }
 
@@ -212,22 +243,36 @@ impl Coordinator {
                 }
             }
             Input::Failed(e) => return Err(e),
-            Input::Tick => self.retry_due(now),
+            Input::Tick => {
+                self.retry_due(now);
+                // Connecting sources whose grace ended no longer hold slower ones back.
+                self.top_up_all();
+            }
         }
         Ok(())
     }
 
     /// When the next source's backoff ends, if any source waits for one: the driver sends
     /// [`Input::Tick`] then, so a source is retried on a schedule of its own.
+    /// Also when a connecting source stops keeping chunks from slower ones.
     pub(crate) fn next_retry(&self) -> Option<Instant> {
-        if self.linked >= self.config.max_sources {
-            return None;
-        }
-        self.sources
+        let retry = (self.linked < self.config.max_sources)
+            .then(|| {
+                self.sources
+                    .values()
+                    .filter(|r| r.link == Link::Down && r.report.dropped.is_none() && r.listed)
+                    .filter_map(|r| r.retry_at)
+                    .min()
+            })
+            .flatten();
+        let grace = self
+            .sources
             .values()
-            .filter(|r| r.link == Link::Down && r.report.dropped.is_none() && r.listed)
-            .filter_map(|r| r.retry_at)
-            .min()
+            .filter(|r| r.link == Link::Connecting)
+            .filter_map(|r| r.connecting.as_ref().map(|(t, _)| *t + CONNECT_GRACE))
+            .filter(|&t| t > self.now)
+            .min();
+        retry.into_iter().chain(grace).min()
     }
 
     /// Connects the sources whose backoff is over (up to the cap), earliest first.
@@ -246,6 +291,8 @@ impl Coordinator {
             let Some(rec) = self.sources.get_mut(&id) else { continue };
             rec.link = Link::Connecting;
             rec.retry_at = None;
+            // What it holds is not known here: it keeps nothing from slower sources.
+            rec.connecting = None;
             self.linked += 1;
             self.actions.push(Action::Connect { source: id, addr: rec.report.addr });
         }
@@ -291,9 +338,11 @@ impl Coordinator {
             return;
         }
         rec.link = Link::Up { outstanding: 0, want };
+        rec.connecting = None;
         self.sched.update_source(id, have);
         debug!(source = %rec.report.addr, "connected to source");
-        self.top_up(id);
+        // Slower sources held back for it may now take what it does not.
+        self.top_up_all();
     }
 
     /// Counts an answer from `id`; false if the source is no longer linked (its answer is
@@ -386,6 +435,7 @@ impl Coordinator {
         rec.report.dropped = Some(why.to_string());
         if rec.link != Link::Down {
             rec.link = Link::Down;
+            rec.connecting = None;
             self.linked -= 1;
             self.actions.push(Action::Drop { source: id });
         }
@@ -402,6 +452,7 @@ impl Coordinator {
             return;
         }
         rec.link = Link::Down;
+        rec.connecting = None;
         self.linked -= 1;
         self.progress.active_sources = self.linked;
         self.sched.remove_source(id);
@@ -429,10 +480,27 @@ impl Coordinator {
     /// Sends `id` requests until it has as many outstanding as it wants, or nothing useful is
     /// left for it.
     fn top_up(&mut self, id: SourceId) {
+        if !matches!(self.sources.get(&id).map(|r| r.link), Some(Link::Up { outstanding, want }) if outstanding < want)
+        {
+            return;
+        }
+        let reserved = match self.reserved_for_faster(id) {
+            Reserved::Nothing => None,
+            Reserved::These(bits) => Some(bits),
+            Reserved::All => {
+                // Everything it holds is better fetched elsewhere: it waits.
+                if let Some(rec) = self.sources.get_mut(&id) {
+                    if matches!(rec.link, Link::Up { outstanding: 0, .. }) && rec.idle_since.is_none() {
+                        rec.idle_since = Some(self.now);
+                    }
+                }
+                return;
+            }
+        };
         let Some(rec) = self.sources.get_mut(&id) else { return };
         let Link::Up { outstanding, want } = &mut rec.link else { return };
         while *outstanding < *want {
-            let Some(chunk) = self.sched.pick(id, &mut self.rng) else { break };
+            let Some(chunk) = self.sched.pick_avoiding(id, &mut self.rng, reserved.as_ref()) else { break };
             // A seed may hand out a chunk nobody has yet instead: see PeerRequest::GetFresh.
             let fresh = self.sched.source_is_complete(id) && rec.useless < MAX_USELESS_SUBSTITUTES;
             self.actions.push(Action::Request { source: id, chunk, fresh });
@@ -468,16 +536,56 @@ impl Coordinator {
         true
     }
 
-    /// [`Coordinator::top_up`] for every connected source: after chunks were freed.
+    /// [`Coordinator::top_up`] for every connected source, fastest first: after chunks were
+    /// freed.
     fn top_up_all(&mut self) {
-        let ids: Vec<SourceId> = self
+        let mut ids: Vec<(f64, SourceId)> = self
             .sources
             .iter()
             .filter(|(_, r)| matches!(r.link, Link::Up { outstanding, want } if outstanding < want))
-            .map(|(&id, _)| id)
+            .map(|(&id, r)| (self.book.rate(r.report.addr).unwrap_or(f64::INFINITY), id))
             .collect();
-        for id in ids {
+        ids.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (_, id) in ids {
             self.top_up(id);
+        }
+    }
+
+    /// The chunks that sources at least [`OUTRANK`] times faster than `id` hold, while they are
+    /// connected or connecting (for [`CONNECT_GRACE`]): `id` leaves those to them. Nothing for
+    /// a source of unknown rate.
+    fn reserved_for_faster(&self, id: SourceId) -> Reserved {
+        let Some(rec) = self.sources.get(&id) else { return Reserved::Nothing };
+        let Some(mine) = self.book.rate(rec.report.addr) else { return Reserved::Nothing };
+        let n = self.sched.num_chunks();
+        let mut bits: Option<Vec<u8>> = None;
+        for (&other, r) in &self.sources {
+            if other == id || r.report.dropped.is_some() {
+                continue;
+            }
+            let faster = self.book.rate(r.report.addr).is_none_or(|f| f > 0.0 && f >= OUTRANK * mine);
+            if !faster {
+                continue;
+            }
+            let held = match (&r.link, &r.connecting) {
+                (Link::Up { .. }, _) if self.sched.source_is_complete(other) => return Reserved::All,
+                (Link::Up { .. }, _) => match self.sched.source_have(other) {
+                    Some(b) => b.as_bytes(),
+                    None => continue,
+                },
+                (Link::Connecting, Some((since, have))) if self.now < *since + CONNECT_GRACE => match have {
+                    Have::Complete => return Reserved::All,
+                    Have::Partial(b) if b.len() == n => b.as_bytes(),
+                    Have::Partial(_) => continue,
+                },
+                _ => continue,
+            };
+            let into = bits.get_or_insert_with(|| vec![0; n.div_ceil(8) as usize]);
+            into.iter_mut().zip(held).for_each(|(i, h)| *i |= h);
+        }
+        match bits.and_then(|b| Bitmap::from_parts(n, b).ok()) {
+            Some(b) => Reserved::These(b),
+            None => Reserved::Nothing,
         }
     }
 }

@@ -1,6 +1,7 @@
 //! The coordinator's decisions, driven by hand: inputs in, actions out, time chosen by the test.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use proto::limits::MIN_CHUNK_SIZE;
@@ -30,6 +31,8 @@ struct Fixture {
     meta: FileMeta,
     c: Coordinator,
     now: Instant,
+    /// The sources' rates, as the process measured them.
+    book: Arc<SourceBook>,
 }
 
 impl Fixture {
@@ -39,8 +42,9 @@ impl Fixture {
 
     fn with(chunks: u32, seed: u64, config: DownloadConfig, me: Option<SocketAddr>) -> Self {
         let meta = meta(chunks);
-        let c = Coordinator::new(&meta, &Bitmap::new(chunks), 0, config, me, seed);
-        Fixture { meta, c, now: Instant::now() }
+        let book = SourceBook::new(2);
+        let c = Coordinator::new(&meta, &Bitmap::new(chunks), 0, config, me, seed, book.clone());
+        Fixture { meta, c, now: Instant::now(), book }
     }
 
     fn n(&self) -> u32 {
@@ -385,4 +389,61 @@ fn at_the_cap_an_idle_source_makes_room_for_a_new_one() {
     assert_eq!(f.c.progress().active_sources, 1);
     f.feed(Input::Ended { source: s1, result: Ok(()) });
     assert_eq!(f.c.progress().active_sources, 1, "its end changes nothing");
+}
+
+fn chunks_of(actions: &[Action], source: SourceId) -> Vec<u32> {
+    let mut c: Vec<u32> = requests(actions).into_iter().filter(|&(s, _)| s == source).map(|(_, c)| c).collect();
+    c.sort_unstable();
+    c
+}
+
+/// A seed known to deliver at less than half another source's rate leaves the chunks that source
+/// holds to it, while it connects and once connected, and is asked for the rest; a source of
+/// unknown rate counts as fast.
+#[test]
+fn faster_sources_choose_first() {
+    for fast_rate in [Some(1_000_000.0), None] {
+        let mut f = Fixture::new(4, 17);
+        f.book.record(addr(1), 100_000.0);
+        if let Some(r) = fast_rate {
+            f.book.record(addr(2), r);
+        }
+        let partial = have(4, &[0, 1]);
+        let listed = vec![(addr(1), Have::Complete), (addr(2), partial.clone())];
+        assert_eq!(f.locations(listed, vec![2, 2, 1, 1]).unwrap().len(), 2, "both are connected");
+        let (seed, fast) = (f.id_of(1), f.id_of(2));
+        let asked = f.feed(Input::Connected { source: seed, have: Have::Complete, want: 4 });
+        assert_eq!(chunks_of(&asked, seed), vec![2, 3], "the seed leaves 0 and 1 to the faster peer");
+        let asked = f.feed(Input::Connected { source: fast, have: partial, want: 4 });
+        assert_eq!(chunks_of(&asked, fast), vec![0, 1]);
+    }
+}
+
+/// A slow seed waits for a faster complete source that is connecting, for at most
+/// CONNECT_GRACE; and while a faster complete source is connected it is not asked at all, until
+/// that source ends.
+#[test]
+fn a_slow_seed_waits_for_a_faster_one_within_limits() {
+    let mut f = Fixture::new(4, 18);
+    f.book.record(addr(1), 100_000.0);
+    f.book.record(addr(2), 1_000_000.0);
+    f.locations(vec![(addr(1), Have::Complete), (addr(2), Have::Complete)], vec![2; 4]).unwrap();
+    let slow = f.id_of(1);
+    assert!(requests(&f.feed(Input::Connected { source: slow, have: Have::Complete, want: 4 })).is_empty());
+    assert_eq!(f.c.next_retry(), Some(f.now + CONNECT_GRACE), "woken when the grace ends");
+    assert!(requests(&f.feed(Input::Tick)).is_empty(), "not before");
+    f.now += CONNECT_GRACE;
+    let asked = f.feed(Input::Tick);
+    assert_eq!(chunks_of(&asked, slow), vec![0, 1, 2, 3], "the faster one took too long to connect");
+
+    // Connected, the fast source is asked for what the slow one freed; the slow one for nothing
+    // more while the fast one is there.
+    let mut f = Fixture::new(8, 19);
+    f.book.record(addr(1), 100_000.0);
+    f.book.record(addr(2), 1_000_000.0);
+    let asked = f.connect(&[(2, Have::Complete), (1, Have::Complete)], 4);
+    let (slow, fast) = (f.id_of(1), f.id_of(2));
+    assert_eq!((chunks_of(&asked, fast).len(), chunks_of(&asked, slow).len()), (4, 0));
+    let freed = f.feed(Input::Ended { source: fast, result: Err(SourceError::Stalled) });
+    assert_eq!(chunks_of(&freed, slow).len(), 4, "the slow seed takes over when the fast one ends");
 }

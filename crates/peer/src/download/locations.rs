@@ -49,6 +49,7 @@ impl Coordinator {
                     }
                     let Some(rec) = self.sources.get_mut(&id) else { continue };
                     rec.link = Link::Connecting;
+                    rec.connecting = Some((now, src.have.clone()));
                     self.linked += 1;
                     self.actions.push(Action::Connect { source: id, addr: src.addr });
                 }
@@ -115,6 +116,7 @@ impl Record {
             useless: 0,
             listed: false,
             idle_since: None,
+            connecting: None,
         }
     }
 }

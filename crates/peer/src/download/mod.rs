@@ -15,7 +15,7 @@
 //! Should that check fail (the disk changed a chunk after it was verified), the chunks found bad
 //! are fetched again.
 
-mod budget;
+mod book;
 mod coordinator;
 mod pool;
 mod register;
@@ -44,7 +44,7 @@ use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares, NEWS_BACKLOG};
 use crate::task::TaskGroup;
 use crate::trackers::Trackers;
-pub(crate) use budget::SourceBudget;
+pub(crate) use book::SourceBook;
 use coordinator::{Action, Coordinator, Input};
 use scheduler::SourceId;
 use source::SourceContext;
@@ -60,8 +60,8 @@ pub(crate) struct Context {
     pub(crate) listen: SocketAddr,
     /// The process-wide download cap, shared by every download's sources.
     pub(crate) limiter: Arc<RateLimiter>,
-    /// Connections per source, shared by every download.
-    pub(crate) budget: Arc<SourceBudget>,
+    /// What the process knows of each source (connections, rates), shared by every download.
+    pub(crate) book: Arc<SourceBook>,
     pub(crate) config: DownloadConfig,
 }
 
@@ -203,8 +203,15 @@ impl Download {
         let (inbox_tx, inbox) = mpsc::unbounded_channel();
         let (locations_tx, locations) = mpsc::channel(1);
         let me = ctx.trackers.endpoint();
-        let coordinator =
-            Coordinator::new(&meta, &partial.have(), partial.bytes_done(), ctx.config.clone(), me, rand::random());
+        let coordinator = Coordinator::new(
+            &meta,
+            &partial.have(),
+            partial.bytes_done(),
+            ctx.config.clone(),
+            me,
+            rand::random(),
+            ctx.book.clone(),
+        );
         if let Some(p) = &opts.progress {
             let _ = p.send(coordinator.progress().clone());
         }
@@ -222,7 +229,7 @@ impl Download {
             limiter: ctx.limiter.clone(),
             inbox: inbox_tx,
             arrived: arrived_tx,
-            budget: ctx.budget.clone(),
+            book: ctx.book.clone(),
         });
         Download {
             coordinator,

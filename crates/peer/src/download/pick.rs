@@ -31,7 +31,7 @@ impl Scheduler {
         best.map(|(_, c)| c)
     }
 
-    pub(super) fn rarest_needed(&self, src: &Source, rng: &mut impl Rng) -> Option<u32> {
+    pub(super) fn rarest_needed(&self, src: &Source, rng: &mut impl Rng, reserved: Option<&Bitmap>) -> Option<u32> {
         let len = self.needed.len();
         if len == 0 {
             return None;
@@ -39,7 +39,7 @@ impl Scheduler {
         let items = &self.needed.items;
         let held = |&c: &u32| {
             self.examine();
-            src.have.get(c)
+            src.have.get(c) && !reserved.is_some_and(|r| r.get(c))
         };
         if len <= SCAN_WINDOW {
             return self.rarest(items.iter().copied().filter(held), rng);
@@ -47,7 +47,7 @@ impl Scheduler {
         let start = rng.random_range(0..len);
         let window = (start..start + SCAN_WINDOW).map(|p| items[p % len]).filter(held);
         self.rarest(window, rng).or_else(|| {
-            let sparse = self.sparse_candidates(&src.have, rng);
+            let sparse = self.sparse_candidates(&src.have, reserved, rng);
             self.rarest(sparse, rng)
         })
     }
@@ -55,14 +55,21 @@ impl Scheduler {
     /// Up to [`SCAN_WINDOW`] chunks that the source holds and that are needed, found byte by byte
     /// from a random place: for a source holding few of many needed chunks, which sampling the
     /// needed list would miss.
-    fn sparse_candidates<'a>(&'a self, have: &'a Bitmap, rng: &mut impl Rng) -> impl Iterator<Item = u32> + 'a {
+    fn sparse_candidates<'a>(
+        &'a self,
+        have: &'a Bitmap,
+        reserved: Option<&'a Bitmap>,
+        rng: &mut impl Rng,
+    ) -> impl Iterator<Item = u32> + 'a {
         let (h, w) = (have.as_bytes(), self.needed.bits.as_bytes());
+        let r = reserved.map(Bitmap::as_bytes);
         let start = rng.random_range(0..h.len().max(1));
         (start..h.len())
             .chain(0..start)
             .filter_map(move |i| {
                 self.examine();
-                let both = h[i] & w[i];
+                let free = r.and_then(|r| r.get(i)).map_or(0xff, |b| !b);
+                let both = h[i] & w[i] & free;
                 (both != 0).then_some((i, both))
             })
             .flat_map(|(i, both)| (0..8u32).filter(move |b| both & (1 << b) != 0).map(move |b| i as u32 * 8 + b))
@@ -76,13 +83,23 @@ impl Scheduler {
         self.examined.set(self.examined.get() + 1);
     }
 
-    pub(super) fn endgame(&self, id: SourceId, src: &Source, rng: &mut impl Rng) -> Option<u32> {
+    pub(super) fn endgame(
+        &self,
+        id: SourceId,
+        src: &Source,
+        rng: &mut impl Rng,
+        reserved: Option<&Bitmap>,
+    ) -> Option<u32> {
         let mut best: Option<(usize, u32)> = None;
         let mut ties = 0u32;
         for &c in &self.inflight.items {
             self.examine();
             let ChunkState::InFlight(owners) = &self.state[c as usize] else { continue };
-            if owners.len() >= ENDGAME_OWNERS || owners.contains(&id) || !src.have.get(c) {
+            if owners.len() >= ENDGAME_OWNERS
+                || owners.contains(&id)
+                || !src.have.get(c)
+                || reserved.is_some_and(|r| r.get(c))
+            {
                 continue;
             }
             match best {

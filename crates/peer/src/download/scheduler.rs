@@ -179,6 +179,11 @@ impl Scheduler {
         !self.has(c)
     }
 
+    /// The chunks a source holds, as far as this download knows.
+    pub(crate) fn source_have(&self, id: SourceId) -> Option<&Bitmap> {
+        self.sources.get(&id).map(|s| &s.have)
+    }
+
     /// Whether the source holds every chunk (a seed).
     pub(crate) fn source_is_complete(&self, id: SourceId) -> bool {
         self.sources.get(&id).is_some_and(|s| s.held == self.num_chunks())
@@ -245,11 +250,17 @@ impl Scheduler {
 
     /// Picks the next chunk for `id` to fetch, marking it in flight; `None` when the source holds
     /// nothing useful right now.
+    #[cfg(test)]
     pub(crate) fn pick(&mut self, id: SourceId, rng: &mut impl Rng) -> Option<u32> {
+        self.pick_avoiding(id, rng, None)
+    }
+
+    /// [`Scheduler::pick`], leaving alone the chunks in `reserved` (kept for faster sources).
+    pub(crate) fn pick_avoiding(&mut self, id: SourceId, rng: &mut impl Rng, reserved: Option<&Bitmap>) -> Option<u32> {
         let src = self.sources.get(&id)?;
-        let chosen = self.rarest_needed(src, rng).or_else(|| {
+        let chosen = self.rarest_needed(src, rng, reserved).or_else(|| {
             if self.needed.len() == 0 && self.state.len() >= ENDGAME_MIN_CHUNKS {
-                self.endgame(id, src, rng)
+                self.endgame(id, src, rng, reserved)
             } else {
                 None
             }

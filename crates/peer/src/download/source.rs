@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::SourceBudget;
+use super::book::SourceBook;
 use super::coordinator::Input;
 use super::scheduler::SourceId;
 use super::types::DownloadConfig;
@@ -37,7 +37,7 @@ pub(crate) struct SourceContext {
     /// To the writer; bounded, so a source slows down when storage lags.
     pub(crate) arrived: mpsc::Sender<Arrived>,
     /// Connections per source, shared with the process's other downloads.
-    pub(crate) budget: Arc<SourceBudget>,
+    pub(crate) book: Arc<SourceBook>,
 }
 
 /// Tells the coordinator that a source's task ended, however it ends: returning, cancelled, or
@@ -76,12 +76,29 @@ async fn connection(
     mut requests: mpsc::UnboundedReceiver<Request>,
     token: &CancellationToken,
 ) -> Result<(), SourceError> {
+    // Held for as long as the connection lives; the wait counts as connecting.
+    let _slot = cx.book.acquire(addr).await;
+    let result = exchange(cx, source, addr, &mut requests, token).await;
+    // A source that could not be reached or stalled is worth nothing now: it is not preferred
+    // over anyone until it delivers again. (Closing an idle connection is no fault.)
+    if result.as_ref().is_err_and(|e| !matches!(e, SourceError::Closed)) {
+        cx.book.record(addr, 0.0);
+    }
+    result
+}
+
+async fn exchange(
+    cx: &SourceContext,
+    source: SourceId,
+    addr: SocketAddr,
+    requests: &mut mpsc::UnboundedReceiver<Request>,
+    token: &CancellationToken,
+) -> Result<(), SourceError> {
     let cfg = &cx.config;
     let n = cx.meta.num_chunks();
-    // Held for as long as the connection lives; the wait counts as connecting.
-    let _slot = cx.budget.acquire(addr).await;
     let (mut conn, have) = PeerConn::open(addr, &cx.meta, cfg.connect_timeout).await?;
-    let mut window = Window::new(cfg.pipeline, cx.meta.chunk_size);
+    // What earlier connections to this source delivered sets the first requests' depth.
+    let mut window = Window::new(cfg.pipeline, cx.meta.chunk_size, cx.book.rate(addr));
     if cx.inbox.send(Input::Connected { source, have, want: window.depth() }).is_err() {
         return Ok(());
     }
@@ -99,6 +116,8 @@ async fn connection(
                 let Some(req) = req else { return Ok(()) };
                 if inflight.is_empty() {
                     answer_by = Instant::now() + cfg.stall_timeout;
+                    // Time without requests is not the source's slowness.
+                    window.resume();
                 }
                 let mut next = Some(req);
                 while let Some((chunk, fresh)) = next {
@@ -116,6 +135,11 @@ async fn connection(
                 check_range(chunk, n)?;
                 let asked = expect_front(&mut inflight, chunk, true)?;
                 window.arrived(data.len());
+                // Only chunks big enough that their transfer, not the round trip, sets the time
+                // say what the source's rate is.
+                if let Some(rate) = window.rate.filter(|_| data.len() >= RATE_SAMPLE_MIN) {
+                    cx.book.record(addr, rate);
+                }
                 let _ = cx.inbox.send(Input::Received { source, asked, chunk, want: window.depth() });
                 cx.limiter.acquire(data.len()).await;
                 let arrived = Arrived { source, chunk, data, from: token.clone() };
@@ -186,12 +210,21 @@ struct Window {
     last: Instant,
 }
 
+/// The smallest chunk whose arrival updates the source's rate in the [`SourceBook`].
+const RATE_SAMPLE_MIN: usize = 32 * 1024;
+
 /// Time worth of data kept requested from each source.
 const PIPELINE_WINDOW: f64 = 0.1;
 
 impl Window {
-    fn new(max: usize, chunk_size: u32) -> Self {
-        Self { max: max.max(1), chunk_size: f64::from(chunk_size.max(1)), rate: None, last: Instant::now() }
+    fn new(max: usize, chunk_size: u32, known: Option<f64>) -> Self {
+        let rate = known.filter(|r| *r > 0.0);
+        Self { max: max.max(1), chunk_size: f64::from(chunk_size.max(1)), rate, last: Instant::now() }
+    }
+
+    /// Requests go out after a time without any: the next arrival is timed from now.
+    fn resume(&mut self) {
+        self.last = Instant::now();
     }
 
     fn depth(&self) -> usize {
