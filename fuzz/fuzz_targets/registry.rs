@@ -1,6 +1,6 @@
 //! The tracker registry driven by arbitrary operation sequences from several sessions: register
 //! (valid, conflicting, partial, moved endpoints), chunk register (any index), locate, list,
-//! leave, disconnect, and sessions expiring as time passes. Every invariant is checked after
+//! leave, unregister, disconnect, and sessions expiring as time passes. Every invariant is checked after
 //! every operation, and no reply exceeds its caps.
 #![no_main]
 
@@ -41,6 +41,10 @@ enum Op {
     },
     /// Time passes: the oldest session misses its keep-alives and expires.
     Expire,
+    Unregister {
+        peer: u8,
+        file: u8,
+    },
 }
 
 const FILES: usize = 4;
@@ -133,6 +137,11 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Expire => {
                 if !peers.is_empty() {
                     r.close_session(peers.remove(0));
+                }
+            }
+            Op::Unregister { peer, file } => {
+                if let Some(p) = pick(peer) {
+                    let _ = r.unregister(p, &format!("f{}", usize::from(file) % FILES));
                 }
             }
         }

@@ -128,6 +128,15 @@ pub enum StoreError {
         /// The file's name.
         name: String,
     },
+    /// A file of the share could not be hashed for sharing (it could not be opened or read, is
+    /// not a regular file, or changed while it was hashed).
+    #[error("not sharing {name:?}: {reason}")]
+    NotShared {
+        /// The file's name.
+        name: String,
+        /// Why, in words (the OS error included).
+        reason: String,
+    },
     /// A bookkeeping file under `.p2p` could not be decoded.
     #[error("corrupt bookkeeping file {}: {reason}", path.display())]
     Corrupt {

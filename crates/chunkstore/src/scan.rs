@@ -56,6 +56,60 @@ impl HashCache {
         scan(root, &self.dir, CACHE_FILE)
     }
 
+    /// Lists every shareable regular file of the share folder `root` with its state, hashing
+    /// nothing (the walk of a scan); also returns what was skipped and why.
+    pub(crate) fn list(&self, root: &Dir) -> Result<Listed, StoreError> {
+        let mut skipped = Vec::new();
+        let found = walk(root, &mut skipped)?;
+        Ok((found.into_iter().map(|f| (f.name, f.stamp.state())).collect(), skipped))
+    }
+
+    /// Hashes the files `names` of the share folder `root` as a scan does, each with
+    /// [`hash_one`], taking from the cache those whose state matches it, and records what was
+    /// hashed in the cache. One result per name, in order: the state the file was hashed (or
+    /// found in the cache) at, and its metadata. The cache is read and written once for all.
+    pub(crate) fn hash_files(&self, root: &Dir, names: &[String]) -> Vec<Result<(FileState, FileMeta), StoreError>> {
+        let _guard = lock(&self.lock);
+        let mut cache = load_cache(&self.dir, CACHE_FILE);
+        let results: Vec<Result<(Stamp, FileMeta, bool), StoreError>> = names
+            .par_iter()
+            .map(|name| {
+                validate_name(name)?;
+                let not_shared = |reason: String| StoreError::NotShared { name: name.clone(), reason };
+                // The cache is keyed by the state of the file as opened now, not following links.
+                let file = root.open_file(name, Access::Read).map_err(|e| not_shared(open_failure("file", &e)))?;
+                let md = file.metadata().map_err(|e| not_shared(format!("cannot stat: {e}")))?;
+                let now = Stamp::of(&md, choose_chunk_size(md.len()));
+                match cache.get(name) {
+                    Some((s, m)) if md.is_file() && s.same_file(&now) && m.validate().is_ok() => {
+                        Ok((*s, m.clone(), false))
+                    }
+                    _ => hash_one(root, name).map(|(s, m)| (s, m, true)).map_err(not_shared),
+                }
+            })
+            .collect();
+        let mut hashed = false;
+        let out = results
+            .into_iter()
+            .map(|r| {
+                r.map(|(stamp, meta, fresh)| {
+                    if fresh {
+                        hashed = true;
+                        cache.insert(meta.name.clone(), (stamp, meta.clone()));
+                    }
+                    (stamp.state(), meta)
+                })
+            })
+            .collect();
+        if hashed {
+            // As for a scan: failing to save the cache costs a re-hash next time, not this one.
+            if let Err(e) = save_cache(&self.dir, CACHE_FILE, cache) {
+                warn!(error = %e, "cannot save hash cache");
+            }
+        }
+        out
+    }
+
     /// Records a just-verified file (see [`remember`]). A failure only costs a re-hash at the next
     /// scan, so it is logged, not returned.
     pub(crate) fn remember(&self, file: &fs::File, meta: &FileMeta) {
@@ -75,6 +129,36 @@ pub struct ScanStats {
     pub cached: usize,
     /// Entries skipped: symlinks, non-regular files, invalid names, files that failed to hash.
     pub skipped: usize,
+}
+
+/// What [`HashCache::list`] finds: each file with its state, and what was skipped.
+pub(crate) type Listed = (Vec<(String, FileState)>, Vec<Skipped>);
+
+/// A regular file's state on disk as the hash cache keys it: while all of it is unchanged, so is
+/// the content, as far as can be told without reading it. A file being written changes it (its
+/// length or modification time) with every write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileState {
+    /// Length in bytes.
+    pub length: u64,
+    /// Last modification, in ns since the epoch.
+    pub mtime_ns: i128,
+    /// Inode number: a file replaced by another (a rename over it) differs here.
+    pub inode: u64,
+}
+
+/// What a name in the share folder is now (see [`crate::Store::entry`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    /// A regular file, in this state.
+    File(FileState),
+    /// A folder.
+    Folder,
+    /// Nothing (or a parent folder is missing).
+    Missing,
+    /// Something never shared: a symbolic link (or one in the path), another kind of file, or
+    /// an invalid name.
+    Other,
 }
 
 /// An entry a scan did not share, and why (for the store to log once).
@@ -102,7 +186,11 @@ impl Stamp {
         self.length == other.length && self.mtime_ns == other.mtime_ns && self.inode == other.inode
     }
 
-    fn of(md: &fs::Metadata, chunk_size: u32) -> Self {
+    pub(crate) fn state(&self) -> FileState {
+        FileState { length: self.length, mtime_ns: self.mtime_ns, inode: self.inode }
+    }
+
+    pub(crate) fn of(md: &fs::Metadata, chunk_size: u32) -> Self {
         Stamp {
             length: md.len(),
             mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
@@ -113,7 +201,7 @@ impl Stamp {
 
     // `Stat`'s field types differ across architectures, so some conversions are no-ops here.
     #[allow(clippy::useless_conversion)]
-    fn of_stat(st: &rustix::fs::Stat) -> Self {
+    pub(crate) fn of_stat(st: &rustix::fs::Stat) -> Self {
         let length = u64::try_from(st.st_size).unwrap_or(0);
         Stamp {
             length,
@@ -282,6 +370,11 @@ fn remember(dir: &Dir, cache: &str, file: &fs::File, meta: &FileMeta) -> Result<
     let md = file.metadata().map_err(io_err("stat", &dir.display(cache)))?;
     let mut entries = load_cache(dir, cache);
     entries.insert(meta.name.clone(), (Stamp::of(&md, meta.chunk_size), meta.clone()));
+    save_cache(dir, cache, entries)
+}
+
+/// Writes the cache `cache` of folder `dir` with `entries`, sorted by name, atomically.
+fn save_cache(dir: &Dir, cache: &str, entries: HashMap<String, (Stamp, FileMeta)>) -> Result<(), StoreError> {
     let mut entries: Vec<(Stamp, FileMeta)> = entries.into_values().collect();
     entries.sort_by(|a, b| a.1.name.cmp(&b.1.name));
     let bytes = postcard::to_stdvec(&CacheFileRef { version: CACHE_VERSION, entries: &entries })

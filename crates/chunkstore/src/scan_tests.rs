@@ -143,3 +143,43 @@ fn read_chunk_notices_changed_files() {
     fs::remove_file(store.root().join("f")).unwrap();
     assert!(matches!(store.read_chunk(&meta, c1), Err(StoreError::FileChanged { .. })));
 }
+
+/// The watcher's three calls: `entry` tells files (with their state), folders, missing names and
+/// what is never shared (links, `.p2p`); `list_files` walks as a scan does, hashing nothing;
+/// `hash_files` hashes through the cache (a file scanned before, or hashed once, is not hashed
+/// again) and refuses, typed, a file it cannot share.
+#[test]
+fn entries_listing_and_hashing_files_through_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("share")).unwrap();
+    let root = store.root().to_path_buf();
+    let a = data(CSU * 2 + 5, 1);
+    fs::create_dir(root.join("sub")).unwrap();
+    fs::write(root.join("sub/a"), &a).unwrap();
+    std::os::unix::fs::symlink(root.join("sub"), root.join("link")).unwrap();
+
+    let state = match store.entry("sub/a").unwrap() {
+        Entry::File(s) => s,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(state.length, a.len() as u64);
+    assert_eq!(store.entry("sub").unwrap(), Entry::Folder);
+    assert_eq!(store.entry("nothing/a").unwrap(), Entry::Missing);
+    assert_eq!(store.entry("sub/b").unwrap(), Entry::Missing);
+    assert_eq!(store.entry("link").unwrap(), Entry::Other);
+    assert_eq!(store.entry("link/a").unwrap(), Entry::Other, "no path through a link");
+    assert_eq!(store.entry(".p2p").unwrap(), Entry::Other);
+    assert_eq!(store.entry("../x").unwrap(), Entry::Other);
+
+    assert_eq!(store.list_files().unwrap(), vec![("sub/a".to_owned(), state)]);
+
+    let names = vec!["sub/a".to_owned(), "sub/b".to_owned(), "link/a".to_owned()];
+    let out = store.hash_files(&names);
+    let (s, meta) = out[0].as_ref().unwrap();
+    assert_eq!((*s, meta.root), (state, FileMeta::from_bytes("sub/a", meta.chunk_size, &a).root));
+    assert!(matches!(out[1], Err(StoreError::NotShared { .. })), "{:?}", out[1]);
+    assert!(matches!(out[2], Err(StoreError::NotShared { .. })), "{:?}", out[2]);
+    // Recorded in the cache: a scan now hashes nothing.
+    let (_, stats) = store.scan_with_stats().unwrap();
+    assert_eq!((stats.hashed, stats.cached), (0, 1));
+}

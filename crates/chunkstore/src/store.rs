@@ -14,13 +14,14 @@ use proto::name::RESERVED_DIR;
 use proto::{validate_name, ChunkIndex, FileMeta, MetaError};
 use tracing::{debug, warn};
 
+use crate::beneath::{is_symlink_refusal, split_parent};
 use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
 use crate::hash::chunk_span;
 use crate::info::PartialInfo;
 use crate::partial::{Home, Partial};
 use crate::partials::{Create, Partials};
-use crate::scan::{HashCache, ScanStats, Skipped};
+use crate::scan::{Entry, FileState, HashCache, ScanStats, Skipped, Stamp};
 use crate::space::free_bytes;
 use crate::sync::lock;
 
@@ -138,6 +139,58 @@ impl Store {
         self.report_skipped(skipped);
         debug!(files = metas.len(), hashed = stats.hashed, cached = stats.cached, skipped = stats.skipped, "scanned");
         Ok((metas, stats))
+    }
+
+    /// Every shareable regular file under the share folder, as [`Store::scan`] finds them
+    /// (skipping and reporting the same entries), with its state on disk, hashing nothing: for a
+    /// caller reconciling what it shares with what is on disk.
+    pub fn list_files(&self) -> Result<Vec<(String, FileState)>, StoreError> {
+        let (files, skipped) = self.inner.cache.list(&self.inner.root_dir)?;
+        self.report_skipped(skipped);
+        Ok(files)
+    }
+
+    /// What the name `name` (relative, `/`-separated) is in the share folder now, not following
+    /// links, in any component: a symbolic link, or a path through one, is [`Entry::Other`], as
+    /// is an invalid name or the `.p2p` folder.
+    pub fn entry(&self, name: &str) -> Result<Entry, StoreError> {
+        if validate_name(name).is_err() {
+            return Ok(Entry::Other);
+        }
+        let (parent, leaf) = split_parent(name);
+        let held;
+        let dir = match parent {
+            None => &*self.inner.root_dir,
+            Some(parent) => match self.inner.root_dir.open_dir(parent) {
+                Ok(d) => {
+                    held = d;
+                    &held
+                }
+                Err(e) if e.kind() == ErrorKind::NotFound || e.kind() == ErrorKind::NotADirectory => {
+                    return Ok(Entry::Missing)
+                }
+                Err(e) if is_symlink_refusal(&e) => return Ok(Entry::Other),
+                Err(e) => return Err(io_err("open folder", &self.inner.root_dir.display(parent))(e)),
+            },
+        };
+        match dir.stat(leaf) {
+            Ok(st) => Ok(match rustix::fs::FileType::from_raw_mode(st.st_mode) {
+                rustix::fs::FileType::RegularFile => Entry::File(Stamp::of_stat(&st).state()),
+                rustix::fs::FileType::Directory => Entry::Folder,
+                _ => Entry::Other,
+            }),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(Entry::Missing),
+            Err(e) => Err(io_err("examine", &self.inner.root_dir.display(name))(e)),
+        }
+    }
+
+    /// Hashes the files `names` of the share folder for sharing, each as a scan does (the file
+    /// opened below the share folder refusing links, its state checked before and after, so a
+    /// file written to meanwhile fails with [`StoreError::NotShared`]), taking from the hash
+    /// cache those whose state matches it and recording the others in it. One result per name,
+    /// in order: the state the metadata is for, and the metadata. On all cores; blocking.
+    pub fn hash_files(&self, names: &[String]) -> Vec<Result<(FileState, FileMeta), StoreError>> {
+        self.inner.cache.hash_files(&self.inner.root_dir, names)
     }
 
     /// Logs what a scan skipped: at the default level the first time an entry is skipped, at

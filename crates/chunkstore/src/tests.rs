@@ -10,7 +10,7 @@ use proto::limits::MIN_CHUNK_SIZE;
 use proto::{FileMeta, Hash};
 use rand::seq::SliceRandom;
 
-use crate::{choose_chunk_size, hash_file, Store, StoreError, SMALLEST_CHOSEN_CHUNK};
+use crate::{choose_chunk_size, hash_file, Entry, Store, StoreError, SMALLEST_CHOSEN_CHUNK};
 
 const CS: u32 = MIN_CHUNK_SIZE;
 const CSU: usize = CS as usize;

@@ -1,7 +1,7 @@
 //! The tracker protocol: the seed's five request/reply pairs (Register, File List, File Locations,
 //! Chunk Register, Leave), plus the handshake, a metadata request, a keep-alive, Chunk Register
-//! Batch (many Chunk Registers in one request, answered like one) and Find Root (the files whose
-//! root hash starts with a prefix).
+//! Batch (many Chunk Registers in one request, answered like one), Find Root (the files whose
+//! root hash starts with a prefix) and Unregister (Leave for one file).
 //!
 //! One connection is one session. The client sends [`TrackerRequest::Hello`] first; after the
 //! [`TrackerResponse::Welcome`] it may send any other request, and the tracker answers every
@@ -72,6 +72,14 @@ pub enum TrackerRequest {
         /// [`RequestError::InvalidRootPrefix`].
         prefix: String,
     },
+    /// Removes this session's holding of one file (complete or partial): Leave for one file, so
+    /// a peer whose file was deleted or replaced stops being listed as its source. Answered with
+    /// [`TrackerResponse::Unregistered`]; a file the session does not hold is refused with
+    /// [`RequestError::NotHeld`].
+    Unregister {
+        /// The file.
+        name: String,
+    },
 }
 
 /// The Register request's body.
@@ -134,6 +142,9 @@ pub enum TrackerResponse {
         /// True when more files match than the reply lists.
         more: bool,
     },
+    /// Unregister succeeded: the session no longer holds the file (and the file is gone if that
+    /// was its last holder).
+    Unregistered,
 }
 
 /// Session parameters the tracker hands out in its welcome.
@@ -345,5 +356,13 @@ pub enum RequestError {
     InvalidRootPrefix {
         /// The prefix's length in bytes (not characters), `u32::MAX` if longer.
         prefix_len: u32,
+    },
+    /// Unregister of a file this session does not hold (never registered, already unregistered,
+    /// or no such file). Only the name's length is named: the string came from the network and
+    /// may be as long as a frame.
+    #[error("this session holds no file of that name ({name_len} bytes)")]
+    NotHeld {
+        /// The name's length in bytes, `u32::MAX` if longer.
+        name_len: u32,
     },
 }

@@ -45,6 +45,9 @@ fn requests() -> Vec<TrackerRequest> {
         TrackerRequest::FindRoot { prefix: "0123456789ABCDEF".into() },
         // Decoding does not check the prefix: the tracker refuses it with a typed error.
         TrackerRequest::FindRoot { prefix: "not hex".into() },
+        TrackerRequest::Unregister { name: "dir/file.bin".into() },
+        // Decoding does not check the name: the tracker refuses it with a typed error.
+        TrackerRequest::Unregister { name: "../x".into() },
     ]
 }
 
@@ -124,6 +127,8 @@ fn responses() -> Vec<TrackerResponse> {
         TrackerResponse::RootMatches { files: vec![], more: false },
         TrackerResponse::Error(RequestError::InvalidRootPrefix { prefix_len: 15 }),
         TrackerResponse::Error(RequestError::InvalidRootPrefix { prefix_len: u32::MAX }),
+        TrackerResponse::Unregistered,
+        TrackerResponse::Error(RequestError::NotHeld { name_len: 12 }),
     ]
 }
 

@@ -34,6 +34,8 @@ fn golden_tracker_requests() {
     let mut want = vec![0, 0, 0, 18, 9, 16];
     want.extend(b"0123456789abcdef");
     assert_eq!(enc(TrackerRequest::FindRoot { prefix: "0123456789abcdef".into() }), want);
+    // Appended at the end of the enum (the version stays 3): Unregister, one file by name.
+    assert_eq!(enc(TrackerRequest::Unregister { name: "ab".into() }), [0, 0, 0, 4, 10, 2, b'a', b'b']);
 }
 
 #[test]
@@ -88,6 +90,13 @@ fn golden_tracker_responses() {
     assert_eq!(
         enc(TrackerResponse::Error(tracker::RequestError::InvalidRootPrefix { prefix_len: 300 })),
         [0, 0, 0, 4, 8, 15, 0xac, 0x02]
+    );
+    // Appended at the ends of their enums (the version stays 3): Unregister's reply, and its
+    // error, the name's length.
+    assert_eq!(enc(TrackerResponse::Unregistered), [0, 0, 0, 1, 10]);
+    assert_eq!(
+        enc(TrackerResponse::Error(tracker::RequestError::NotHeld { name_len: 300 })),
+        [0, 0, 0, 4, 8, 16, 0xac, 0x02]
     );
 }
 

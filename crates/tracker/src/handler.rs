@@ -149,6 +149,7 @@ fn handle(registry: &Registry, caller: &Caller, req: TrackerRequest) -> TrackerR
             Ok(R::Left)
         }
         TrackerRequest::KeepAlive => Ok(R::KeepAlive),
+        TrackerRequest::Unregister { name } => registry.unregister(peer, &name).map(|()| R::Unregistered),
         // Light: a few lookups under the read lock, a reply of at most `MAX_ROOT_MATCHES` files.
         TrackerRequest::FindRoot { prefix } => {
             registry.find_root(&prefix).map(|(files, more)| R::RootMatches { files, more })

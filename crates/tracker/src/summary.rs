@@ -26,8 +26,8 @@ pub(crate) enum Kind {
     Locations,
     /// Chunk Register and Chunk Register Batch.
     ChunkRegister,
-    /// File List, File Meta, Find Root, Leave, Keep-Alive, a second Hello, and frames that hold
-    /// no request.
+    /// File List, File Meta, Find Root, Leave, Unregister, Keep-Alive, a second Hello, and frames
+    /// that hold no request.
     Other,
 }
 

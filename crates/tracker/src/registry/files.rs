@@ -2,8 +2,8 @@
 //!
 //! [`Files`] owns both, and the only ways to add or remove a file ([`Files::insert`],
 //! [`Files::remove`]) update both, so the index cannot fall out of step with the map whichever
-//! path a file enters or leaves by (Register; Leave, session end or expiry, all through
-//! `State::remove_holdings`). Reads go straight to the map (`Deref`); a file's entry is changed in
+//! path a file enters or leaves by (Register; Leave, Unregister, session end or expiry, all
+//! through `end_holding` in the registry's module). Reads go straight to the map (`Deref`); a file's entry is changed in
 //! place through [`Files::get_mut`], which cannot change its name or root (a name's root never
 //! changes while it is registered: other content under it is a `ContentConflict`).
 

@@ -5,8 +5,9 @@
 //! no method takes another peer's id from the network: that is what makes impersonation impossible.
 //!
 //! The parts, each keeping its own facts:
-//! - this module: the handle, the sessions, and the read-only requests (File List, File Meta,
-//!   File Locations, Find Root);
+//! - this module: the handle, the sessions, the requests that end holdings (Leave, Unregister:
+//!   both through `end_holding`) and the read-only ones (File List, File Meta, File Locations,
+//!   Find Root);
 //! - `files`: the files by name and their index by root hash, kept in step by one type;
 //! - `register`: Register and Chunk Register (single or batched), step by step;
 //! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
@@ -208,6 +209,27 @@ impl Registry {
         self.write().remove_holdings(peer);
     }
 
+    /// Unregister: Leave for one file. Removes the session's holding of `name` (complete or
+    /// partial), giving back what it cost, and drops the file if that was its last holder, as
+    /// Leave does. The session stays open and keeps its endpoint. Refused, changing nothing, for
+    /// an invalid name ([`RequestError::InvalidName`]) or a file the session does not hold
+    /// ([`RequestError::NotHeld`], naming only the name's length).
+    pub fn unregister(&self, peer: PeerId, name: &str) -> Result<(), RequestError> {
+        validate_name(name).map_err(RequestError::InvalidName)?;
+        let mut guard = self.write();
+        let st = &mut *guard;
+        let held = st.peers.get_mut(&peer).and_then(|entry| entry.files.take(name));
+        let Some(key) = held else {
+            return Err(RequestError::NotHeld { name_len: u32::try_from(name.len()).unwrap_or(u32::MAX) });
+        };
+        if let Some((entry, file)) = st.peers.get_mut(&peer).zip(st.files.get(&key)) {
+            // The session was charged the file's whole cost for this holding (`budget::charge`).
+            entry.meta_bytes -= session_cost(&file.meta);
+        }
+        end_holding(&mut st.files, &mut st.meta_bytes, peer, &key);
+        Ok(())
+    }
+
     /// One page of the file list, sorted by name, starting after `after`.
     /// A page holds at most `list_page` entries and about `list_page_bytes` bytes (at least one
     /// entry, so paging always advances).
@@ -315,6 +337,21 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
+/// Takes `peer`'s holding of the file `name` away from the file (the caller has taken it out of
+/// the session's set and its charge), giving the registry's `total` back what it cost, and drops
+/// the file if it has no holder left. The one path by which a holding ends: Leave, session end,
+/// expiry and Unregister all come here.
+fn end_holding(files: &mut Files, total: &mut u64, peer: PeerId, name: &str) {
+    if let Some(file) = files.get_mut(name) {
+        file.holders.remove(peer);
+        let gone = file.holders.is_empty();
+        budget::release(total, &file.meta, gone);
+        if gone {
+            files.remove(name);
+        }
+    }
+}
+
 impl State {
     /// Takes every holding of `peer` away, giving back what they cost, and drops the files left
     /// with no holder.
@@ -323,14 +360,7 @@ impl State {
         // A session is charged only for what it holds, and it is about to hold nothing.
         entry.meta_bytes = 0;
         for name in entry.files.drain() {
-            if let Some(file) = self.files.get_mut(&name) {
-                file.holders.remove(peer);
-                let gone = file.holders.is_empty();
-                budget::release(&mut self.meta_bytes, &file.meta, gone);
-                if gone {
-                    self.files.remove(&name);
-                }
-            }
+            end_holding(&mut self.files, &mut self.meta_bytes, peer, &name);
         }
     }
 

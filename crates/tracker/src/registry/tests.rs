@@ -1,11 +1,13 @@
 //! Unit tests of the registry through its public methods; Chunk Register Batch's are in
 //! `tests/batch.rs`, the peers on the tracker's own host in `tests/own_host.rs`, Find Root's in
-//! `tests/find_root.rs`, the stateful proptest in `tests/sequences.rs`.
+//! `tests/find_root.rs`, Unregister's in `tests/unregister.rs`, the stateful proptest in
+//! `tests/sequences.rs`.
 
 mod batch;
 mod find_root;
 mod own_host;
 mod sequences;
+mod unregister;
 
 use super::*;
 use proto::limits::MIN_CHUNK_SIZE;

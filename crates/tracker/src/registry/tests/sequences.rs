@@ -14,6 +14,7 @@ enum Op {
     ChunkRegister(usize, usize, u32),
     ChunkRegisterBatch(usize, usize, Vec<u32>),
     Leave(usize),
+    Unregister(usize, usize),
     Locations(usize, usize),
 }
 
@@ -30,6 +31,7 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0..6usize, 0..3usize, proptest::collection::vec(0..4u32, 0..5))
             .prop_map(|(p, f, c)| Op::ChunkRegisterBatch(p, f, c)),
         1 => (0..6usize).prop_map(Op::Leave),
+        2 => (0..6usize, 0..3usize).prop_map(|(p, f)| Op::Unregister(p, f)),
         2 => (0..6usize, 0..3usize).prop_map(|(p, f)| Op::Locations(p, f)),
     ]
 }
@@ -106,6 +108,14 @@ proptest! {
                     }
                 }
                 Op::Leave(i) if i < peers.len() => r.leave(peers[i].0),
+                Op::Unregister(i, f) if i < peers.len() => {
+                    let before = (r.stats(), r.meta_bytes());
+                    // Refused (not held) changes nothing; accepted removes exactly one holding.
+                    match r.unregister(peers[i].0, &format!("f{f}")) {
+                        Ok(()) => prop_assert_eq!(r.stats().holdings + 1, before.0.holdings),
+                        Err(_) => prop_assert_eq!((r.stats(), r.meta_bytes()), before),
+                    }
+                }
                 Op::Locations(i, f) if i < peers.len() => {
                     let (peer, port) = peers[i];
                     if let Ok(loc) = r.locations(peer, &format!("f{f}")) {
