@@ -88,7 +88,19 @@ async fn a_manifest_pins_a_data_set_and_b3sum_checks_the_copy() {
         std::fs::write(&file, &manifest.stdout).unwrap();
 
         let state = dir.path().join("state-dst");
-        let args = ["--tracker", &t, "download", "--manifest", s(&file), "--share", s(&dst), "--state-dir", s(&state)];
+        let args = [
+            "--tracker",
+            &t,
+            "download",
+            "--linger",
+            "0",
+            "--manifest",
+            s(&file),
+            "--share",
+            s(&dst),
+            "--state-dir",
+            s(&state),
+        ];
         let end = peer(&args).await;
         assert!(end.status.success(), "{:?}\n{}", end.stderr, end.stdout);
         assert!(end.stdout.contains("3 of 3 files"), "{}", end.stdout);
@@ -121,22 +133,24 @@ async fn bad_selections_are_clear_errors_and_nothing_is_written() {
         std::fs::write(&unsafe_manifest, format!("{root}  ok.bin\n{root}  ../../etc/passwd\n")).unwrap();
         let malformed = dir.path().join("bad.b3");
         std::fs::write(&malformed, format!("{root}  ok.bin\nnot a manifest line\n")).unwrap();
-        let cases: Vec<(Vec<String>, &str)> = vec![
-            (vec!["nothing/".into()], "no file on the tracker matches \"nothing/\""),
-            (vec!["data/*.gguf".into()], "matches \"data/*.gguf\""),
-            (vec!["--root".into(), "0".repeat(64)], "no file on the tracker has root"),
-            (vec!["--root".into(), root[..20].to_owned()], "matches 2 files"),
-            (vec!["--root".into(), root[..15].to_owned()], "has 15 hex digits: give at least 16"),
-            (vec![format!("dup1.bin@{}", &root[..10])], "has 10 hex digits"),
-            (vec!["--manifest".into(), s(&malformed).to_owned()], "manifest line 2"),
-            (vec!["--manifest".into(), s(&unsafe_manifest).to_owned()], "manifest line 2: unsafe or invalid name"),
-            (vec!["../escape".into()], "invalid name"),
+        // Exit codes: 3 for what is not on the tracker, 2 for what cannot be understood.
+        let cases: Vec<(Vec<String>, &str, i32)> = vec![
+            (vec!["nothing/".into()], "no file on the tracker matches \"nothing/\"", 3),
+            (vec!["data/*.gguf".into()], "matches \"data/*.gguf\"", 3),
+            (vec!["--root".into(), "0".repeat(64)], "no file on the tracker has root", 3),
+            (vec!["--root".into(), root[..20].to_owned()], "matches 2 files", 2),
+            (vec!["--root".into(), root[..15].to_owned()], "has 15 hex digits: give at least 16", 2),
+            (vec![format!("dup1.bin@{}", &root[..10])], "has 10 hex digits", 2),
+            (vec!["--manifest".into(), s(&malformed).to_owned()], "manifest line 2", 2),
+            (vec!["--manifest".into(), s(&unsafe_manifest).to_owned()], "manifest line 2: unsafe or invalid name", 2),
+            (vec!["../escape".into()], "invalid name", 2),
         ];
-        for (what, expected) in cases {
-            let mut args = vec!["--tracker", &t, "download", "--share", s(&dst), "--state-dir", s(&state)];
+        for (what, expected, code) in cases {
+            let mut args =
+                vec!["--tracker", &t, "download", "--linger", "0", "--share", s(&dst), "--state-dir", s(&state)];
             args.extend(what.iter().map(String::as_str));
             let end = peer(&args).await;
-            assert_eq!(end.status.code(), Some(1), "{what:?}: {:?}", end.stderr);
+            assert_eq!(end.status.code(), Some(code), "{what:?}: {:?}", end.stderr);
             let err = end.stderr.join("\n");
             assert!(err.contains(expected), "{what:?}: expected {expected:?} in {err:?}");
             let written = if dst.exists() { tests::walk_files(&dst) } else { Vec::new() };
@@ -168,7 +182,18 @@ async fn a_read_only_share_is_served() {
         let _seed = seed(&t, &ro, &dir.path().join("state-ro"), 1).await;
         let dst = dir.path().join("dst");
         let st = dir.path().join("st");
-        let args = ["--tracker", &t, "download", "weights/model.bin", "--share", s(&dst), "--state-dir", s(&st)];
+        let args = [
+            "--tracker",
+            &t,
+            "download",
+            "--linger",
+            "0",
+            "weights/model.bin",
+            "--share",
+            s(&dst),
+            "--state-dir",
+            s(&st),
+        ];
         let end = peer(&args).await;
         assert!(end.status.success(), "{:?}", end.stderr);
         assert_eq!(std::fs::read(dst.join("weights/model.bin")).unwrap(), data);

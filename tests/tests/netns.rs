@@ -71,7 +71,7 @@ async fn seed(net: &Net, host: usize, tracker: &str, share: &Path) -> Proc {
 /// Starts a download of `name` into `share` on `host`, giving up after `deadline` seconds.
 fn download(net: &Net, host: usize, tracker: &str, name: &str, share: &Path, deadline: u32) -> Proc {
     let d = deadline.to_string();
-    let args = ["--json", "download", name, "--deadline", &d];
+    let args = ["--json", "download", name, "--timeout", &d, "--linger", "0"];
     Proc::spawn(peer(net, host, tracker, &args, share), &format!("downloader on {}", net.host(host).name)).unwrap()
 }
 

@@ -91,7 +91,7 @@ async fn downloader_killed_ten_times_resumes_and_never_lies() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(8);
         let mut held = 0;
         for round in 0..10 {
-            let mut child = peer_cmd(t.addr(), &["download", "f.bin"], &d).spawn().unwrap();
+            let mut child = peer_cmd(t.addr(), &["download", "f.bin", "--linger", "0"], &d).spawn().unwrap();
             let after = Duration::from_millis(rng.random_range(150..700));
             tokio::select! {
                 _ = tokio::time::sleep(after) => {}
@@ -112,7 +112,7 @@ async fn downloader_killed_ten_times_resumes_and_never_lies() {
         }
         assert!(held > 0 && held < meta.num_chunks(), "kills landed mid-download ({held} chunks held)");
 
-        let out = peer_cmd(t.addr(), &["--json", "download", "f.bin"], &d).output().await.unwrap();
+        let out = peer_cmd(t.addr(), &["--json", "download", "f.bin", "--linger", "0"], &d).output().await.unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(report["resumed_chunks"].as_u64(), Some(u64::from(held)), "resumed what was held");
@@ -149,7 +149,7 @@ async fn tracker_killed_and_restarted_mid_swarm() {
         let mut downloaders = Vec::new();
         for d in &dirs {
             std::fs::create_dir_all(d).unwrap();
-            downloaders.push(peer_cmd(addr, &["download", "f.bin"], d).spawn().unwrap());
+            downloaders.push(peer_cmd(addr, &["download", "f.bin", "--linger", "0"], d).spawn().unwrap());
         }
         // Mid-swarm: every downloader has some chunks registered.
         let sources = |want: u32| async move {

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::download::{self, Context, DownloadOptions, DownloadReport, Progress};
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::select::{RootPrefix, Selector};
 use crate::shares::Shared;
 use crate::task::TaskGroup;
@@ -42,13 +42,15 @@ pub struct BatchOptions {
     pub deadline: Option<Duration>,
     /// Replace different local files of the same names.
     pub replace: bool,
+    /// A file that receives no verified chunk for this long fails ([`Error::Stalled`]).
+    pub stall_timeout: Option<Duration>,
     /// Receives progress updates.
     pub progress: Option<watch::Sender<BatchProgress>>,
 }
 
 impl Default for BatchOptions {
     fn default() -> Self {
-        BatchOptions { parallel: 4, deadline: None, replace: false, progress: None }
+        BatchOptions { parallel: 4, deadline: None, replace: false, stall_timeout: None, progress: None }
     }
 }
 
@@ -65,11 +67,17 @@ pub struct BatchProgress {
     pub bytes_done: u64,
     /// Bytes of every file whose length is known so far.
     pub bytes_total: u64,
+    /// Of `bytes_done`, those fetched in this run (not resumed, not already here): what a rate
+    /// is computed from.
+    pub bytes_fetched: u64,
     /// The files downloading now, by name.
     pub active: BTreeMap<String, Progress>,
     /// Bytes of the files finished.
     #[serde(skip)]
     finished_bytes: u64,
+    /// Bytes of the files finished that were fetched in this run.
+    #[serde(skip)]
+    finished_fetched: u64,
     /// Each file's length, where known.
     #[serde(skip)]
     lengths: HashMap<String, u64>,
@@ -86,6 +94,9 @@ pub struct FileOutcome {
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What kind of failure, when it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
 }
 
 /// The outcome of a batch.
@@ -196,6 +207,7 @@ pub(crate) async fn run(
                 progress: None,
                 root: t.root,
                 replace: opts.replace,
+                stall_timeout: opts.stall_timeout,
             };
             running.push(one(ctx, i, t, per_file, tasks.child(), progress.clone()));
         }
@@ -205,8 +217,8 @@ pub(crate) async fn run(
         }
         progress.send_modify(|b| b.file_finished(&name, &result));
         outcomes[i] = Some(match result {
-            Ok(report) => FileOutcome { name, report: Some(report), error: None },
-            Err(e) => FileOutcome { name, report: None, error: Some(e.to_string()) },
+            Ok(report) => FileOutcome { name, report: Some(report), error: None, error_kind: None },
+            Err(e) => FileOutcome { name, report: None, error_kind: Some(e.kind()), error: Some(e.to_string()) },
         });
     }
     let files: Vec<FileOutcome> = outcomes.into_iter().flatten().collect();
@@ -215,7 +227,7 @@ pub(crate) async fn run(
         succeeded: ok.clone().count(),
         failed: files.iter().filter(|f| f.error.is_some()).count(),
         bytes: ok.clone().map(|r| r.length).sum(),
-        fetched_bytes: ok.filter(|r| !r.already_complete).flat_map(|r| &r.sources).map(|s| s.bytes).sum(),
+        fetched_bytes: ok.map(DownloadReport::fetched_bytes).sum(),
         elapsed_secs: start.elapsed().as_secs_f64(),
         files,
     })
@@ -300,6 +312,7 @@ impl BatchProgress {
             Ok(r) => {
                 self.files_done += 1;
                 self.finished_bytes += r.length;
+                self.finished_fetched += r.fetched_bytes();
                 self.lengths.insert(name.to_owned(), r.length);
             }
             Err(_) => self.files_failed += 1,
@@ -309,6 +322,8 @@ impl BatchProgress {
 
     fn recount(&mut self) {
         self.bytes_done = self.finished_bytes + self.active.values().map(|p| p.bytes_done).sum::<u64>();
+        self.bytes_fetched = self.finished_fetched
+            + self.active.values().map(|p| p.bytes_done - p.bytes_resumed.min(p.bytes_done)).sum::<u64>();
         self.bytes_total = self.lengths.values().sum();
     }
 }

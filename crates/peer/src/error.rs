@@ -57,6 +57,14 @@ pub enum Error {
     /// The chunk store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The peer cannot listen where it was told to.
+    #[error("cannot listen on {addr}: {source}{}", if source.kind() == std::io::ErrorKind::AddrInUse { " (another process uses that port: choose another with --listen, or 0 for any free one)" } else { "" })]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
     /// A local I/O operation failed.
     #[error("cannot {action}: {source}")]
     Io {
@@ -90,6 +98,9 @@ pub enum Error {
         /// The lowest missing chunk.
         first: u32,
     },
+    /// No verified chunk arrived for the stall timeout.
+    #[error("no verified data arrived for {0:?}; partial download kept")]
+    Stalled(Duration),
     /// The node was given no tracker.
     #[error("no tracker given")]
     NoTrackers,
@@ -163,6 +174,47 @@ pub enum Error {
     /// Another process already serves or downloads into this share or state folder.
     #[error("{} is in use by another peer process (one process per share folder)", .0.display())]
     InUse(std::path::PathBuf),
+}
+
+/// What kind of failure an [`Error`] is, for exit codes and HTTP statuses: what a script or a
+/// client would do next differs by kind (ask for something else, retry later, distrust the
+/// swarm).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// What was asked for is not on the trackers (a name, a prefix or pattern, a root).
+    NotFound,
+    /// The request itself cannot be understood or is contradictory.
+    Usage,
+    /// Every holder of some chunk sent bad data: the download cannot complete from this swarm.
+    Integrity,
+    /// A time limit passed: the whole run's, or no verified data for the stall timeout.
+    Timeout,
+    /// Cancelled (Ctrl-C, shutdown, a cancel request).
+    Interrupted,
+    /// Anything else (trackers unreachable, the disk, a conflict with a local file).
+    Other,
+}
+
+impl Error {
+    /// The kind of failure. See [`ErrorKind`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            // A pinned root the tracker does not have: that content is not there.
+            Error::Tracker(RequestError::UnknownFile(_))
+            | Error::NoMatch(_)
+            | Error::RootNotFound(_)
+            | Error::RootMismatch { .. } => ErrorKind::NotFound,
+            Error::Select(_)
+            | Error::InvalidName { .. }
+            | Error::AmbiguousRoot { .. }
+            | Error::ConflictingRoots { .. } => ErrorKind::Usage,
+            Error::ChunkFailed { .. } | Error::NoHonestSource { .. } => ErrorKind::Integrity,
+            Error::Deadline { .. } | Error::NoTracker(_) | Error::Stalled(_) => ErrorKind::Timeout,
+            Error::Cancelled => ErrorKind::Interrupted,
+            _ => ErrorKind::Other,
+        }
+    }
 }
 
 /// Why a tracker session could not be opened (connect, handshake and first registration).

@@ -15,6 +15,7 @@
 //! ```
 
 mod addr;
+pub mod api;
 mod batch;
 mod connection;
 mod download;
@@ -29,14 +30,15 @@ mod session;
 mod shares;
 mod task;
 mod trackers;
+mod watch;
 
 pub use addr::{parse_listen, parse_trackers, AddrError, HostPort, DEFAULT_TRACKER_PORT};
 pub use batch::{resolve, BatchOptions, BatchProgress, BatchReport, FileOutcome, Target};
 pub use chunkstore::PartialInfo;
 pub use download::{DownloadConfig, DownloadOptions, DownloadReport, Progress, SourceReport};
-pub use error::{ConnectError, Error, PeerProtocolError, SourceError, TrackerProtocolError};
+pub use error::{ConnectError, Error, ErrorKind, PeerProtocolError, SourceError, TrackerProtocolError};
 pub use folders::{default_state_dir, partials};
-pub use node::{Node, NodeConfig};
+pub use node::{Node, NodeConfig, UploadSnapshot};
 pub use ratelimit::{parse_bytes, RateLimiter};
 pub use select::{format_manifest, parse_manifest, parse_root, RootPrefix, SelectError, Selector, MIN_ROOT_PREFIX};
 pub use serve::ServeConfig;

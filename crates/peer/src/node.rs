@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadRe
 use crate::error::Error;
 use crate::lock::FolderLock;
 use crate::ratelimit::RateLimiter;
-use crate::serve::{self, ServeConfig, Uploader};
+use crate::serve::{self, ServeConfig, UploadStats, Uploader};
 use crate::session::{FileFilter, Link, Registration, SessionConfig, TrackerSession};
 use crate::shares::{Shared, Shares};
 use crate::task::TaskGroup;
@@ -55,6 +55,13 @@ pub struct NodeConfig {
     pub download: DownloadConfig,
     /// Deadline for connecting to the tracker and for each tracker reply.
     pub request_timeout: Duration,
+    /// Watch the share folder while running: files added are hashed and registered, changed
+    /// ones re-registered, removed ones unregistered (`watch.rs`). Off by default here; `peer
+    /// serve` turns it on.
+    pub watch: bool,
+    /// With `watch`: how long a file must stay unchanged before it is looked at, and again
+    /// before it is hashed, so a file still being written is never registered half-written.
+    pub watch_settle: Duration,
 }
 
 impl NodeConfig {
@@ -71,8 +78,21 @@ impl NodeConfig {
             serve: ServeConfig::default(),
             download: DownloadConfig::default(),
             request_timeout: Duration::from_secs(10),
+            watch: false,
+            watch_settle: crate::watch::DEFAULT_SETTLE,
         }
     }
+}
+
+/// What a node's upload server has done: for `serve`'s reports and for monitoring.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct UploadSnapshot {
+    /// Bytes of chunk data uploaded.
+    pub uploaded_bytes: u64,
+    /// Downloader connections accepted so far.
+    pub connections_opened: u64,
+    /// Downloader connections open now.
+    pub connections_open: u64,
 }
 
 /// A running peer. Dropping it without [`Node::shutdown`] still stops its tasks (without
@@ -81,7 +101,7 @@ pub struct Node {
     ctx: Context,
     /// The share and state folders' locks: one process per share.
     _lock: FolderLock,
-    uploaded: Arc<AtomicU64>,
+    uploads: Arc<UploadStats>,
     /// Every task of the node; cancelled on shutdown: stops the server, the session (which says
     /// Leave) and downloads.
     tasks: TaskGroup,
@@ -101,19 +121,19 @@ impl Node {
         let (store, shares, lock) = tokio::task::spawn_blocking(move || open_share(share, state))
             .await
             .map_err(|e| Error::Io { action: "scan the share folder", source: std::io::Error::other(e) })??;
-        let bind = |source| Error::Io { action: "bind the listen address", source };
+        let bind = |source| Error::Listen { addr: config.listen, source };
         let (listener, dual_stack) = proto::net::listen(config.listen).map_err(bind)?;
         let listener = TcpListener::from_std(listener).map_err(bind)?;
         let listen = listener.local_addr().map_err(|source| Error::Io { action: "read the listen address", source })?;
         let tasks = TaskGroup::new(CancellationToken::new());
         // From here on, returning early or being dropped mid-start stops what was spawned.
         let stop_on_drop = tasks.token().clone().drop_guard();
-        let uploaded = Arc::new(AtomicU64::new(0));
+        let uploads = Arc::new(UploadStats::default());
         let uploader = Arc::new(Uploader::new(
             shares.clone(),
             store.clone(),
             Arc::new(RateLimiter::new(config.upload_rate)),
-            uploaded.clone(),
+            uploads.clone(),
             config.serve.clone(),
         ));
         tasks.spawn(tracing::info_span!("serve", %listen), |token| serve::serve(listener, uploader, token));
@@ -157,6 +177,12 @@ impl Node {
             let (trackers, shares) = (trackers.clone(), shares.clone());
             tasks.spawn(tracing::info_span!("trackers"), |token| supervise(trackers, shares, token));
         }
+        if config.watch {
+            let (store, shares, trackers, settle) =
+                (store.clone(), shares.clone(), trackers.clone(), config.watch_settle);
+            tasks
+                .spawn(tracing::info_span!("watch"), |token| crate::watch::run(store, shares, trackers, settle, token));
+        }
         info!(%listen, files = shares.len(), "peer started");
         let ctx = Context {
             trackers,
@@ -167,7 +193,7 @@ impl Node {
             book: SourceBook::new(config.download.connections_per_source),
             config: config.download,
         };
-        Ok(Node { ctx, _lock: lock, uploaded, tasks, _stop_on_drop: stop_on_drop })
+        Ok(Node { ctx, _lock: lock, uploads, tasks, _stop_on_drop: stop_on_drop })
     }
 
     /// Where this node accepts other peers.
@@ -192,7 +218,16 @@ impl Node {
 
     /// Bytes of chunk data uploaded so far.
     pub fn uploaded_bytes(&self) -> u64 {
-        self.uploaded.load(Ordering::Relaxed)
+        self.uploads.uploaded.load(Ordering::Relaxed)
+    }
+
+    /// What the upload server has done so far.
+    pub fn upload_stats(&self) -> UploadSnapshot {
+        UploadSnapshot {
+            uploaded_bytes: self.uploads.uploaded.load(Ordering::Relaxed),
+            connections_opened: self.uploads.opened.load(Ordering::Relaxed),
+            connections_open: self.uploads.open.load(Ordering::Relaxed),
+        }
     }
 
     /// A token that shuts the node down when cancelled.
@@ -209,6 +244,22 @@ impl Node {
     /// roots into targets), a bounded number at a time, serving each as it arrives.
     pub async fn download_all(&self, targets: Vec<Target>, opts: BatchOptions) -> Result<BatchReport, Error> {
         batch::run(&self.ctx, targets, opts, &self.tasks).await
+    }
+
+    /// A task group of its own, cancelled with the node's or alone: the HTTP API runs each of
+    /// its downloads in one, so cancelling one leaves the others.
+    pub(crate) fn child_tasks(&self) -> TaskGroup {
+        self.tasks.child()
+    }
+
+    /// [`Node::download_all`] with the batch's tasks in `group` (see [`Node::child_tasks`]).
+    pub(crate) async fn download_all_in(
+        &self,
+        targets: Vec<Target>,
+        opts: BatchOptions,
+        group: &TaskGroup,
+    ) -> Result<BatchReport, Error> {
+        batch::run(&self.ctx, targets, opts, group).await
     }
 
     /// Stops serving and downloading, tells the tracker Leave, and waits for every task (at most a

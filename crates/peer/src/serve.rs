@@ -67,8 +67,8 @@ pub(crate) struct Uploader {
     pub(crate) store: Store,
     /// The process-wide upload cap.
     pub(crate) limiter: Arc<RateLimiter>,
-    /// Bytes of chunk data sent, for reports and tests.
-    pub(crate) uploaded: Arc<AtomicU64>,
+    /// Bytes sent and connections served, for reports and tests.
+    pub(crate) stats: Arc<UploadStats>,
     /// Settings.
     pub(crate) config: ServeConfig,
     /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
@@ -124,6 +124,34 @@ impl Drop for IpSlot {
     }
 }
 
+/// What the upload server has done, shared with the node for its reports.
+#[derive(Debug, Default)]
+pub(crate) struct UploadStats {
+    /// Bytes of chunk data sent.
+    pub(crate) uploaded: AtomicU64,
+    /// Downloader connections accepted (not those refused at a cap).
+    pub(crate) opened: AtomicU64,
+    /// Downloader connections open now.
+    pub(crate) open: AtomicU64,
+}
+
+/// Counts one connection as open while it lives, however its task ends.
+struct OpenConnection(Arc<UploadStats>);
+
+impl OpenConnection {
+    fn new(stats: Arc<UploadStats>) -> Self {
+        stats.opened.fetch_add(1, Ordering::Relaxed);
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        OpenConnection(stats)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The chunks of one file a server has sent to anyone, for [`PeerRequest::GetFresh`].
 #[derive(Debug)]
 pub(crate) struct Fresh {
@@ -138,10 +166,10 @@ impl Uploader {
         shares: Shares,
         store: Store,
         limiter: Arc<RateLimiter>,
-        uploaded: Arc<AtomicU64>,
+        stats: Arc<UploadStats>,
         config: ServeConfig,
     ) -> Self {
-        Uploader { shares, store, limiter, uploaded, config, fresh: Mutex::default(), per_ip: Mutex::default() }
+        Uploader { shares, store, limiter, stats, config, fresh: Mutex::default(), per_ip: Mutex::default() }
     }
 
     /// Takes a connection slot for `remote` (see [`SlotKey`]), or None if its address already
@@ -204,8 +232,9 @@ pub(crate) async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Ca
         match up.ip_slot(remote).and_then(|slot| Some((slot, permits.clone().try_acquire_owned().ok()?))) {
             Some((slot, permit)) => {
                 let up = up.clone();
+                let open = OpenConnection::new(up.stats.clone());
                 tasks.spawn_until(tracing::debug_span!("upload", %remote), async move {
-                    let _held = (slot, permit);
+                    let _held = (slot, permit, open);
                     if let Err(e) = connection(&mut conn, &up).await {
                         debug!(error = %e, "upload ended");
                     }
@@ -303,7 +332,7 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
                 up.limiter.acquire(buf.len()).await;
                 let r = conn.send_chunk(chunk, &buf, send).await;
                 if r.is_ok() {
-                    up.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    up.stats.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
                 }
                 r
             }

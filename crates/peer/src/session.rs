@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -65,6 +66,9 @@ pub struct TrackerSession {
     link: watch::Receiver<Link>,
     /// The registration's shares, where refusals are recorded.
     shares: Option<Shares>,
+    /// Set once the tracker answered Unregister with `Malformed` (it predates it), so that is
+    /// logged once, not for every file.
+    old_tracker: Arc<AtomicBool>,
 }
 
 /// The state of a session's connection, as its actor last saw it.
@@ -138,7 +142,7 @@ impl TrackerSession {
         let keepalive = MAX_BACKOFF;
         let shares = registration.as_ref().map(|r| r.shares.clone());
         let actor = Actor { config, registration, calls: rx, shutdown, keepalive, link: link_tx };
-        (TrackerSession { calls: tx, link: link_rx, shares }, actor)
+        (TrackerSession { calls: tx, link: link_rx, shares, old_tracker: Arc::default() }, actor)
     }
 
     /// The state of the connection, updated as it changes.
@@ -224,6 +228,32 @@ impl TrackerSession {
     pub async fn find_root(&self, prefix: &str) -> Result<Vec<FileSummary>, Error> {
         match self.call(TrackerRequest::FindRoot { prefix: prefix.to_owned() }).await? {
             TrackerResponse::RootMatches { files, .. } => Ok(files),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Withdraws one file this session registered (Unregister): the tracker stops listing this
+    /// peer as its source. A file the tracker does not hold for this session (never registered
+    /// there, or already gone) is no error: the outcome is the same. A tracker older than
+    /// Unregister answers `Malformed`: that is said once per session (the file stays listed
+    /// there until the session ends) and is no error either.
+    pub async fn unregister(&self, name: &str) -> Result<(), Error> {
+        match self.call(TrackerRequest::Unregister { name: name.to_owned() }).await? {
+            TrackerResponse::Unregistered => Ok(()),
+            TrackerResponse::Error(RequestError::NotHeld { .. }) => {
+                debug!(name, "the tracker did not hold the file for this peer");
+                Ok(())
+            }
+            TrackerResponse::Error(RequestError::Malformed(reason)) => {
+                if !self.old_tracker.swap(true, Ordering::Relaxed) {
+                    warn!(
+                        %reason,
+                        "the tracker does not know Unregister (an older version): files removed here stay \
+                         listed there until this peer's session ends"
+                    );
+                }
+                Ok(())
+            }
             other => Err(unexpected(other)),
         }
     }

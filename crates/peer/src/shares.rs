@@ -80,6 +80,26 @@ impl Shares {
         self.inner.write().unwrap_or_else(PoisonError::into_inner).insert(name, shared);
     }
 
+    /// Stops serving the file `name` if it is a complete file (a partial download belongs to its
+    /// downloader, which alone may drop it), forgetting any refusal of it. Returns its metadata
+    /// if it was served, for the caller to unregister it.
+    pub(crate) fn remove_complete(&self, name: &str) -> Option<Arc<FileMeta>> {
+        let removed = {
+            let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+            match inner.get(name) {
+                Some(Shared::Complete(_)) => match inner.remove(name) {
+                    Some(Shared::Complete(meta)) => Some(meta),
+                    _ => None,
+                },
+                _ => None,
+            }
+        };
+        if removed.is_some() {
+            self.refused.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
+        }
+        removed
+    }
+
     /// Every served file with the chunks held, for a Register request.
     pub fn snapshot(&self) -> Vec<RegisterFile> {
         let inner = self.inner.read().unwrap_or_else(PoisonError::into_inner);

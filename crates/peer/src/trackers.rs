@@ -234,6 +234,17 @@ impl Trackers {
         first_error.map_or(Ok(()), Err)
     }
 
+    /// Withdraws a file from its tracker (Unregister), if that tracker is connected now: one
+    /// that is not has lost this peer's session, and with it the holding, and re-registers
+    /// only what is still shared when it is back.
+    pub async fn unregister(&self, name: &str) -> Result<(), Error> {
+        let i = self.routes.primary(name, None);
+        match self.registration(i, self.sessions[i].unregister(name)).await {
+            Err(Error::TrackerLost) => Ok(()),
+            other => other,
+        }
+    }
+
     /// Every file on every tracker that answers, merged by name (a file listed by several
     /// trackers, as during a failover, once: with the most sources).
     pub async fn list_all(&self) -> Result<Vec<FileSummary>, Error> {

@@ -51,8 +51,19 @@ pub(crate) fn run(bins: &Bins, size: u64, dir: &Path) -> anyhow::Result<Report> 
     let (_tracker, addr) = start_tracker(bins, &[])?;
     let _seed = start_seed(bins, &addr, &seed_dir, &[])?;
     let mut cmd = Command::new(&bins.peer);
-    cmd.args(["--tracker", &addr, "--json", "download", "bench.bin", "--listen", "127.0.0.1:0", "--share"])
-        .arg(&dl_dir);
+    cmd.args([
+        "--tracker",
+        &addr,
+        "--json",
+        "download",
+        "bench.bin",
+        "--linger",
+        "0",
+        "--listen",
+        "127.0.0.1:0",
+        "--share",
+    ])
+    .arg(&dl_dir);
     let dl = Proc::spawn(cmd, "downloader")?;
     let peak = PeakRss::watch(dl.pid());
     let out = dl.finish(Duration::from_secs(600))?;

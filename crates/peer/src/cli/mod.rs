@@ -1,29 +1,28 @@
 //! Command-line parsing, progress display and output formatting for the `peer` binary.
 
+mod download;
 mod output;
+mod remote;
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use indicatif::HumanBytes;
-use peer::{
-    BatchOptions, BatchProgress, DownloadOptions, HostPort, Node, NodeConfig, Progress, RootPrefix, Selector, Trackers,
-};
-use tokio::sync::watch;
+use peer::{ErrorKind, HostPort, Node, NodeConfig, Trackers};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Peer of the p2p file distribution system: share a folder, list and locate files, download
 /// them from many peers at once (rarest chunk first, every chunk BLAKE3-verified).
 ///
-/// Rates take human units: 500k (500,000 bytes/s), 20MiB (20×1024² bytes/s), 1G.
-/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=peer=debug) for more.
+/// Rates take human units: 500k (500,000 bytes/s), 20MiB (20×1024² bytes/s), 1G. Durations
+/// too: 90s, 5m, 1h30m (a plain number is seconds). Logs go to stderr; set RUST_LOG (e.g.
+/// RUST_LOG=peer=debug) for more.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about)]
+#[command(version, after_help = EXIT_CODES)]
 struct Cli {
     /// The tracker, HOST[:PORT] (default port 6969): a name or an IP ([IPv6] in brackets with a
     /// port), resolved again at every reconnect. Several, comma-separated, share the files
@@ -46,8 +45,31 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Share a folder and keep serving it until Ctrl-C.
-    Serve(NodeArgs),
+    /// Share a folder and keep serving it until Ctrl-C. Prints a line of what it did every
+    /// minute (--stats-every) and totals at the end; with --json, JSON lines on stdout.
+    Serve {
+        #[command(flatten)]
+        node: NodeArgs,
+        /// How often to print what was served (e.g. 30s, 5m).
+        #[arg(long, value_parser = parse_duration, default_value = "1m", value_name = "DURATION")]
+        stats_every: Duration,
+        /// Do not watch the share folder: serve what it holds at start only.
+        #[arg(long)]
+        no_watch: bool,
+        /// How long a file must stay unchanged before it is shared (a file still being written
+        /// is never shared half-written).
+        #[arg(long, value_parser = parse_duration, default_value = "500ms", value_name = "DURATION")]
+        settle: Duration,
+        /// Serve the local HTTP API (JSON under /v1: start, follow and cancel downloads, list
+        /// files) on this address, e.g. 127.0.0.1:7700. Only loopback clients are served unless
+        /// --http-token is set.
+        #[arg(long, value_name = "IP:PORT")]
+        http: Option<SocketAddr>,
+        /// The bearer token every API request must carry (then clients on other hosts are
+        /// served too).
+        #[arg(long, env = "P2P_HTTP_TOKEN", value_name = "TOKEN", hide_env_values = true)]
+        http_token: Option<String>,
+    },
     /// List the files the trackers know.
     List {
         /// Only names starting with this (e.g. a folder: data/imagenet/).
@@ -83,20 +105,16 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         manifest: Option<PathBuf>,
         #[command(flatten)]
-        node: NodeArgs,
-        /// Keep serving (seeding) after the download completes, until Ctrl-C.
-        #[arg(long)]
-        seed: bool,
-        /// Give up if chunks are still missing after this many seconds (default: wait for sources).
-        #[arg(long, value_name = "SECS")]
-        deadline: Option<u64>,
-        /// Files downloading at once.
-        #[arg(long, default_value_t = 4, value_name = "N")]
-        parallel: usize,
-        /// Replace a different local file of the same name, atomically, once the new content is
-        /// verified (otherwise such a file is an error).
-        #[arg(long)]
-        replace: bool,
+        local: NodeArgs,
+        #[command(flatten)]
+        fetch: download::FetchArgs,
+        /// Ask the node serving its HTTP API at this address (`peer serve --http`) to do the
+        /// download, into its own share folder, and show its progress; Ctrl-C cancels it there.
+        #[arg(long, value_name = "IP:PORT", conflicts_with_all = ["wait", "stall_timeout"])]
+        node: Option<SocketAddr>,
+        /// The node's API token, if it has one.
+        #[arg(long, env = "P2P_HTTP_TOKEN", value_name = "TOKEN", hide_env_values = true, requires = "node")]
+        http_token: Option<String>,
     },
     /// List partial downloads of the share folder (name, root, progress, age, size), or remove
     /// them.
@@ -179,8 +197,80 @@ struct NodeArgs {
     max_uploads_per_ip: usize,
 }
 
+/// The exit codes, for `--help` (and README).
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (also when the reader of stdout went away, as with `| head`)
+  1    failure not listed below (tracker unreachable, disk, a different local file)
+  2    usage: bad arguments, name, pattern, root or manifest
+  3    not found: no such file, prefix, pattern match or root on the trackers
+  4    integrity: every holder of some chunk sent bad data (the partial download is kept)
+  5    timeout: --timeout passed, or --stall-timeout without verified data
+  130  interrupted (Ctrl-C or SIGTERM; partial downloads are kept)";
+
+/// A failure of a known kind with its own message, for errors that are not a [`peer::Error`].
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Failure {
+    kind: ErrorKind,
+    message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Failure { kind, message: message.into() }
+    }
+}
+
+/// The exit code for a failed run.
+fn exit_code(e: &anyhow::Error) -> i32 {
+    let kind = e
+        .downcast_ref::<peer::Error>()
+        .map(peer::Error::kind)
+        .or_else(|| e.downcast_ref::<Failure>().map(|f| f.kind))
+        .unwrap_or(ErrorKind::Other);
+    match kind {
+        ErrorKind::Other => 1,
+        ErrorKind::Usage => 2,
+        ErrorKind::NotFound => 3,
+        ErrorKind::Integrity => 4,
+        ErrorKind::Timeout => 5,
+        ErrorKind::Interrupted => INTERRUPTED,
+    }
+}
+
+/// The error and its causes on one line, each said once: many errors already include their
+/// cause in their own message.
+fn describe(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            line.push_str(&text);
+        }
+    }
+    line
+}
+
+/// Whether the error is stdout's reader having gone away (`peer list | head`).
+fn stdout_closed(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
+}
+
 /// Exit code for an interrupted run.
 const INTERRUPTED: i32 = 130;
+
+/// Parses a duration: `90s`, `5m`, `1h30m`, `250ms`; a plain number is seconds.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 90s, 5m or 1h ({e})"))
+}
 
 pub(crate) async fn main() -> i32 {
     let cli = Cli::parse();
@@ -199,13 +289,15 @@ pub(crate) async fn main() -> i32 {
     });
     match run(cli, cancel.clone()).await {
         Ok(()) => 0,
+        // Nobody reads what is left to print: end quietly, as `head` expects.
+        Err(e) if stdout_closed(&e) => 0,
         Err(e) if cancel.is_cancelled() || matches!(e.downcast_ref::<peer::Error>(), Some(peer::Error::Cancelled)) => {
             eprintln!("peer: interrupted ({e}); partial downloads are kept and resume on the next run");
             INTERRUPTED
         }
         Err(e) => {
-            eprintln!("peer: {e:#}");
-            1
+            eprintln!("peer: {}", describe(&e));
+            exit_code(&e)
         }
     }
 }
@@ -278,126 +370,74 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
             let mut files = session.list_all().await?;
             files.retain(|f| prefix.as_deref().is_none_or(|p| f.name.starts_with(p)));
             if files.is_empty() {
-                anyhow::bail!("no file on the tracker starts with {:?}", prefix.unwrap_or_default());
+                return Err(peer::Error::NoMatch(prefix.unwrap_or_default()).into());
             }
-            print!("{}", peer::format_manifest(files.iter().map(|f| (&f.root, f.name.as_str()))));
+            output::write_out(&peer::format_manifest(files.iter().map(|f| (&f.root, f.name.as_str()))))?;
         }
         Command::Locate { name } => {
             let session = trackers(cli.tracker, &cancel).await?;
             let loc = session.locations(&name).await?;
             output::print_locations(&name, &loc, cli.json)?;
         }
-        Command::Serve(args) => {
-            let node = start_node(node_config(cli.tracker, args)?, &cancel).await?;
-            output::print_serving(&node);
-            cancel.cancelled().await;
-            node.shutdown().await;
-            eprintln!("stopped; left the tracker");
+        Command::Serve { node, stats_every, no_watch, settle, http, http_token } => {
+            let mut config = node_config(cli.tracker, node)?;
+            config.watch = !no_watch;
+            config.watch_settle = settle;
+            let node = Arc::new(start_node(config, &cancel).await?);
+            output::print_serving(&node, cli.json)?;
+            let api_stop = cancel.child_token();
+            let api = match http {
+                Some(addr) => Some(remote::serve(node.clone(), addr, http_token, api_stop.clone()).await?),
+                None => None,
+            };
+            let started = tokio::time::Instant::now();
+            let mut last = node.upload_stats();
+            let mut tick = tokio::time::interval_at(started + stats_every, stats_every.max(Duration::from_millis(100)));
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    _ = tick.tick() => {
+                        let now = node.upload_stats();
+                        output::print_serve_stats(&node, &last, &now, stats_every, cli.json)?;
+                        last = now;
+                    }
+                }
+            }
+            let totals = node.upload_stats();
+            // The API's downloads stop first (their partials kept); then the node.
+            api_stop.cancel();
+            if let Some(api) = api {
+                let _ = api.await;
+            }
+            match Arc::try_unwrap(node) {
+                Ok(node) => node.shutdown().await,
+                // Something still holds it: dropping the last handle stops it all the same.
+                Err(node) => drop(node),
+            }
+            output::print_serve_totals(&totals, started.elapsed(), cli.json)?;
         }
         Command::Partials { folders, clean, older_than } => {
             let (share, state) = folders.resolve()?;
             let partials = peer::partials(&share, &state, older_than, clean)?;
             output::print_partials(&partials, clean, cli.json)?;
         }
-        Command::Download { names, roots, manifest, node, seed, deadline, parallel, replace } => {
+        Command::Download { names, roots, manifest, local, fetch, node, http_token } => {
             // Everything asked for is understood before anything starts.
-            let selectors = selectors(&names, &roots, manifest.as_deref())?;
-            let node = start_node(node_config(cli.tracker, node)?, &cancel).await?;
-            let deadline = deadline.map(Duration::from_secs);
-            let result = match single(&selectors) {
-                Some((name, root)) => download_one(&node, name, root, deadline, replace, cli.json).await,
-                None => download_many(&node, &selectors, deadline, parallel, replace, cli.json).await,
-            };
-            if let Err(e) = result {
-                node.shutdown().await;
-                return Err(e);
+            let selectors = download::selectors(&names, &roots, manifest.as_deref())?;
+            if let Some(addr) = node {
+                let manifest = match &manifest {
+                    Some(path) => Some(download::read_manifest(path)?),
+                    None => None,
+                };
+                let request = fetch.request(names, roots, manifest);
+                return remote::Remote { addr, token: http_token, request, json: cli.json }.run(&cancel).await;
             }
-            if seed && !cancel.is_cancelled() {
-                eprintln!("seeding on {}; Ctrl-C to stop", node.listen_addr());
-                cancel.cancelled().await;
-            }
+            let node = start_node(node_config(cli.tracker, local)?, &cancel).await?;
+            let result =
+                download::Fetch { node: &node, selectors, args: fetch, json: cli.json, cancel: &cancel }.run().await;
             node.shutdown().await;
+            result?;
         }
-    }
-    Ok(())
-}
-
-/// What the download arguments ask for; an error for anything that does not parse.
-fn selectors(names: &[String], roots: &[String], manifest: Option<&Path>) -> anyhow::Result<Vec<Selector>> {
-    let mut out = Vec::new();
-    for n in names {
-        out.push(Selector::parse(n)?);
-    }
-    for r in roots {
-        out.push(Selector::Root(peer::parse_root(r)?));
-    }
-    if let Some(path) = manifest {
-        let text = read_manifest(path)?;
-        let entries = peer::parse_manifest(&text).with_context(|| format!("in {}", path.display()))?;
-        out.extend(
-            entries.into_iter().map(|(root, name)| Selector::Name { name, root: Some(RootPrefix::exact(&root)) }),
-        );
-    }
-    Ok(out)
-}
-
-/// Manifests are small text files; one past this is refused rather than read into memory.
-const MAX_MANIFEST: u64 = 256 << 20;
-
-fn read_manifest(path: &Path) -> anyhow::Result<String> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open the manifest {}", path.display()))?;
-    let mut text = String::new();
-    file.take(MAX_MANIFEST + 1)
-        .read_to_string(&mut text)
-        .with_context(|| format!("cannot read the manifest {} (it must be UTF-8 text)", path.display()))?;
-    if text.len() as u64 > MAX_MANIFEST {
-        anyhow::bail!("the manifest {} is over {}", path.display(), HumanBytes(MAX_MANIFEST));
-    }
-    Ok(text)
-}
-
-/// The one plain name asked for, when that is all: shown and reported as a single file.
-fn single(selectors: &[Selector]) -> Option<(&str, Option<RootPrefix>)> {
-    match selectors {
-        [Selector::Name { name, root }] => Some((name, *root)),
-        _ => None,
-    }
-}
-
-async fn download_one(
-    node: &Node,
-    name: &str,
-    root: Option<RootPrefix>,
-    deadline: Option<Duration>,
-    replace: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let (tx, rx) = watch::channel(Progress::default());
-    let display = tokio::spawn(output::show_progress(rx, name.to_owned(), json));
-    let opts = DownloadOptions { deadline, progress: Some(tx), root, replace };
-    let result = node.download(name, opts).await;
-    let _ = display.await;
-    output::print_report(&result?, json)
-}
-
-async fn download_many(
-    node: &Node,
-    selectors: &[Selector],
-    deadline: Option<Duration>,
-    parallel: usize,
-    replace: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let targets = peer::resolve(node.trackers(), selectors).await?;
-    let (tx, rx) = watch::channel(BatchProgress::default());
-    let display = tokio::spawn(output::show_batch_progress(rx, json));
-    let opts = BatchOptions { parallel, deadline, replace, progress: Some(tx) };
-    let result = node.download_all(targets, opts).await;
-    let _ = display.await;
-    let report = result?;
-    output::print_batch(&report, json)?;
-    if report.failed > 0 {
-        anyhow::bail!("{} of {} files failed", report.failed, report.files.len());
     }
     Ok(())
 }

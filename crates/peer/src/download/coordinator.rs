@@ -179,6 +179,7 @@ impl Coordinator {
             num_chunks: n,
             chunks_done: have.count(),
             bytes_done,
+            bytes_resumed: bytes_done,
             ..Progress::default()
         };
         Self {

@@ -270,10 +270,14 @@ impl Download {
     /// Runs the swarm until every chunk is stored.
     async fn fetch(&mut self, opts: &DownloadOptions, deadline: Option<Instant>) -> Result<(), Error> {
         let stop = self.tasks.token().clone();
+        // The last time a verified chunk was stored, for the stall timeout.
+        let mut stored = (self.coordinator.progress().chunks_done, Instant::now());
         while !self.coordinator.is_done() {
+            let stalled = opts.stall_timeout.map(|d| stored.1 + d);
             let input = tokio::select! {
                 _ = stop.cancelled() => return Err(Error::Cancelled),
                 _ = sleep_until(deadline) => return Err(self.coordinator.deadline_error()),
+                _ = sleep_until(stalled) => return Err(Error::Stalled(opts.stall_timeout.unwrap_or_default())),
                 _ = sleep_until(self.coordinator.next_retry()) => Input::Tick,
                 // The download holds a sender (its sources' context): the inbox never closes.
                 Some(input) = self.inbox.recv() => input,
@@ -285,6 +289,9 @@ impl Download {
                 self.coordinator.handle(input, Instant::now())?;
             }
             self.carry_out();
+            if self.coordinator.progress().chunks_done != stored.0 {
+                stored = (self.coordinator.progress().chunks_done, Instant::now());
+            }
             if let Some(p) = &opts.progress {
                 let _ = p.send(self.coordinator.progress().clone());
             }

@@ -62,6 +62,8 @@ pub struct DownloadOptions {
     /// Replace a different file of the same name in the share folder (atomically, once the new
     /// one is verified) instead of refusing.
     pub replace: bool,
+    /// Give up when no verified chunk has arrived for this long ([`crate::Error::Stalled`]).
+    pub stall_timeout: Option<Duration>,
 }
 
 /// A progress snapshot.
@@ -69,6 +71,9 @@ pub struct DownloadOptions {
 pub struct Progress {
     /// Verified bytes stored.
     pub bytes_done: u64,
+    /// Of those, bytes already stored when this run started (a resumed download): not part of
+    /// this run's rate.
+    pub bytes_resumed: u64,
     /// File length.
     pub total: u64,
     /// Verified chunks stored.
@@ -128,6 +133,17 @@ pub struct DownloadReport {
     pub duplicate_bytes: u64,
     /// Per source, most bytes first.
     pub sources: Vec<SourceReport>,
+}
+
+impl DownloadReport {
+    /// Verified bytes fetched in this run (not resumed, not already here).
+    pub fn fetched_bytes(&self) -> u64 {
+        if self.already_complete {
+            0
+        } else {
+            self.sources.iter().map(|s| s.bytes).sum()
+        }
+    }
 }
 
 /// The report of a download of `meta` now at `path`, started at `start`, from what the
