@@ -445,6 +445,24 @@ mod tests {
         assert_eq!(name("/srv/share/data/.p2p"), Some("data/.p2p".into()), "only the top folder is reserved");
     }
 
+    /// The watcher's thread never blocks on a task that falls behind: past the queue's room,
+    /// events are dropped and the overflow flag asks for a reconcile instead.
+    #[test]
+    fn a_full_queue_sets_the_overflow_flag_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = mpsc::channel(1);
+        let overflow = Arc::new(AtomicBool::new(false));
+        let _watcher = start_watcher(dir.path(), tx, overflow.clone()).unwrap();
+        for i in 0..20 {
+            std::fs::write(dir.path().join(format!("f{i}")), b"x").unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !overflow.load(Ordering::Relaxed) {
+            assert!(std::time::Instant::now() < deadline, "the overflow was never flagged");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     #[test]
     fn register_batches_hold_at_most_the_limit() {
         let sizes = |v: Vec<Vec<u32>>| v.iter().map(Vec::len).collect::<Vec<_>>();
