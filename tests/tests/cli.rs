@@ -376,3 +376,49 @@ async fn a_running_node_shares_new_files_and_downloads_for_the_command_line() {
     })
     .await;
 }
+
+/// Shell completions, man pages and the commented default config come from the binary; a config
+/// file's values are used, and a bad one is one line naming the file, the line and the key.
+#[test]
+fn completions_man_pages_and_config_files() {
+    let peer = |args: &[&str], env: &[(&str, &Path)]| {
+        let mut c = Command::new(binary("peer"));
+        c.args(args).env_remove("P2P_CONFIG").env_remove("P2P_TRACKER").stdin(Stdio::null());
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    for shell in ["bash", "zsh", "fish"] {
+        let out = peer(&["completions", shell], &[]);
+        let text = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success() && text.contains("download") && text.contains("linger"), "{shell}: {text}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let man = dir.path().join("man");
+    assert!(peer(&["man", s(&man)], &[]).status.success());
+    for page in ["peer.1", "peer-serve.1", "peer-download.1"] {
+        let text = std::fs::read_to_string(man.join(page)).unwrap();
+        assert!(text.starts_with(".ie") || text.contains(".TH"), "{page}: {text}");
+    }
+
+    // The default config, as printed, is a valid config (every line commented out).
+    let out = peer(&["default-config"], &[]);
+    assert!(out.status.success());
+    let default = dir.path().join("default.toml");
+    std::fs::write(&default, &out.stdout).unwrap();
+    assert!(peer(&["--config", s(&default), "default-config"], &[]).status.success());
+
+    // A value from the file is used (an unreachable tracker fails listing, naming it); a flag wins.
+    let file = dir.path().join("peer.toml");
+    std::fs::write(&file, "tracker = \"127.0.0.1:1\"\n").unwrap();
+    let out = peer(&["list"], &[("P2P_CONFIG", &file)]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"), "{out:?}");
+
+    std::fs::write(&file, "pipeline = 8\n\n[download]\nlinger = \"a while\"\n").unwrap();
+    let out = peer(&["--config", s(&file), "list"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.starts_with(&format!("peer: {}:4: linger: ", file.display())), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

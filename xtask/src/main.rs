@@ -1,8 +1,10 @@
 //! Developer tasks, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`):
-//! `demo` shows a real swarm transfer; `bench` measures the system beside the machine's limits.
+//! `demo` shows a real swarm transfer; `bench` measures the system beside the machine's limits;
+//! `dist` gathers what an operator installs.
 
 mod bench;
 mod demo;
+mod dist;
 
 use std::path::PathBuf;
 
@@ -26,6 +28,8 @@ enum Task {
     },
     /// Benchmarks; see docs/BENCHMARKS.md.
     Bench(bench::BenchArgs),
+    /// Release binaries, shell completions, man pages and systemd units in target/dist/.
+    Dist,
 }
 
 fn main() {
@@ -40,6 +44,7 @@ fn main() {
     let result = match cli.task {
         Task::Demo { dir } => demo::run(dir),
         Task::Bench(args) => bench::run(args),
+        Task::Dist => dist::run(),
     };
     if let Err(e) = result {
         eprintln!("xtask: {e:#}");

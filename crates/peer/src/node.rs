@@ -17,6 +17,7 @@ use crate::batch::{self, BatchOptions, BatchReport, Target};
 use crate::download::{self, Context, DownloadConfig, DownloadOptions, DownloadReport, SourceBook};
 use crate::error::Error;
 use crate::lock::FolderLock;
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::serve::{self, ServeConfig, UploadStats, Uploader};
 use crate::session::{FileFilter, Link, Registration, SessionConfig, TrackerSession};
@@ -129,12 +130,14 @@ impl Node {
         // From here on, returning early or being dropped mid-start stops what was spawned.
         let stop_on_drop = tasks.token().clone().drop_guard();
         let uploads = Arc::new(UploadStats::default());
+        let metrics = Arc::new(Metrics::new(uploads.clone()));
         let uploader = Arc::new(Uploader::new(
             shares.clone(),
             store.clone(),
             Arc::new(RateLimiter::new(config.upload_rate)),
             uploads.clone(),
             config.serve.clone(),
+            metrics.clone(),
         ));
         tasks.spawn(tracing::info_span!("serve", %listen), |token| serve::serve(listener, uploader, token));
 
@@ -192,6 +195,7 @@ impl Node {
             limiter: Arc::new(RateLimiter::new(config.download_rate)),
             book: SourceBook::new(config.download.connections_per_source),
             config: config.download,
+            metrics,
         };
         Ok(Node { ctx, _lock: lock, uploads, tasks, _stop_on_drop: stop_on_drop })
     }
@@ -228,6 +232,20 @@ impl Node {
             connections_opened: self.uploads.opened.load(Ordering::Relaxed),
             connections_open: self.uploads.open.load(Ordering::Relaxed),
         }
+    }
+
+    /// The node's metrics (served as `GET /metrics` by the HTTP API).
+    pub fn metrics(&self) -> &Metrics {
+        &self.ctx.metrics
+    }
+
+    /// Whether the node is registered with a tracker now: the readiness rule of `GET /ready`
+    /// (at least one tracker connected and registered; with several, files whose tracker is
+    /// down move to a live one). Returns how many of its trackers are.
+    pub fn trackers_up(&self) -> (usize, usize) {
+        let sessions = self.ctx.trackers.sessions();
+        let up = sessions.iter().filter(|s| matches!(*s.link().borrow(), Link::Up { .. })).count();
+        (up, sessions.len())
     }
 
     /// A token that shuts the node down when cancelled.

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use chunkstore::{Store, StoreError};
 
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares};
 use crate::task::TaskGroup;
@@ -71,6 +72,8 @@ pub(crate) struct Uploader {
     pub(crate) stats: Arc<UploadStats>,
     /// Settings.
     pub(crate) config: ServeConfig,
+    /// The node's metrics: bytes sent, by downloader.
+    pub(crate) metrics: Arc<Metrics>,
     /// Per complete file (by root hash and chunk size), the chunks sent to anyone at least once,
     /// for [`PeerRequest::GetFresh`]. Shared by all connections: that is what spreads them.
     pub(crate) fresh: Mutex<HashMap<(Hash, u32), Fresh>>,
@@ -168,8 +171,9 @@ impl Uploader {
         limiter: Arc<RateLimiter>,
         stats: Arc<UploadStats>,
         config: ServeConfig,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Uploader { shares, store, limiter, stats, config, fresh: Mutex::default(), per_ip: Mutex::default() }
+        Uploader { shares, store, limiter, stats, config, metrics, fresh: Mutex::default(), per_ip: Mutex::default() }
     }
 
     /// Takes a connection slot for `remote` (see [`SlotKey`]), or None if its address already
@@ -235,7 +239,7 @@ pub(crate) async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Ca
                 let open = OpenConnection::new(up.stats.clone());
                 tasks.spawn_until(tracing::debug_span!("upload", %remote), async move {
                     let _held = (slot, permit, open);
-                    if let Err(e) = connection(&mut conn, &up).await {
+                    if let Err(e) = connection(&mut conn, &up, remote).await {
                         debug!(error = %e, "upload ended");
                     }
                 });
@@ -252,8 +256,10 @@ pub(crate) async fn serve(listener: TcpListener, up: Arc<Uploader>, shutdown: Ca
     tasks.wait().await;
 }
 
-async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
+async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Result<(), UploadError> {
     let idle = up.config.idle_timeout;
+    // By IP: a downloader's port is a fresh ephemeral one per connection.
+    let tally = up.metrics.uploaded.tally(&remote.ip().to_canonical().to_string());
     let send = up.config.send_timeout;
     let (name, root) = match timeout(idle, conn.requests.next()).await {
         Ok(Some(Ok(Ok(PeerRequest::Hello { hello, name, root })))) => match hello.check() {
@@ -333,6 +339,7 @@ async fn connection(conn: &mut Conn, up: &Uploader) -> Result<(), UploadError> {
                 let r = conn.send_chunk(chunk, &buf, send).await;
                 if r.is_ok() {
                     up.stats.uploaded.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                    tally.add(buf.len() as u64);
                 }
                 r
             }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::backlog::Queued;
+use crate::http::metrics::RequestKind;
 use crate::registry::{CheckedRegister, Registered, Registry};
 use crate::reply::{encode_frame, Reply, OFFLOAD_REPLY};
 use crate::session::{heavy_permit, Caller, End, Shared};
@@ -32,16 +33,16 @@ use crate::summary::Kind;
 /// a 64 KiB threshold; `cargo xtask bench tracker`).
 const OFFLOAD_FRAME: usize = 256 * 1024;
 
-/// The reply to one request frame. A frame over [`OFFLOAD_FRAME`] (whatever the request in it)
-/// is decoded, and a Register checked, on the heavy-work threads; the registry update itself is
-/// made here, in order, and is fast.
+/// The reply to one request frame, with the request's kind (for the metrics). A frame over
+/// [`OFFLOAD_FRAME`] (whatever the request in it) is decoded, and a Register checked, on the
+/// heavy-work threads; the registry update itself is made here, in order, and is fast.
 pub(crate) async fn answer(
     shared: &Shared,
     caller: &Caller,
     frame: BytesMut,
     queued: &Queued,
     shutdown: &CancellationToken,
-) -> Result<Reply, End> {
+) -> Result<(RequestKind, Reply), End> {
     let request = if frame.len() <= OFFLOAD_FRAME {
         TrackerRequest::decode_body(frame)
     } else {
@@ -62,18 +63,20 @@ pub(crate) async fn answer(
             Ok(Offloaded::Register(checked)) => {
                 shared.counters.count(Kind::Register);
                 let outcome = checked.and_then(|c| shared.registry.apply_register(caller.peer, c));
-                return Ok(Reply::Message(registered(caller, outcome)));
+                return Ok((RequestKind::Register, Reply::Message(registered(caller, outcome))));
             }
             Ok(Offloaded::Decoded(request)) => request,
             Err(_) => return Err(End::Panicked),
         }
     };
     shared.counters.count(request.as_ref().map_or(Kind::Other, Kind::of));
-    match request {
-        Ok(TrackerRequest::FileMeta { name }) => file_meta(shared, &name, queued, shutdown).await,
-        Ok(req) => Ok(Reply::Message(handle(&shared.registry, caller, req))),
-        Err(e) => Ok(Reply::Message(malformed(e))),
-    }
+    let kind = request.as_ref().map_or(RequestKind::Malformed, RequestKind::of);
+    let reply = match request {
+        Ok(TrackerRequest::FileMeta { name }) => file_meta(shared, &name, queued, shutdown).await?,
+        Ok(req) => Reply::Message(handle(&shared.registry, caller, req)),
+        Err(e) => Reply::Message(malformed(e)),
+    };
+    Ok((kind, reply))
 }
 
 /// What the blocking pool made of a large frame.

@@ -1,9 +1,10 @@
 //! The `tracker` binary: parses options, wires Ctrl-C and SIGTERM to a graceful shutdown, serves.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use proto::limits;
 use tracing_subscriber::EnvFilter;
 
@@ -72,15 +73,62 @@ struct Args {
     /// proxy). Off: a peer can only announce its own address, never point a swarm at another host.
     #[arg(long)]
     allow_foreign_endpoints: bool,
+    /// Serve HTTP at ADDR:PORT: Prometheus metrics (/metrics), health checks (/health, /ready)
+    /// and a live page of the swarm (/) with its JSON API (/api/v1/). Off by default; it shows
+    /// what any peer may ask (files, peers' endpoints): bind it to loopback or a private address
+    /// where that matters.
+    #[arg(long, env = "P2P_TRACKER_HTTP", value_name = "ADDR:PORT")]
+    http: Option<SocketAddr>,
+    /// Log line format on stderr: text for people, json (one object a line) for log collectors.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Print shell completions for this shell and exit (`cargo xtask dist` uses it).
+    #[arg(long, value_name = "SHELL", hide = true)]
+    completions: Option<clap_complete::Shell>,
+    /// Write the man page tracker.1 into this folder and exit (`cargo xtask dist` uses it).
+    #[arg(long, value_name = "DIR", hide = true)]
+    man: Option<std::path::PathBuf>,
+}
+
+/// `--completions` and `--man`: printed or written from the flags themselves, then exit.
+fn generate(args: &Args) -> Option<anyhow::Result<()>> {
+    use clap::CommandFactory;
+    if let Some(shell) = args.completions {
+        clap_complete::generate(shell, &mut Args::command(), "tracker", &mut std::io::stdout());
+        return Some(Ok(()));
+    }
+    let dir = args.man.as_ref()?;
+    Some((|| {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Args::command().name("tracker")).render(&mut page)?;
+        let path = dir.join("tracker.1");
+        std::fs::write(&path, page).with_context(|| format!("cannot write {}", path.display()))
+    })())
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 fn main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
     let args = Args::parse();
+    if let Some(result) = generate(&args) {
+        if let Err(e) = result {
+            eprintln!("tracker: {e:#}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+        LogFormat::Json => logs.json().init(),
+    }
     let runtime = match args.threads {
         1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
@@ -116,8 +164,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
         summary_interval: tracker::Config::default().summary_interval,
     };
     let listener = args.listen.bind().with_context(|| format!("cannot listen on {}", args.listen))?;
-    let tracker = tracker::Tracker::start(listener, config);
+    // Bound before the tracker starts, so a busy port fails the start with nothing served.
+    let http = match args.http {
+        Some(addr) => Some(tracker::http::bind(addr).await?),
+        None => None,
+    };
+    let mut tracker = tracker::Tracker::start(listener, config);
     eprintln!("tracker listening on {}", tracker.addr());
+    if let Some(listener) = http {
+        let addr = tracker.serve_http(listener).context("cannot serve HTTP")?;
+        eprintln!("tracker HTTP on http://{addr}/ (metrics: /metrics)");
+    }
     let token = tracker.shutdown_token();
     tokio::spawn(async move {
         shutdown_signal().await;
@@ -126,7 +183,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracker.wait().await.context("server failed")
 }
 
-/// A byte count with an optional unit: `1500`, `500k` (500,000), `256MiB` (256 x 1024^2), `2G`.
+/// Resolves at Ctrl-C or SIGTERM.
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -158,6 +215,16 @@ mod tests {
         assert_eq!(args.max_queued_bytes, tracker::Config::default().max_queued_bytes as u64);
         // Every interface, IPv4 and IPv6, on the protocol's port.
         assert_eq!(args.listen, tracker::ListenAddr::AllInterfaces(6969));
+        assert_eq!((args.http, args.log_format), (None, LogFormat::Text), "no HTTP, text logs");
+    }
+
+    #[test]
+    fn http_takes_an_address_and_log_format_a_choice() {
+        let args = Args::try_parse_from(["tracker", "--http", "127.0.0.1:9090", "--log-format", "json"]).unwrap();
+        assert_eq!(args.http, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert!(Args::try_parse_from(["tracker", "--http", "9090"]).is_err(), "an address, not a port alone");
+        assert!(Args::try_parse_from(["tracker", "--log-format", "xml"]).is_err());
     }
 
     #[test]

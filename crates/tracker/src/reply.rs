@@ -40,6 +40,13 @@ pub(crate) enum Reply {
     Shared(Bytes),
 }
 
+impl Reply {
+    /// Whether the reply is an error (for the metrics' `outcome`).
+    pub(crate) fn is_error(&self) -> bool {
+        matches!(self, Reply::Message(TrackerResponse::Error(_)))
+    }
+}
+
 /// Queues `reply` after everything queued before it, once the backlog has admitted its size; in
 /// its place, a typed error (a few bytes) if it exceeds the frame limit or the budget. A message
 /// is encoded into the write buffer (a large one on the heavy-work threads, which get the write

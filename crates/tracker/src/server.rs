@@ -29,9 +29,14 @@
 //! and closed (how long it lasted, the files it held, why it ended, in words), each Register that
 //! refuses anything (`handler.rs`), and a summary every `Config::summary_interval`
 //! (`summary.rs`, a task of the tracker's like the accept loop).
+//!
+//! What it measures (`http/metrics.rs`, served by [`Tracker::serve_http`]): each request by kind
+//! and outcome with its time from frame read to reply queued, measured in the session loop, and
+//! each connection refused before its session (the cap, a bad or missing Hello).
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,9 +52,11 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::backlog::{Backlog, Queued};
+use crate::backlog::Queued;
 use crate::config::Config;
 use crate::handler::{answer, malformed};
+use crate::http::metrics::{Refusal, RequestKind};
+use crate::http::{self, HttpBindError};
 use crate::link::{Incoming, Link};
 use crate::registry::Registry;
 use crate::reply::{queue, Reply};
@@ -67,7 +74,10 @@ const WRITE_HIGH_WATER: usize = 64 * 1024;
 pub struct Tracker {
     addr: SocketAddr,
     registry: Registry,
-    backlog: Arc<Backlog>,
+    /// What the sessions share: the HTTP listener reads its metrics and state.
+    shared: Arc<Shared>,
+    /// The HTTP listener's address and task, once started.
+    http: Option<(SocketAddr, JoinHandle<()>)>,
     /// The tracker's token, cancelled when the handle is dropped: the accept loop and the
     /// sessions are detached tasks, which would otherwise serve on, port open, with nobody able
     /// to stop them.
@@ -90,10 +100,33 @@ impl Tracker {
         limits.list_page_bytes = limits.list_page_bytes.min(config.max_frame / 2);
         let registry = Registry::new(limits);
         let shutdown = CancellationToken::new();
-        let shared = Shared::new(config, registry.clone());
-        let backlog = shared.backlog.clone();
-        let task = tokio::spawn(run(listener, shared, shutdown.clone()));
-        Tracker { addr, registry, backlog, shutdown: shutdown.drop_guard(), task }
+        let shared = Arc::new(Shared::new(config, registry.clone()));
+        let task = tokio::spawn(run(listener, shared.clone(), shutdown.clone()));
+        Tracker { addr, registry, shared, http: None, shutdown: shutdown.drop_guard(), task }
+    }
+
+    /// Binds `addr` (port 0 for any) and serves the tracker's HTTP there (metrics, health, the
+    /// swarm page: see [`crate::http`]) until the tracker stops. Returns the bound address.
+    pub async fn bind_http(&mut self, addr: SocketAddr) -> Result<SocketAddr, HttpBindError> {
+        let listener = http::bind(addr).await?;
+        self.serve_http(listener).map_err(|source| HttpBindError { addr, source })
+    }
+
+    /// Serves the tracker's HTTP on an already-bound listener until the tracker stops. Returns
+    /// its address. One HTTP listener per tracker: a second is refused (`AlreadyExists`).
+    pub fn serve_http(&mut self, listener: TcpListener) -> io::Result<SocketAddr> {
+        if self.http.is_some() {
+            return Err(io::Error::new(io::ErrorKind::AlreadyExists, "the tracker already serves HTTP"));
+        }
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(http::serve(listener, self.shared.clone(), self.shutdown.token().clone()));
+        self.http = Some((addr, task));
+        Ok(addr)
+    }
+
+    /// The HTTP listener's address, if it serves HTTP.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(addr, _)| *addr)
     }
 
     /// The address it listens on.
@@ -109,7 +142,7 @@ impl Tracker {
     /// Bytes of replies queued to clients (encoded, not yet written to their sockets), over all
     /// connections: what `Config::max_queued_bytes` bounds.
     pub fn queued_bytes(&self) -> usize {
-        self.backlog.total()
+        self.shared.backlog.total()
     }
 
     /// A token that stops the tracker when cancelled.
@@ -120,15 +153,20 @@ impl Tracker {
     /// Stops accepting, tells every session, and waits for all connection tasks to end.
     pub async fn shutdown(self) -> io::Result<()> {
         self.shutdown.token().cancel();
-        self.task.await.map_err(io::Error::other)?
+        self.wait().await
     }
 
     /// Waits until the tracker stops (after its token is cancelled). The handle, and with it the
     /// tracker, lives as long as this future: dropping the future stops the tracker.
-    pub async fn wait(self) -> io::Result<()> {
-        // Only the task is moved out: the guard stays in `self`, held until the tracker has
+    pub async fn wait(mut self) -> io::Result<()> {
+        // Only the tasks are awaited: the guard stays in `self`, held until the tracker has
         // stopped, so waiting does not itself stop it.
-        self.task.await.map_err(io::Error::other)?
+        let served = (&mut self.task).await.map_err(io::Error::other)?;
+        if let Some((_, task)) = self.http.take() {
+            // The HTTP task stops on the same token, within its grace period.
+            task.await.map_err(io::Error::other)?;
+        }
+        served
     }
 }
 
@@ -140,16 +178,16 @@ pub async fn serve(
     registry: Registry,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    run(listener, Shared::new(config, registry), shutdown).await
+    run(listener, Arc::new(Shared::new(config, registry)), shutdown).await
 }
 
-async fn run(listener: TcpListener, shared: Shared, shutdown: CancellationToken) -> io::Result<()> {
-    let shared = Arc::new(shared);
+async fn run(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(shared.config.max_connections));
     let tasks = TaskTracker::new();
     info!(addr = %listener.local_addr()?, "tracker listening");
     // Stops with the tracker: the token ends it, and the wait below waits for it.
     tasks.spawn(summary::run(shared.clone(), shutdown.clone()));
+    shared.accepting.store(true, Ordering::Relaxed);
     loop {
         let (stream, remote) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -176,12 +214,14 @@ async fn run(listener: TcpListener, shared: Shared, shutdown: CancellationToken)
             }
             Err(_) => {
                 debug!(%remote, "connection cap reached");
+                shared.metrics.refused(Refusal::MaxConnections);
                 let max = shared.config.max_connections;
                 let link = Link::new(stream, HANDSHAKE_MAX_FRAME, HANDSHAKE_MAX_FRAME);
                 tasks.spawn(link.goodbye(RequestError::TooManyConnections { max }));
             }
         }
     }
+    shared.accepting.store(false, Ordering::Relaxed);
     drop(listener);
     tasks.close();
     tasks.wait().await;
@@ -212,12 +252,18 @@ async fn connection(stream: TcpStream, remote: SocketAddr, shared: &Shared, shut
         Ok(Some(Ok(Err(e)))) => Err(RequestError::Malformed(e.to_string())),
         Ok(Some(Err(e))) => {
             debug!(error = %e, "framing error before handshake");
+            shared.metrics.refused(Refusal::Handshake);
             return link.goodbye(RequestError::Malformed(e.to_string())).await;
         }
-        Ok(None) | Err(_) => return,
+        Ok(None) => return,
+        Err(_) => {
+            shared.metrics.refused(Refusal::HandshakeTimeout);
+            return;
+        }
     };
     if let Err(e) = hello {
         debug!(error = %e, "handshake refused");
+        shared.metrics.refused(Refusal::Handshake);
         return link.goodbye(e).await;
     }
     let welcome = TrackerResponse::Welcome(Welcome {
@@ -290,7 +336,9 @@ async fn session(
                 }
             }
         };
-        let reply = match next {
+        // From here to the reply queued is what the latency histogram measures.
+        let started = std::time::Instant::now();
+        let (kind, reply) = match next {
             Err(_) => return End::Expired,
             Ok(None) => {
                 // A client that pipelined and then half-closed still gets the replies queued.
@@ -300,15 +348,17 @@ async fn session(
             Ok(Some(Err(e))) => return End::Framing(e),
             Ok(Some(Ok(Err(e)))) => {
                 shared.counters.count(Kind::Other);
-                Reply::Message(malformed(e))
+                (RequestKind::Malformed, Reply::Message(malformed(e)))
             }
             Ok(Some(Ok(Ok(frame)))) => match answer(shared, caller, frame, queued, shutdown).await {
                 Ok(reply) => reply,
                 Err(end) => return end,
             },
         };
+        let failed = reply.is_error();
         if let Err(end) = queue(link, reply, shared, queued, shutdown).await {
             return end;
         }
+        shared.metrics.request(kind, failed, started.elapsed());
     }
 }

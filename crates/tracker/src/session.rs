@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use tracing::warn;
 use crate::backlog::{Backlog, Queued};
 use crate::config::Config;
 use crate::heavy::HeavyPool;
+use crate::http::metrics::TrackerMetrics;
 use crate::link::{Link, WriteError};
 use crate::registry::{PeerId, Registry};
 use crate::summary::Counters;
@@ -36,6 +38,10 @@ pub(crate) struct Shared {
     pub(crate) pool: HeavyPool,
     /// Requests answered since the last summary line (see `summary.rs`).
     pub(crate) counters: Counters,
+    /// What `/metrics` reports (`http/metrics.rs`): counted here, by every session.
+    pub(crate) metrics: TrackerMetrics,
+    /// Whether the accept loop is running: what `/ready` answers.
+    pub(crate) accepting: AtomicBool,
 }
 
 /// Who a session is, for the requests it makes.
@@ -62,7 +68,17 @@ impl Shared {
             HeavyPool::unavailable()
         });
         let heavy = Arc::new(Semaphore::new(threads));
-        Shared { config, registry, backlog, heavy, pool, counters: Counters::default() }
+        let metrics = TrackerMetrics::new(registry.clone(), backlog.clone());
+        Shared {
+            config,
+            registry,
+            backlog,
+            heavy,
+            pool,
+            counters: Counters::default(),
+            metrics,
+            accepting: AtomicBool::new(false),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! The HTTP API's server side: the router, the access rule, the handlers, and the one error shape
 //! every failure is answered with (`{"error": {"code", "message"}}`, including unknown paths,
-//! wrong methods and bodies that do not parse).
+//! wrong methods and bodies that do not parse). Beside `/v1`, the operational endpoints:
+//! `/metrics` (Prometheus text, under the access rule) and the probes `/health` and `/ready`
+//! (open to any client: a load balancer or an orchestrator holds no token, and they tell nothing
+//! but the node's state).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -69,6 +72,9 @@ pub(crate) fn router(state: Arc<ApiState>, max_body: usize) -> Router {
         .route("/v1/downloads", get(list_downloads).post(start_download))
         .route("/v1/downloads/{id}", get(download_status).delete(cancel_download))
         .route("/v1/files", get(list_files))
+        .route("/metrics", get(metrics))
+        .route(HEALTH, get(health))
+        .route(READY, get(ready))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
@@ -186,12 +192,23 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
+/// The liveness probe: 200 while the process serves.
+const HEALTH: &str = "/health";
+
+/// The readiness probe: 200 while the node is registered with a tracker.
+const READY: &str = "/ready";
+
 async fn guard(
     State(state): State<Arc<ApiState>>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
     request: Request,
     next: Next,
 ) -> Response {
+    // The probes are answered to anyone, token or not: they reveal only whether the node is up
+    // and registered, and the machines that ask (load balancers, orchestrators) carry no secret.
+    if matches!(request.uri().path(), HEALTH | READY) {
+        return next.run(request).await;
+    }
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
     match admit(client.ip(), state.token.as_ref(), authorization) {
         Ok(()) => next.run(request).await,
@@ -217,6 +234,29 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
         "method_not_allowed",
         format!("{method} is not allowed on {}", uri.path()),
     )
+}
+
+async fn metrics(State(state): State<Arc<ApiState>>) -> Response {
+    let body = state.node.metrics().encode();
+    ([(header::CONTENT_TYPE, HeaderValue::from_static(crate::metrics::CONTENT_TYPE))], body).into_response()
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+/// 200 when at least one of the node's trackers is connected and has its registration (with
+/// several, files whose tracker is down move to a live one, so the node still serves and
+/// downloads); 503 otherwise, saying so. Counts only: no addresses, since anyone may ask.
+async fn ready(State(state): State<Arc<ApiState>>) -> Response {
+    let (up, total) = state.node.trackers_up();
+    if up > 0 {
+        Json(serde_json::json!({"status": "ready", "trackers_up": up, "trackers": total})).into_response()
+    } else {
+        let reason = format!("not registered with any tracker: 0 of {total} connected (reconnecting)");
+        let body = serde_json::json!({"status": "not_ready", "reason": reason, "trackers_up": 0, "trackers": total});
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
 }
 
 async fn list_downloads(State(state): State<Arc<ApiState>>) -> Json<DownloadList> {

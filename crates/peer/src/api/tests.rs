@@ -162,3 +162,42 @@ async fn resolving_gives_up_after_the_resolve_timeout() {
     }
     assert!(api.list().await.unwrap().is_empty());
 }
+
+/// One GET over raw HTTP/1.1 (`Connection: close`): the status and the body.
+async fn get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{auth}\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).await.unwrap();
+    let status = reply.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, reply.split_once("\r\n\r\n").unwrap().1.to_owned())
+}
+
+/// The probes are answered to anyone (a load balancer holds no token and may be on another
+/// host); `/metrics` follows the access rule like `/v1`. A node whose tracker is down is alive
+/// but not ready, and its answer says why without naming the tracker.
+#[tokio::test]
+async fn probes_are_open_and_metrics_follow_the_access_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = lonely_node(dir.path()).await;
+    let api = serve_as(node.clone(), ApiConfig::default(), REMOTE).await;
+    assert_eq!(get(api, "/health", None).await, (200, r#"{"status":"ok"}"#.to_owned()));
+    let (status, body) = get(api, "/ready", None).await;
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((body["status"].as_str(), body["trackers_up"].as_u64()), (Some("not_ready"), Some(0)), "{body}");
+    assert!(body["reason"].as_str().is_some_and(|r| r.contains("tracker") && !r.contains("127.0.0.1")), "{body}");
+    assert_eq!(get(api, "/metrics", None).await.0, 403);
+
+    let config = ApiConfig { token: Some("tok".into()), ..ApiConfig::default() };
+    let api = serve_as(node.clone(), config, REMOTE).await;
+    assert_eq!(get(api, "/health", None).await.0, 200);
+    assert_eq!(get(api, "/ready", None).await.0, 503);
+    assert_eq!(get(api, "/metrics", None).await.0, 401);
+    let (status, text) = get(api, "/metrics", Some("tok")).await;
+    assert_eq!(status, 200);
+    assert!(text.contains("# TYPE p2p_peer_chunks_verified counter") && text.ends_with("# EOF\n"), "{text}");
+}

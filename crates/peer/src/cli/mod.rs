@@ -1,5 +1,6 @@
 //! Command-line parsing, progress display and output formatting for the `peer` binary.
 
+mod config;
 mod download;
 mod output;
 mod remote;
@@ -39,8 +40,24 @@ struct Cli {
     /// Print machine-readable JSON on stdout instead of text.
     #[arg(long, global = true)]
     json: bool,
+    /// Log lines on stderr as text, or as JSON objects one a line (for log collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    log_format: LogFormat,
+    /// Read options from this TOML file (see `peer default-config`); flags and environment
+    /// variables override it. Default: $XDG_CONFIG_HOME/p2p/peer.toml, then /etc/p2p/peer.toml.
+    #[arg(long, global = true, env = "P2P_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// JSON objects, one a line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -115,6 +132,19 @@ enum Command {
         /// The node's API token, if it has one.
         #[arg(long, env = "P2P_HTTP_TOKEN", value_name = "TOKEN", hide_env_values = true, requires = "node")]
         http_token: Option<String>,
+    },
+    /// Print a config file with every option, commented, at its default.
+    DefaultConfig,
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages (peer.1 and one per command) into a folder.
+    #[command(hide = true)]
+    Man {
+        /// The folder.
+        dir: PathBuf,
     },
     /// List partial downloads of the share folder (name, root, progress, age, size), or remove
     /// them.
@@ -255,6 +285,19 @@ fn describe(e: &anyhow::Error) -> String {
     line
 }
 
+/// The command line, with the config file's values as defaults. A bad config file is an error;
+/// bad arguments end the process as clap does (usage, exit 2).
+fn parse() -> Result<Cli, config::ConfigError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cmd = match config::find(&args)? {
+        Some(path) => config::apply(Cli::command(), &path)?,
+        None => Cli::command(),
+    };
+    let matches = cmd.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
 /// Whether the error is stdout's reader having gone away (`peer list | head`).
 fn stdout_closed(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe))
@@ -273,12 +316,21 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 pub(crate) async fn main() -> i32 {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("peer: {e}");
+            return 2;
+        }
+    };
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        // One JSON object a line, fields and span included, never colour codes.
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     let cancel = CancellationToken::new();
     tokio::spawn({
         let cancel = cancel.clone();
@@ -416,6 +468,20 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
             }
             output::print_serve_totals(&totals, started.elapsed(), cli.json)?;
         }
+        Command::DefaultConfig => {
+            use clap::CommandFactory;
+            output::write_out(&config::default_config(&Cli::command()))?;
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "peer", &mut buf);
+            output::write_out(&String::from_utf8_lossy(&buf))?;
+        }
+        Command::Man { dir } => {
+            use clap::CommandFactory;
+            write_man_pages(Cli::command(), &dir)?;
+        }
         Command::Partials { folders, clean, older_than } => {
             let (share, state) = folders.resolve()?;
             let partials = peer::partials(&share, &state, older_than, clean)?;
@@ -440,6 +506,23 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `peer.1` and `peer-COMMAND.1` for every visible command.
+fn write_man_pages(cmd: clap::Command, dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = cmd.name("peer");
+    let write = |name: String, page: clap::Command| -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        clap_mangen::Man::new(page).render(&mut out)?;
+        let path = dir.join(format!("{name}.1"));
+        std::fs::write(&path, out).with_context(|| format!("cannot write {}", path.display()))
+    };
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("peer-{}", sub.get_name());
+        write(name.clone(), sub.clone().name(name))?;
+    }
+    write("peer".into(), cmd)
 }
 
 async fn trackers(list: TrackerList, cancel: &CancellationToken) -> anyhow::Result<Trackers> {

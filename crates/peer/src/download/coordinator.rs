@@ -34,6 +34,7 @@ use super::book::SourceBook;
 use super::scheduler::{Completion, Scheduler, SourceId};
 use super::types::{DownloadConfig, Progress, SourceReport};
 use crate::error::{Error, SourceError};
+use crate::metrics::{DropReason, Metrics};
 
 /// Something that happened to the download.
 #[derive(Debug)]
@@ -159,11 +160,15 @@ pub(crate) struct Coordinator {
     now: Instant,
     /// Rates measured by this process's downloads, per source endpoint.
     book: Arc<SourceBook>,
+    /// The node's metrics: what is recorded here per source is counted there too.
+    metrics: Arc<Metrics>,
 }
 
 impl Coordinator {
     /// A coordinator for `meta`, with the chunks in `have` (`bytes_done` bytes) already stored;
-    /// `seed` seeds the random tie-breaks; `book` has the sources' rates.
+    /// `seed` seeds the random tie-breaks; `book` has the sources' rates; `metrics` counts
+    /// chunks, waste, strikes and drops for the node.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         meta: &FileMeta,
         have: &Bitmap,
@@ -172,6 +177,7 @@ impl Coordinator {
         me: Option<SocketAddr>,
         seed: u64,
         book: Arc<SourceBook>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         let n = meta.num_chunks();
         let progress = Progress {
@@ -198,6 +204,7 @@ impl Coordinator {
             actions: Vec::new(),
             now: Instant::now(),
             book,
+            metrics,
         }
     }
 
@@ -241,6 +248,7 @@ impl Coordinator {
             Input::Discarded { source, bytes } => {
                 if let Some(r) = self.sources.get_mut(&source) {
                     r.report.wasted_bytes += bytes;
+                    self.metrics.wasted_bytes.inc_by(bytes);
                 }
             }
             Input::Failed(e) => return Err(e),
@@ -382,6 +390,7 @@ impl Coordinator {
         match self.sched.complete(chunk, id) {
             Completion::New => {
                 self.fetched += 1;
+                self.metrics.chunks_verified.inc();
                 self.progress.chunks_done += 1;
                 self.progress.bytes_done += bytes;
                 if let Some(r) = rec {
@@ -399,6 +408,7 @@ impl Coordinator {
             Completion::Duplicate => {
                 if let Some(r) = rec {
                     r.report.duplicate_bytes += bytes;
+                    self.metrics.duplicate_bytes.inc_by(bytes);
                 }
             }
         }
@@ -410,11 +420,15 @@ impl Coordinator {
             // Verified in parallel after its source was dropped: counted as discarded, so a
             // source is charged exactly `bad_data_strikes` bad chunks.
             rec.report.wasted_bytes += bytes;
+            self.metrics.wasted_bytes.inc_by(bytes);
             return Ok(());
         }
         rec.report.bad_chunks += 1;
         rec.report.wasted_bytes += bytes;
         rec.strikes += 1;
+        self.metrics.chunks_failed.inc();
+        self.metrics.wasted_bytes.inc_by(bytes);
+        self.metrics.source_strikes.inc();
         warn!(chunk, source = %rec.report.addr, "chunk failed verification; discarded");
         let strikes = rec.strikes;
         let attempts = self.sched.failed(chunk, id);
@@ -433,6 +447,7 @@ impl Coordinator {
     fn drop_source(&mut self, id: SourceId, why: SourceError) {
         let Some(rec) = self.sources.get_mut(&id) else { return };
         warn!(source = %rec.report.addr, error = %why, "dropping source for this download");
+        self.metrics.source_dropped(DropReason::of(&why));
         rec.report.dropped = Some(why.to_string());
         if rec.link != Link::Down {
             rec.link = Link::Down;
@@ -467,6 +482,7 @@ impl Coordinator {
                 rec.retry_at = None;
             }
             Err(e) => {
+                self.metrics.source_dropped(DropReason::of(&e));
                 rec.failures += 1;
                 let backoff = Duration::from_millis(250) * 2u32.pow(rec.failures.min(5));
                 rec.retry_at = Some(now + backoff);
@@ -531,6 +547,7 @@ impl Coordinator {
             rec.link = Link::Down;
             rec.idle_since = None;
         }
+        self.metrics.source_dropped(DropReason::Evicted);
         self.linked -= 1;
         self.sched.remove_source(id);
         self.actions.push(Action::Drop { source: id });

@@ -43,7 +43,16 @@ impl Fixture {
     fn with(chunks: u32, seed: u64, config: DownloadConfig, me: Option<SocketAddr>) -> Self {
         let meta = meta(chunks);
         let book = SourceBook::new(2);
-        let c = Coordinator::new(&meta, &Bitmap::new(chunks), 0, config, me, seed, book.clone());
+        let c = Coordinator::new(
+            &meta,
+            &Bitmap::new(chunks),
+            0,
+            config,
+            me,
+            seed,
+            book.clone(),
+            Arc::new(crate::metrics::Metrics::new(Arc::default())),
+        );
         Fixture { meta, c, now: Instant::now(), book }
     }
 
@@ -149,6 +158,8 @@ fn endgame_duplicates_the_last_chunk_and_the_first_copy_wins() {
     let s1 = f.id_of(1);
     f.feed(Input::Received { source: s1, asked: c, chunk: c, want: 2 });
     assert!(f.feed(Input::Stored { source: s1, chunk: c, bytes: CHUNK }).is_empty(), "a duplicate");
+    // The node's metrics count the same: one chunk verified, one duplicate copy.
+    assert_eq!((f.c.metrics.chunks_verified.get(), f.c.metrics.duplicate_bytes.get()), (1, CHUNK));
     let (reports, fetched) = f.c.into_reports();
     assert_eq!(fetched, 1);
     let r1 = reports.iter().find(|r| r.addr == addr(1)).unwrap();
@@ -198,6 +209,10 @@ fn a_source_is_dropped_after_its_strikes_and_never_connected_again() {
     f.now += Duration::from_secs(60);
     let again = f.locations(vec![(addr(1), Have::Complete), (addr(2), Have::Complete)], vec![2; 8]).unwrap();
     assert!(!again.iter().any(|a| matches!(a, Action::Connect { .. })), "{again:?}");
+    // The node's metrics: two strikes, two failed copies, the discarded one wasted too, one drop.
+    let m = f.c.metrics.clone();
+    assert_eq!((m.source_strikes.get(), m.chunks_failed.get(), m.wasted_bytes.get()), (2, 2, 3 * CHUNK));
+    assert!(m.encode().contains("p2p_peer_sources_dropped_total{reason=\"bad_data\"} 1"));
     let (reports, _) = f.c.into_reports();
     let r1 = reports.iter().find(|r| r.addr == addr(1)).unwrap();
     assert_eq!((r1.bad_chunks, r1.wasted_bytes), (2, 3 * CHUNK));

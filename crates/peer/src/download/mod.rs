@@ -40,6 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::error::Error;
+use crate::metrics::{DownloadGauges, Metrics};
 use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares, NEWS_BACKLOG};
 use crate::task::TaskGroup;
@@ -63,6 +64,8 @@ pub(crate) struct Context {
     /// What the process knows of each source (connections, rates), shared by every download.
     pub(crate) book: Arc<SourceBook>,
     pub(crate) config: DownloadConfig,
+    /// The node's metrics.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Tries at assembling a file whose whole-file check keeps failing before giving up.
@@ -185,6 +188,8 @@ struct Download {
     register: Option<(mpsc::UnboundedSender<u32>, CancellationToken)>,
     /// Whether the finished file may replace a different one of its name.
     replace: bool,
+    /// This download's progress series in the node's metrics, removed when it stops.
+    gauges: DownloadGauges,
 }
 
 impl Download {
@@ -211,12 +216,18 @@ impl Download {
             me,
             rand::random(),
             ctx.book.clone(),
+            ctx.metrics.clone(),
         );
+        let gauges = ctx.metrics.download_progress(&meta.name, meta.length);
+        gauges.set_done(partial.bytes_done());
         if let Some(p) = &opts.progress {
             let _ = p.send(coordinator.progress().clone());
         }
         let span = |what: &'static str| tracing::debug_span!("download", name = meta.name, task = what);
-        writer.spawn_until(span("writer"), writer::run(partial.clone(), arrived_rx, inbox_tx.clone(), parallel));
+        writer.spawn_until(
+            span("writer"),
+            writer::run(partial.clone(), arrived_rx, inbox_tx.clone(), parallel, ctx.metrics.disk_write.clone()),
+        );
         let poller = poll_locations(ctx.trackers.clone(), meta.name.clone(), ctx.config.poll_interval, locations_tx);
         tasks.spawn_until(span("poller"), poller);
         // Registrations are not cancelled with the rest: what is queued still reaches the tracker.
@@ -230,6 +241,7 @@ impl Download {
             inbox: inbox_tx,
             arrived: arrived_tx,
             book: ctx.book.clone(),
+            metrics: ctx.metrics.clone(),
         });
         Download {
             coordinator,
@@ -245,6 +257,7 @@ impl Download {
             news,
             register: Some((register_tx, register_token)),
             replace: false,
+            gauges,
         }
     }
 
@@ -291,6 +304,7 @@ impl Download {
             self.carry_out();
             if self.coordinator.progress().chunks_done != stored.0 {
                 stored = (self.coordinator.progress().chunks_done, Instant::now());
+                self.gauges.set_done(self.coordinator.progress().bytes_done);
             }
             if let Some(p) = &opts.progress {
                 let _ = p.send(self.coordinator.progress().clone());

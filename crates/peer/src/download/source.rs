@@ -21,6 +21,7 @@ use super::types::DownloadConfig;
 use super::writer::Arrived;
 use crate::connection::PeerConn;
 use crate::error::{PeerProtocolError, SourceError};
+use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 
 /// A request the coordinator wants sent: the chunk, and whether a fresh substitute is welcome.
@@ -38,6 +39,8 @@ pub(crate) struct SourceContext {
     pub(crate) arrived: mpsc::Sender<Arrived>,
     /// Connections per source, shared with the process's other downloads.
     pub(crate) book: Arc<SourceBook>,
+    /// The node's metrics: connections open, bytes received by source.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Tells the coordinator that a source's task ended, however it ends: returning, cancelled, or
@@ -97,6 +100,8 @@ async fn exchange(
     let cfg = &cx.config;
     let n = cx.meta.num_chunks();
     let (mut conn, have) = PeerConn::open(addr, &cx.meta, cfg.connect_timeout).await?;
+    let _connected = cx.metrics.source_connected();
+    let received = cx.metrics.downloaded.tally(&addr.to_string());
     // What earlier connections to this source delivered sets the first requests' depth.
     let mut window = Window::new(cfg.pipeline, cx.meta.chunk_size, cx.book.rate(addr));
     if cx.inbox.send(Input::Connected { source, have, want: window.depth() }).is_err() {
@@ -135,6 +140,7 @@ async fn exchange(
                 check_range(chunk, n)?;
                 let asked = expect_front(&mut inflight, chunk, true)?;
                 window.arrived(data.len());
+                received.add(data.len() as u64);
                 // Only chunks big enough that their transfer, not the round trip, sets the time
                 // say what the source's rate is.
                 if let Some(rate) = window.rate.filter(|_| data.len() >= RATE_SAMPLE_MIN) {

@@ -8,6 +8,7 @@ use bytes::Bytes;
 use chunkstore::{Partial, StoreError};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use prometheus_client::metrics::histogram::Histogram;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -25,12 +26,14 @@ pub(crate) struct Arrived {
     pub(crate) from: CancellationToken,
 }
 
-/// Stores arriving chunks, up to `parallel` at once, until the sources are gone.
+/// Stores arriving chunks, up to `parallel` at once, until the sources are gone; each
+/// verify-and-write is timed into `latency`.
 pub(crate) async fn run(
     partial: Partial,
     mut arrived: mpsc::Receiver<Arrived>,
     inbox: mpsc::UnboundedSender<Input>,
     parallel: usize,
+    latency: Histogram,
 ) {
     let mut storing = FuturesUnordered::new();
     loop {
@@ -39,7 +42,7 @@ pub(crate) async fn run(
                 let _ = inbox.send(input);
             }
             a = arrived.recv(), if storing.len() < parallel => match a {
-                Some(a) => storing.push(store(partial.clone(), a)),
+                Some(a) => storing.push(store(partial.clone(), a, latency.clone())),
                 None => break,
             },
         }
@@ -50,7 +53,7 @@ pub(crate) async fn run(
 }
 
 /// Verifies and writes one chunk on a blocking thread; returns what became of it.
-async fn store(partial: Partial, a: Arrived) -> Input {
+async fn store(partial: Partial, a: Arrived, latency: Histogram) -> Input {
     let Arrived { source, chunk, data, from } = a;
     let bytes = data.len() as u64;
     if from.is_cancelled() {
@@ -61,7 +64,14 @@ async fn store(partial: Partial, a: Arrived) -> Input {
         // Sources check the range before passing a chunk on; were one not to, its copy is bad.
         Err(_) => return Input::Bad { source, chunk, bytes },
     };
-    match tokio::task::spawn_blocking(move || partial.write_chunk(idx, &data)).await {
+    let write = move || {
+        // Timed on the blocking thread: the store's own work, not the wait for a thread.
+        let start = std::time::Instant::now();
+        let r = partial.write_chunk(idx, &data);
+        latency.observe(start.elapsed().as_secs_f64());
+        r
+    };
+    match tokio::task::spawn_blocking(write).await {
         // Newly stored or already held: the coordinator tells the first copy from duplicates.
         Ok(Ok(_)) => Input::Stored { source, chunk, bytes },
         // The download was finished while this copy was queued: a duplicate too.
@@ -95,7 +105,8 @@ mod tests {
         dropped.cancel();
         let (tx, rx) = mpsc::channel(4);
         let (inbox, mut events) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(run(p.clone(), rx, inbox, 2));
+        let latency = Histogram::new([0.001, 1.0]);
+        let writer = tokio::spawn(run(p.clone(), rx, inbox, 2, latency.clone()));
         let send =
             |source, chunk, data: Bytes, from: &CancellationToken| Arrived { source, chunk, data, from: from.clone() };
         tx.send(send(1, 0, half.clone(), &live)).await.unwrap();

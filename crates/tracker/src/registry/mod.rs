@@ -13,7 +13,8 @@
 //! - `holders`: one file's holders, their chunk bitmaps, its availability and the O(k) draw of
 //!   File Locations, as one type whose methods keep those arrays in step;
 //! - `host`: the peers on the tracker's own host, and where File Locations lists them;
-//! - `budget`: what metadata costs in bytes, charged and given back in one place.
+//! - `budget`: what metadata costs in bytes, charged and given back in one place;
+//! - `view`: bounded read-only views for the tracker's web page (files, sessions, chunk maps).
 //!
 //! Invariants (checked by [`Registry::check_invariants`], which the tests and the fuzz target call):
 //! - a file is present iff at least one peer holds it (registered or chunk-registered);
@@ -45,6 +46,7 @@ mod host;
 mod register;
 #[cfg(test)]
 mod tests;
+mod view;
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
@@ -65,6 +67,7 @@ use host::OwnHost;
 
 pub use budget::{file_bytes, holding_bytes, session_cost};
 pub use register::{CheckedRegister, Registered};
+pub use view::{ChunkMap, FileRow, PeerRow, Rows};
 
 /// A session's identity inside the tracker. Assigned by the tracker, never sent by a client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -130,6 +133,8 @@ struct PeerEntry {
     files: HashSet<Arc<str>>,
     /// What its holdings cost, by [`session_cost`]: checked against the session's budget.
     meta_bytes: u64,
+    /// When the session opened, for the web page (`view`).
+    opened: std::time::SystemTime,
 }
 
 /// Counts for tests, logs and benchmarks.
@@ -187,10 +192,12 @@ impl Registry {
     /// Opens a session for a connection from `observed`.
     pub fn open_session(&self, observed: SocketAddr) -> PeerId {
         let observed = canonical(observed);
+        // Read outside the lock: the clock is the page's, not the registry's.
+        let opened = std::time::SystemTime::now();
         let mut st = self.write();
         st.next_id += 1;
         let id = PeerId(st.next_id);
-        st.peers.insert(id, PeerEntry { observed, listen: None, files: HashSet::new(), meta_bytes: 0 });
+        st.peers.insert(id, PeerEntry { observed, listen: None, files: HashSet::new(), meta_bytes: 0, opened });
         id
     }
 
