@@ -7,6 +7,8 @@
 
 pub mod bitmap;
 pub mod codec;
+#[cfg(feature = "cli")]
+pub mod config_file;
 pub mod handshake;
 pub mod limits;
 pub mod meta;

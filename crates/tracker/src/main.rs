@@ -82,6 +82,14 @@ struct Args {
     /// Log line format on stderr: text for people, json (one object a line) for log collectors.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Read options from this TOML file (keys: the flags' names with `_`, e.g. `max_connections =
+    /// 20000`); flags and environment variables override it. Default: the first of
+    /// $XDG_CONFIG_HOME/p2p/tracker.toml and /etc/p2p/tracker.toml.
+    #[arg(long, env = "P2P_TRACKER_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// Print a config file with every option, commented, at its default, and exit.
+    #[arg(long)]
+    default_config: bool,
     /// Print shell completions for this shell and exit (`cargo xtask dist` uses it).
     #[arg(long, value_name = "SHELL", hide = true)]
     completions: Option<clap_complete::Shell>,
@@ -90,9 +98,35 @@ struct Args {
     man: Option<std::path::PathBuf>,
 }
 
-/// `--completions` and `--man`: printed or written from the flags themselves, then exit.
+/// The config file's keys: every flag but those that are about the file or print and exit.
+fn config_file() -> proto::config_file::ConfigFile {
+    use clap::CommandFactory;
+    let keys = proto::config_file::Key::every_flag(&Args::command(), &["config", "default_config"]);
+    proto::config_file::ConfigFile { program: "tracker", env: "P2P_TRACKER_CONFIG", keys }
+}
+
+/// The command line, with the config file's values as defaults. Bad arguments end the process
+/// as clap does (exit 2).
+fn parse() -> Result<Args, proto::config_file::ConfigError> {
+    use clap::{CommandFactory, FromArgMatches};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let file = config_file();
+    let cmd = match file.find(&args)? {
+        Some(path) => file.apply(Args::command(), &path)?,
+        None => Args::command(),
+    };
+    let matches = cmd.get_matches_from(args);
+    Ok(Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
+}
+
+/// `--default-config`, `--completions` and `--man`: printed or written from the flags
+/// themselves, then exit.
 fn generate(args: &Args) -> Option<anyhow::Result<()>> {
     use clap::CommandFactory;
+    if args.default_config {
+        print!("{}", config_file().default_config(&Args::command()));
+        return Some(Ok(()));
+    }
     if let Some(shell) = args.completions {
         clap_complete::generate(shell, &mut Args::command(), "tracker", &mut std::io::stdout());
         return Some(Ok(()));
@@ -115,7 +149,13 @@ enum LogFormat {
 }
 
 fn main() {
-    let args = Args::parse();
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("tracker: {e}");
+            std::process::exit(2);
+        }
+    };
     if let Some(result) = generate(&args) {
         if let Err(e) = result {
             eprintln!("tracker: {e:#}");
@@ -225,6 +265,33 @@ mod tests {
         assert_eq!(args.log_format, LogFormat::Json);
         assert!(Args::try_parse_from(["tracker", "--http", "9090"]).is_err(), "an address, not a port alone");
         assert!(Args::try_parse_from(["tracker", "--log-format", "xml"]).is_err());
+    }
+
+    #[test]
+    fn a_config_file_sets_any_option_and_bad_ones_name_the_line() {
+        use clap::{CommandFactory, FromArgMatches};
+        let file = config_file();
+        let path = std::path::Path::new("tracker.toml");
+        let text = "max_connections = 20000\nhttp = \"127.0.0.1:9090\"\nallow_foreign_endpoints = true\n";
+        let cmd = file.apply_text(Args::command(), path, text).unwrap();
+        let args = Args::from_arg_matches(&cmd.try_get_matches_from(["tracker", "--max-connections", "7"]).unwrap());
+        let args = args.unwrap();
+        assert_eq!(args.max_connections, 7, "the flag wins");
+        assert_eq!(args.http, Some("127.0.0.1:9090".parse().unwrap()));
+        assert!(args.allow_foreign_endpoints);
+        let err = file.apply_text(Args::command(), path, "\nmax_meta_bytes_total = \"lots\"\n").unwrap_err();
+        assert!(err.to_string().starts_with("tracker.toml:2: max_meta_bytes_total: invalid value 'lots'"), "{err}");
+        let err = file.apply_text(Args::command(), path, "keepalive = 5\n").unwrap_err();
+        assert!(err.to_string().starts_with("tracker.toml:1: unknown key `keepalive`"), "{err}");
+        // The printed default config, uncommented, changes nothing.
+        let default = file.default_config(&Args::command());
+        let uncommented: String = default
+            .lines()
+            .filter(|l| l.starts_with("# ") && l.contains(" = ") && !l.contains('<'))
+            .map(|l| format!("{}\n", l.trim_start_matches("# ")))
+            .collect();
+        assert!(uncommented.contains("max_connections = "), "{default}");
+        file.apply_text(Args::command(), path, &uncommented).unwrap();
     }
 
     #[test]

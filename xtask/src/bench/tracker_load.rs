@@ -30,6 +30,9 @@ const RPS_TARGET: f64 = 100_000.0;
 const P99_TARGET_MS: f64 = 5.0;
 /// Resident memory per registered (peer, file), KiB.
 const RSS_TARGET_KIB: f64 = 2.0;
+/// Throughput while `/metrics` and the swarm page's data are fetched every second, over the
+/// throughput without: at least this.
+const SCRAPE_TARGET: f64 = 0.97;
 
 type Conn = Framed<TcpStream, LoadCodec>;
 
@@ -64,11 +67,16 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 pub(crate) fn run(bins: &Bins, setup: Setup) -> anyhow::Result<Report> {
     // Each session is a socket here and another in the tracker; the tracker is its own process.
     let cap = (setup.peers + 100).to_string();
-    let (tracker, addr) = start_tracker(bins, &["--max-connections", &cap])?;
+    // HTTP on, as an operator runs it; scraped only in the phases that measure what that costs.
+    let http = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").context("pick a port for HTTP")?;
+        probe.local_addr()?
+    };
+    let (tracker, addr) = start_tracker(bins, &["--max-connections", &cap, "--http", &http.to_string()])?;
     let addr: SocketAddr = addr.parse().context("tracker address")?;
     let rss_empty = proc_status_mib(tracker.pid(), "VmRSS:").unwrap_or(0.0);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    let r = rt.block_on(load(setup, addr, tracker.pid(), rss_empty));
+    let r = rt.block_on(load(setup, addr, http, tracker.pid(), rss_empty));
     // Sessions close with the runtime, before the tracker is stopped.
     drop(rt);
     r
@@ -320,7 +328,35 @@ async fn measure(
     Ok((lat, secs))
 }
 
-async fn load(setup: Setup, addr: SocketAddr, tracker_pid: u32, rss_empty: f64) -> anyhow::Result<Report> {
+/// Fetches `/metrics` and the swarm page's file list from the tracker's HTTP every second, as a
+/// Prometheus server and an open page would, until dropped; counts the answers.
+async fn scrape(http: SocketAddr, done: Arc<std::sync::atomic::AtomicU64>) -> anyhow::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for path in ["/metrics", "/api/v1/files"] {
+            let mut s = TcpStream::connect(http).await.context("connect to the tracker's HTTP")?;
+            s.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes()).await?;
+            let mut reply = Vec::new();
+            s.read_to_end(&mut reply).await?;
+            anyhow::ensure!(
+                reply.starts_with(b"HTTP/1.1 200"),
+                "GET {path}: {}",
+                String::from_utf8_lossy(&reply[..reply.len().min(80)])
+            );
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+async fn load(
+    setup: Setup,
+    addr: SocketAddr,
+    http: SocketAddr,
+    tracker_pid: u32,
+    rss_empty: f64,
+) -> anyhow::Result<Report> {
     let metas = Arc::new(metas(&setup));
 
     // Registration, `active` sessions at a time; each registered session then keeps itself alive.
@@ -357,6 +393,27 @@ async fn load(setup: Setup, addr: SocketAddr, tracker_pid: u32, rss_empty: f64) 
     let (lat_closed, secs) = measure(&phase, &mut results, setup.active, closed(1, false)).await?;
     let rps_closed = lat_closed.len() as f64 / secs;
 
+    // The same while scraped every second, alternating with unscraped runs so that drift on this
+    // shared machine falls on both sides.
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (mut plain, mut scraped) = (lat_closed.len() as f64 / secs, 0.0);
+    for round in 0..2 {
+        let scraper = tokio::spawn(scrape(http, scrapes.clone()));
+        let (lat, secs) = measure(&phase, &mut results, setup.active, closed(1, false)).await?;
+        scraper.abort();
+        if let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(1), scraper).await.map(|r| r.map_err(|_| ())) {
+            return Err(e.context("scraping the tracker's HTTP"));
+        }
+        scraped += lat.len() as f64 / secs;
+        if round == 0 {
+            let (lat, secs) = measure(&phase, &mut results, setup.active, closed(1, false)).await?;
+            plain += lat.len() as f64 / secs;
+        }
+    }
+    let scrape_ratio = scraped / plain;
+    let scrapes = scrapes.load(std::sync::atomic::Ordering::Relaxed);
+    anyhow::ensure!(scrapes > 0, "no scrape of the tracker's HTTP succeeded");
+
     // The same with 8 requests in flight per session: the tracker's capacity once round trips
     // are not the limit (it answers what is buffered in one write).
     let (lat_deep, secs) = measure(&phase, &mut results, setup.active, closed(8, false)).await?;
@@ -387,6 +444,13 @@ async fn load(setup: Setup, addr: SocketAddr, tracker_pid: u32, rss_empty: f64) 
     r.row("reference: keep-alive round trips, closed loop (no registry work)", rps_floor, "req/s");
     r.at_least("throughput, closed loop (1 request in flight per session)", rps_closed, "req/s", RPS_TARGET);
     r.row("  throughput / keep-alive round trips", rps_closed / rps_floor, "ratio");
+    r.at_least(
+        "  with /metrics and the page's data fetched every second / without",
+        scrape_ratio,
+        "ratio",
+        SCRAPE_TARGET,
+    );
+    r.row("  HTTP answers during those phases", scrapes as f64, "");
     r.row("  p50 latency, closed loop", percentile(&lat_closed, 0.50), "ms");
     r.row("  p99 latency, closed loop", percentile(&lat_closed, 0.99), "ms");
     r.row("throughput, closed loop, 8 requests in flight per session", rps_deep, "req/s");

@@ -287,11 +287,12 @@ fn describe(e: &anyhow::Error) -> String {
 
 /// The command line, with the config file's values as defaults. A bad config file is an error;
 /// bad arguments end the process as clap does (usage, exit 2).
-fn parse() -> Result<Cli, config::ConfigError> {
+fn parse() -> Result<Cli, proto::config_file::ConfigError> {
     use clap::{CommandFactory, FromArgMatches};
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    let cmd = match config::find(&args)? {
-        Some(path) => config::apply(Cli::command(), &path)?,
+    let file = config::file();
+    let cmd = match file.find(&args)? {
+        Some(path) => file.apply(Cli::command(), &path)?,
         None => Cli::command(),
     };
     let matches = cmd.get_matches_from(args);
@@ -470,7 +471,7 @@ async fn run(cli: Cli, cancel: CancellationToken) -> anyhow::Result<()> {
         }
         Command::DefaultConfig => {
             use clap::CommandFactory;
-            output::write_out(&config::default_config(&Cli::command()))?;
+            output::write_out(&config::file().default_config(&Cli::command()))?;
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
