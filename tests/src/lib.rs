@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used, missing_docs)]
 
+pub mod http;
 pub mod netns;
 
 use std::future::Future;

@@ -12,57 +12,22 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer::api::{serve_api, ApiClient, ApiConfig, DownloadRequest, DownloadState, SeedPolicy, ServeError, Status};
-use peer::{Node, Shared};
+use peer::api::{ApiClient, ApiConfig, DownloadRequest, DownloadState, SeedPolicy, Status};
+use peer::Shared;
 use serde_json::Value;
+use tests::http::{self, Api};
 use tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-/// A node's API on 127.0.0.1, port 0.
-struct Api {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
+/// The API's client.
+async fn client(api: &Api) -> ApiClient {
+    ApiClient::connect(api.addr, None).await.unwrap()
 }
 
-impl Api {
-    async fn start(node: Arc<Node>, config: ApiConfig) -> Api {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_api(node, listener, config, stop.clone()));
-        Api { addr, stop, task }
-    }
-
-    async fn client(&self) -> ApiClient {
-        ApiClient::connect(self.addr, None).await.unwrap()
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-/// One request over raw HTTP/1.1 (`Connection: close`): the status and the JSON body.
+/// One request over raw HTTP/1.1: the status and the JSON body.
 async fn raw(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut reply = Vec::new();
-    s.read_to_end(&mut reply).await.unwrap();
-    let text = String::from_utf8(reply).unwrap();
-    let status = text.split(' ').nth(1).unwrap().parse().unwrap();
-    let (_, body) = text.split_once("\r\n\r\n").unwrap();
-    (status, serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {text}")))
+    let reply = http::request(addr, method, path, headers, body).await;
+    let json = serde_json::from_str(&reply.body).unwrap_or_else(|e| panic!("not JSON ({e}): {reply:?}"));
+    (reply.status, json)
 }
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
@@ -107,7 +72,7 @@ async fn a_prefix_downloads_through_the_api_and_shows_in_the_lists() {
         let seed = spawn_peer(t.addr(), &src, |_| {}).await;
         let node = Arc::new(spawn_peer(t.addr(), &dst, |_| {}).await);
         let api = Api::start(node.clone(), ApiConfig::default()).await;
-        let client = api.client().await;
+        let client = client(&api).await;
 
         let req = DownloadRequest { seed: Some(SeedPolicy::Time { secs: 60 }), ..names(&["set/"]) };
         let started = client.start(&req).await.unwrap();
@@ -181,7 +146,7 @@ async fn bad_input_gets_a_json_error_and_starts_nothing() {
         assert_error(&raw(a, "PATCH", "/v1/downloads/1", &[], b"").await, 405, "method_not_allowed");
 
         // Well-formed, but naming what does not exist or cannot be: typed errors.
-        let client = api.client().await;
+        let client = client(&api).await;
         let refused = |req: DownloadRequest, status: u16, code: &'static str| {
             let client = client.clone();
             async move {
@@ -230,7 +195,7 @@ async fn cancelling_a_download_keeps_its_partial_and_leaves_the_others_running()
         let seed = spawn_peer(t.addr(), &src, slow_seed).await;
         let node = Arc::new(spawn_peer(t.addr(), &dst, |_| {}).await);
         let api = Api::start(node.clone(), ApiConfig::default()).await;
-        let client = api.client().await;
+        let client = client(&api).await;
 
         let big = client.start(&names(&["big.bin"])).await.unwrap();
         let running = until(&client, &big.id, "big.bin under way", |s| s.summary.bytes_done > 0).await;
@@ -312,7 +277,7 @@ async fn running_downloads_are_capped() {
         let seed = spawn_peer(t.addr(), &src, slow_seed).await;
         let node = Arc::new(spawn_peer(t.addr(), &dst, |_| {}).await);
         let api = Api::start(node, ApiConfig { max_running: 1, ..ApiConfig::default() }).await;
-        let client = api.client().await;
+        let client = client(&api).await;
 
         let big = client.start(&names(&["big.bin"])).await.unwrap();
         let e = client.start(&names(&["small.bin"])).await.unwrap_err();
@@ -339,7 +304,7 @@ async fn only_the_latest_finished_downloads_are_remembered() {
         let seed = spawn_peer(t.addr(), &src, |_| {}).await;
         let node = Arc::new(spawn_peer(t.addr(), &dst, |_| {}).await);
         let api = Api::start(node, ApiConfig { max_finished: 2, ..ApiConfig::default() }).await;
-        let client = api.client().await;
+        let client = client(&api).await;
         let mut ids = Vec::new();
         for _ in 0..3 {
             let id = client.start(&names(&["f.bin"])).await.unwrap().id;
@@ -373,7 +338,7 @@ async fn request_bodies_are_capped() {
         let api = Api::start(node, ApiConfig::default()).await;
         let mut manifest = "# padding\n".repeat(200_000);
         manifest.push_str(&format!("{}  missing.bin\n", "ab".repeat(32)));
-        let e = api.client().await.start(&DownloadRequest { manifest: Some(manifest), ..Default::default() }).await;
+        let e = client(&api).await.start(&DownloadRequest { manifest: Some(manifest), ..Default::default() }).await;
         let e = e.unwrap_err();
         assert_eq!((e.status(), e.code()), (Some(404), Some("not_found")), "{e}");
         api.stop().await;

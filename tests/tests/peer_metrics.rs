@@ -13,59 +13,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use peer::api::{serve_api, ApiConfig, ServeError};
-use peer::{DownloadOptions, Node};
+use peer::api::ApiConfig;
+use peer::DownloadOptions;
+use tests::http::{self, Api};
 use tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-
-/// A node's API on 127.0.0.1, port 0.
-struct Api {
-    addr: SocketAddr,
-    stop: CancellationToken,
-    task: JoinHandle<Result<(), ServeError>>,
-}
-
-impl Api {
-    async fn start(node: Arc<Node>) -> Api {
-        let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = CancellationToken::new();
-        let task = tokio::spawn(serve_api(node, listener, ApiConfig::default(), stop.clone()));
-        Api { addr, stop, task }
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        self.task.await.unwrap().unwrap();
-    }
-}
-
-/// One GET over raw HTTP/1.1 (`Connection: close`): the status, the content type and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(head.as_bytes()).await.unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).await.unwrap();
-    let status = reply.split(' ').nth(1).unwrap().parse().unwrap();
-    let (head, body) = reply.split_once("\r\n\r\n").unwrap();
-    let content_type = head
-        .lines()
-        .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-type")))
-        .map(|(_, v)| v.trim().to_owned())
-        .unwrap_or_default();
-    (status, content_type, body.to_owned())
-}
 
 /// Every sample of a scrape, by series (`name{labels}`).
 type Samples = HashMap<String, f64>;
 
 async fn scrape(addr: SocketAddr) -> (String, Samples) {
-    let (status, content_type, text) = get(addr, "/metrics").await;
+    let http::Reply { status, content_type, body: text } = http::get(addr, "/metrics").await;
     assert_eq!(status, 200, "{text}");
     assert!(content_type.starts_with("application/openmetrics-text"), "{content_type}");
     assert!(text.ends_with("# EOF\n"), "{text}");
@@ -122,7 +80,8 @@ async fn every_metric_moves_with_a_download() {
         let (bad, _bad_task) = spawn_corrupt_source(meta.clone()).await;
         let _fakes = register_fakes(t.addr(), &meta, &[bad.port()]).await;
         let dl = Arc::new(spawn_peer(t.addr(), d.path(), |_| {}).await);
-        let (seed_api, api) = (Api::start(seed.clone()).await, Api::start(dl.clone()).await);
+        let (seed_api, api) =
+            (Api::start(seed.clone(), ApiConfig::default()).await, Api::start(dl.clone(), ApiConfig::default()).await);
 
         let (text, before) = scrape(api.addr).await;
         for name in ALWAYS {
@@ -189,7 +148,7 @@ async fn every_metric_moves_with_a_download() {
         assert!(value(&up, r#"p2p_peer_uploaded_bytes_total{peer="127.0.0.1"}"#) >= meta.length as f64, "{text}");
         assert!(value(&up, "p2p_peer_upload_connections_opened_total") >= 1.0, "{text}");
         assert!(up.contains_key("p2p_peer_upload_connections_open"), "{text}");
-        assert_eq!(get(api.addr, "/health").await.0, 200);
+        assert_eq!(http::get(api.addr, "/health").await.status, 200);
 
         api.stop().await;
         seed_api.stop().await;
@@ -209,12 +168,12 @@ fn quick_tracker() -> tracker::Config {
 async fn until_status(addr: SocketAddr, path: &str, status: u16) -> String {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (got, _, body) = get(addr, path).await;
+        let http::Reply { status: got, body, .. } = http::get(addr, path).await;
         if got == status {
             return body;
         }
         assert!(Instant::now() < deadline, "{path} still {got} ({body}), not {status}");
-        assert_eq!(get(addr, "/health").await.0, 200);
+        assert_eq!(http::get(addr, "/health").await.status, 200);
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -230,10 +189,10 @@ async fn ready_follows_the_tracker() {
         drop(free);
         let dir = tempfile::tempdir().unwrap();
         let node = Arc::new(spawn_peer(addr, dir.path(), |_| {}).await);
-        let api = Api::start(node.clone()).await;
-        let (status, _, body) = get(api.addr, "/health").await;
+        let api = Api::start(node.clone(), ApiConfig::default()).await;
+        let http::Reply { status, body, .. } = http::get(api.addr, "/health").await;
         assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
-        let (status, content_type, body) = get(api.addr, "/ready").await;
+        let http::Reply { status, content_type, body } = http::get(api.addr, "/ready").await;
         assert_eq!((status, content_type.as_str()), (503, "application/json"), "{body}");
         let why: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(why["status"], "not_ready", "{body}");
@@ -248,7 +207,7 @@ async fn ready_follows_the_tracker() {
         until_status(api.addr, "/ready", 503).await;
         let t = tracker::Tracker::bind(addr, quick_tracker()).await.unwrap();
         until_status(api.addr, "/ready", 200).await;
-        assert_eq!(get(api.addr, "/health").await.0, 200);
+        assert_eq!(http::get(api.addr, "/health").await.status, 200);
 
         api.stop().await;
         Arc::into_inner(node).unwrap().shutdown().await;

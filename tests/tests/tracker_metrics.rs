@@ -17,15 +17,8 @@ use tokio::net::TcpStream;
 
 /// One HTTP/1.1 request over a fresh connection: the status and the body.
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let request = format!("{method} {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-    s.write_all(request.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.unwrap();
-    let text = String::from_utf8(buf).unwrap();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    (status, body)
+    let reply = tests::http::request(addr, method, path, &[], b"").await;
+    (reply.status, reply.body)
 }
 
 /// The value of the series `series` (name with its labels, as printed) in a scrape.
