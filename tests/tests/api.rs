@@ -345,3 +345,21 @@ async fn request_bodies_are_capped() {
     })
     .await;
 }
+
+/// A client that never finishes its request's headers does not hold the API (and `peer serve`'s
+/// Ctrl-C) for ever: past a short grace its connection is cut and the API stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_sent_request_does_not_hold_up_shutdown() {
+    with_timeout(async {
+        let t = spawn_tracker(tracker::Config::default()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(spawn_peer(t.addr(), dir.path(), |_| {}).await);
+        let api = Api::start(node, ApiConfig::default()).await;
+        let mut slow = tokio::net::TcpStream::connect(api.addr).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut slow, b"GET /v1/files HTTP/1.1\r\n").await.unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(10), api.stop()).await;
+        assert!(stopped.is_ok(), "the API waited for a request that never ends");
+        drop(slow);
+    })
+    .await;
+}

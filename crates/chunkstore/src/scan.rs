@@ -67,10 +67,14 @@ impl HashCache {
     /// Hashes the files `names` of the share folder `root` as a scan does, each with
     /// [`hash_one`], taking from the cache those whose state matches it, and records what was
     /// hashed in the cache. One result per name, in order: the state the file was hashed (or
-    /// found in the cache) at, and its metadata. The cache is read and written once for all.
+    /// found in the cache) at, and its metadata. The cache is read once before and updated once
+    /// after; the lock is not held while hashing, which may take minutes, so a download finishing
+    /// meanwhile records its file at once.
     pub(crate) fn hash_files(&self, root: &Dir, names: &[String]) -> Vec<Result<(FileState, FileMeta), StoreError>> {
-        let _guard = lock(&self.lock);
-        let mut cache = load_cache(&self.dir, CACHE_FILE);
+        let cache = {
+            let _guard = lock(&self.lock);
+            load_cache(&self.dir, CACHE_FILE)
+        };
         let results: Vec<Result<(Stamp, FileMeta, bool), StoreError>> = names
             .par_iter()
             .map(|name| {
@@ -88,20 +92,23 @@ impl HashCache {
                 }
             })
             .collect();
-        let mut hashed = false;
+        let mut hashed = Vec::new();
         let out = results
             .into_iter()
             .map(|r| {
                 r.map(|(stamp, meta, fresh)| {
                     if fresh {
-                        hashed = true;
-                        cache.insert(meta.name.clone(), (stamp, meta.clone()));
+                        hashed.push((meta.name.clone(), (stamp, meta.clone())));
                     }
                     (stamp.state(), meta)
                 })
             })
             .collect();
-        if hashed {
+        if !hashed.is_empty() {
+            // Read again under the lock: others may have recorded files while this one hashed.
+            let _guard = lock(&self.lock);
+            let mut cache = load_cache(&self.dir, CACHE_FILE);
+            cache.extend(hashed);
             // As for a scan: failing to save the cache costs a re-hash next time, not this one.
             if let Err(e) = save_cache(&self.dir, CACHE_FILE, cache) {
                 warn!(error = %e, "cannot save hash cache");

@@ -80,6 +80,18 @@ impl Shares {
         self.inner.write().unwrap_or_else(PoisonError::into_inner).insert(name, shared);
     }
 
+    /// Serves the complete file `meta` unless a download of that name is in progress (its
+    /// partial belongs to the downloader), in one step under the lock: the watcher's insert, which
+    /// a download starting meanwhile must win. Returns whether it was inserted.
+    pub(crate) fn insert_complete_unless_partial(&self, meta: Arc<FileMeta>) -> bool {
+        let mut inner = self.inner.write().unwrap_or_else(PoisonError::into_inner);
+        if matches!(inner.get(&meta.name), Some(Shared::Partial { .. })) {
+            return false;
+        }
+        inner.insert(meta.name.clone(), Shared::Complete(meta));
+        true
+    }
+
     /// Stops serving the file `name` if it is a complete file (a partial download belongs to its
     /// downloader, which alone may drop it), forgetting any refusal of it. Returns its metadata
     /// if it was served, for the caller to unregister it.

@@ -234,15 +234,18 @@ impl Trackers {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// Withdraws a file from its tracker (Unregister), if that tracker is connected now: one
-    /// that is not has lost this peer's session, and with it the holding, and re-registers
-    /// only what is still shared when it is back.
+    /// Withdraws a file (Unregister) from every tracker connected now: after a failover it may
+    /// be held by more than its responsible one, and one that is not held answers "not held",
+    /// which is success. A tracker that is down has lost this peer's session, and with it the
+    /// holding, and re-registers only what is still shared when it is back. One that is up but
+    /// does not answer within the patience is an error: the holding may still be there.
     pub async fn unregister(&self, name: &str) -> Result<(), Error> {
-        let i = self.routes.primary(name, None);
-        match self.registration(i, self.sessions[i].unregister(name)).await {
-            Err(Error::TrackerLost) => Ok(()),
-            other => other,
-        }
+        let up = self.sessions.iter().filter(|s| matches!(&*s.link().borrow(), Link::Up { .. }));
+        let calls = up.map(|s| async move {
+            tokio::time::timeout(self.patience, s.unregister(name)).await.unwrap_or(Err(Error::TrackerLost))
+        });
+        let results = futures::future::join_all(calls).await;
+        results.into_iter().find(Result::is_err).unwrap_or(Ok(()))
     }
 
     /// Every file on every tracker that answers, merged by name (a file listed by several

@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chunkstore::{Entry, FileState, Store};
+use futures::StreamExt;
 use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
 use proto::tracker::RegisterFile;
@@ -54,6 +55,9 @@ pub(crate) const DEFAULT_SETTLE: Duration = Duration::from_millis(500);
 /// further events are dropped and the folder is reconciled instead: a burst (a large folder
 /// copied in) costs one listing, not unbounded memory.
 pub(crate) const EVENT_BACKLOG: usize = 4096;
+
+/// Unregisters of withdrawn files in flight at once.
+const UNREGISTER_CONCURRENCY: usize = 16;
 
 /// Files registered in one Register, so each stays a small frame (as retries of refused files).
 const REGISTER_BATCH: usize = 64;
@@ -329,15 +333,19 @@ impl Watch {
                 return None;
             }
             Some(Shared::Complete(_)) => {
+                if !self.shares.insert_complete_unless_partial(Arc::new(meta.clone())) {
+                    return None;
+                }
                 info!(name, root = %meta.root, "a shared file changed; registering its new content");
-                self.shares.insert(Shared::Complete(Arc::new(meta.clone())));
                 if let Err(e) = self.trackers.unregister(&name).await {
-                    debug!(name, error = %e, "unregistering the old content failed");
+                    warn!(name, error = %e, "cannot unregister the old content; the new may be refused until it is");
                 }
             }
             None => {
+                if !self.shares.insert_complete_unless_partial(Arc::new(meta.clone())) {
+                    return None;
+                }
                 info!(name, root = %meta.root, "sharing a file added to the share folder");
-                self.shares.insert(Shared::Complete(Arc::new(meta.clone())));
             }
         }
         self.known.insert(name, state);
@@ -350,15 +358,24 @@ impl Watch {
         let folder = format!("{name}/");
         let names: Vec<String> =
             self.shares.names().into_iter().filter(|n| n == name || n.starts_with(&folder)).collect();
+        let mut gone = Vec::new();
         for n in names {
             self.known.remove(&n);
             if self.shares.remove_complete(&n).is_some() {
-                info!(name = n, "a shared file is gone from the share folder; withdrawing it");
-                if let Err(e) = self.trackers.unregister(&n).await {
-                    debug!(name = n, error = %e, "unregistering failed");
-                }
+                gone.push(n);
             }
         }
+        // A folder of many files is withdrawn a few requests at a time, not one round trip each.
+        let trackers = &self.trackers;
+        futures::stream::iter(gone)
+            .for_each_concurrent(UNREGISTER_CONCURRENCY, |n| async move {
+                info!(name = n, "a shared file is gone from the share folder; withdrawing it");
+                if let Err(e) = trackers.unregister(&n).await {
+                    warn!(name = n, error = %e, "cannot unregister a removed file; the tracker may list it until this \
+                           peer's session ends");
+                }
+            })
+            .await;
     }
 
     /// Lists the whole folder (hashing nothing): every served complete file that is gone is

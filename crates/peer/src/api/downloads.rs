@@ -137,7 +137,8 @@ impl Downloads {
             let mut inner = self.lock();
             let r = inner.records.get_mut(&key)?;
             if r.state == DownloadState::Running {
-                // Marked now: whatever the batch returns once it notices, it was cancelled.
+                // Marked now: it ends cancelled, unless every file was in place before the batch
+                // noticed (then it is done, which the answer, given once it has ended, says).
                 r.state = DownloadState::Cancelled;
                 r.group.cancel();
             }

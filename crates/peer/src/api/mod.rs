@@ -40,6 +40,9 @@ pub use types::{
 /// Most files one API download may fetch at once (`parallel`).
 pub const MAX_PARALLEL: usize = 64;
 
+/// How long open connections may take to finish once the API is told to stop.
+const GRACE: Duration = Duration::from_secs(2);
+
 /// How long the API waits for its downloads to stop once it is told to stop.
 const STOP_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -102,7 +105,13 @@ pub async fn serve_api(
     if let Ok(addr) = listener.local_addr() {
         info!(%addr, token = config.token.is_some(), "HTTP API listening");
     }
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    // Graceful shutdown waits for every open connection, and one that never finishes sending its
+    // headers would hold it for ever: past a short grace, the connections left are cut.
+    let result = tokio::select! {
+        r = async { server.await } => r,
+        () = async { shutdown.cancelled().await; tokio::time::sleep(GRACE).await } => Ok(()),
+    };
     state.downloads.cancel_all();
     state.tasks.close();
     if tokio::time::timeout(STOP_PATIENCE, state.tasks.wait()).await.is_err() {

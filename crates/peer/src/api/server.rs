@@ -185,6 +185,22 @@ pub(crate) fn admit(client: IpAddr, token: Option<&blake3::Hash>, authorization:
     }
 }
 
+/// Whether a request's `Host` header names this host by a loopback name (`localhost`,
+/// `127.0.0.1`, `[::1]`, with any port), or is absent. Without a token this is checked too: a web
+/// page that rebinds its own domain name to 127.0.0.1 reaches the API from the local browser, but
+/// its requests still carry that domain as their host.
+pub(crate) fn local_host_header(host: Option<&[u8]>) -> bool {
+    let Some(host) = host else { return true };
+    let Ok(host) = std::str::from_utf8(host) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or("", |(v6, _)| v6),
+        None => {
+            host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(n, _)| n)
+        }
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<IpAddr>().is_ok_and(is_loopback)
+}
+
 fn is_loopback(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => v4.is_loopback(),
@@ -210,6 +226,10 @@ async fn guard(
         return next.run(request).await;
     }
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if state.token.is_none() && !local_host_header(request.headers().get(header::HOST).map(HeaderValue::as_bytes)) {
+        let why = "without a token the API accepts only requests addressed to localhost, 127.0.0.1 or [::1]";
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
+    }
     match admit(client.ip(), state.token.as_ref(), authorization) {
         Ok(()) => next.run(request).await,
         Err(Denied::Forbidden) => ApiError::new(

@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::extract::connect_info::MockConnectInfo;
 use tokio::net::TcpListener;
 
-use super::server::{admit, router, ApiState, Denied};
+use super::server::{admit, local_host_header, router, ApiState, Denied};
 use super::*;
 use crate::node::{Node, NodeConfig};
 
@@ -61,6 +61,19 @@ fn without_a_token_only_loopback_clients_are_admitted() {
         assert_eq!(admit(ip, None, None), Err(Denied::Forbidden), "{ip}");
         // A header does not help when no token is configured.
         assert_eq!(admit(ip, None, Some(b"Bearer x")), Err(Denied::Forbidden), "{ip}");
+    }
+}
+
+#[test]
+fn without_a_token_requests_must_be_addressed_to_a_loopback_name() {
+    for host in ["localhost", "localhost:7700", "LOCALHOST:1", "127.0.0.1:7700", "127.9.9.9", "[::1]:7700", "[::1]"] {
+        assert!(local_host_header(Some(host.as_bytes())), "{host}");
+    }
+    assert!(local_host_header(None), "no Host header: not a browser");
+    for host in
+        ["evil.example", "evil.example:7700", "localhost.evil.example", "192.168.1.2:7700", "[fe80::1]:1", "", "::1"]
+    {
+        assert!(!local_host_header(Some(host.as_bytes())), "{host}");
     }
 }
 
