@@ -215,6 +215,7 @@ pub async fn spawn_fake_source(meta: FileMeta, how: Misbehave) -> (SocketAddr, t
                             continue;
                         }
                         PeerRequest::GetChunk { chunk } | PeerRequest::GetFresh { chunk } => chunk,
+                        PeerRequest::BatchedHaves => continue,
                     };
                     let Ok(idx) = meta.chunk(chunk) else { return };
                     let len = meta.chunk_range(idx).1;
@@ -244,6 +245,43 @@ pub async fn spawn_fake_source(meta: FileMeta, how: Misbehave) -> (SocketAddr, t
                             let _ = stream.write_all(&vec![0x55; len as usize / 2]).await;
                             return;
                         }
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
+/// An honest source of `data` as a build of an earlier protocol version 3 serves it: it does not
+/// know the request `BatchedHaves`, and answers it, as it answers any undecodable request, with
+/// `Error(Malformed)`, then goes on. On 127.0.0.1, any number of connections.
+pub async fn spawn_earlier_source(meta: FileMeta, data: Vec<u8>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    use proto::codec::PeerServerCodec;
+    use proto::peer::{PeerError, PeerRequest, PeerResponse};
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let data = bytes::Bytes::from(data);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (meta, data) = (meta.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut conn = Framed::new(stream, PeerServerCodec::new(DEFAULT_MAX_FRAME));
+                while let Some(Ok(Ok(req))) = conn.next().await {
+                    let reply = match req {
+                        PeerRequest::Hello { .. } => PeerResponse::Welcome { have: Have::Complete },
+                        PeerRequest::BatchedHaves => {
+                            PeerResponse::Error(PeerError::Malformed("unknown variant index 3".into()))
+                        }
+                        PeerRequest::GetChunk { chunk } | PeerRequest::GetFresh { chunk } => {
+                            let Ok(idx) = meta.chunk(chunk) else { return };
+                            let (off, len) = meta.chunk_range(idx);
+                            PeerResponse::Chunk { chunk, data: data.slice(off as usize..off as usize + len as usize) }
+                        }
+                    };
+                    if conn.send(reply).await.is_err() {
+                        return;
                     }
                 }
             });

@@ -169,7 +169,9 @@ async fn connections_for_other_content_under_the_same_name_hear_nothing_of_a_dow
         // Anything announced before now arrives before the answer to this request.
         conn.send(PeerRequest::GetChunk { chunk: 0 }).await.unwrap();
         match conn.next().await {
-            Some(Ok(Ok(PeerResponse::Have { chunk }))) => panic!("announced chunk {chunk} of other content"),
+            Some(Ok(Ok(m @ (PeerResponse::Have { .. } | PeerResponse::HaveMany { .. })))) => {
+                panic!("announced chunks of other content: {m:?}")
+            }
             Some(Ok(Ok(_))) | None => {}
             Some(other) => panic!("{other:?}"),
         }

@@ -54,6 +54,33 @@ async fn stalled_trickling_and_dying_sources_are_replaced() {
     .await;
 }
 
+/// A source of an earlier version 3 answers the downloader's request for batched announcements
+/// with `Error(Malformed)`: the downloader takes that as "no batches", not as a refusal, and
+/// downloads everything from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_of_an_earlier_version_3_is_downloaded_from() {
+    with_timeout(async {
+        let t = spawn_tracker(tracker::Config::default()).await;
+        let root = tempfile::tempdir().unwrap();
+        let d = root.path().join("d");
+        std::fs::create_dir_all(&d).unwrap();
+        let data = test_data(MIB, 21);
+        let meta = meta_of(&data, "f.bin");
+        let (addr, task) = spawn_earlier_source(meta.clone(), data.clone()).await;
+        let alive = register_fakes(t.addr(), &meta, &[addr.port()]).await;
+        let pd = spawn_peer(t.addr(), &d, |_| {}).await;
+        let r = pd.download("f.bin", DownloadOptions::default()).await.unwrap();
+        assert_eq!(read(&d, "f.bin"), data);
+        assert_eq!(r.sources.iter().filter(|s| s.addr == addr).map(|s| s.bytes).sum::<u64>(), data.len() as u64);
+        assert!(r.sources.iter().all(|s| s.dropped.is_none()), "no source dropped: {:?}", r.sources);
+        alive.abort();
+        task.abort();
+        pd.shutdown().await;
+        t.shutdown().await.unwrap();
+    })
+    .await;
+}
+
 /// When every source of the file corrupts every chunk, the download fails after bounded retries
 /// with an error naming a chunk; the partial download is kept, never put in place, and the peer
 /// goes on serving its other files.

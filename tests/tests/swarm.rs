@@ -274,6 +274,17 @@ async fn tracker_restart_mid_swarm() {
 /// tracker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn downloading_peer_announces_new_chunks() {
+    announces_new_chunks(false).await;
+}
+
+/// The same to a downloader that asked for batches (`BatchedHaves`): only `HaveMany` messages,
+/// every chunk in exactly one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downloading_peer_announces_new_chunks_in_batches() {
+    announces_new_chunks(true).await;
+}
+
+async fn announces_new_chunks(batched: bool) {
     use futures::{SinkExt, StreamExt};
     use proto::codec::PeerClientCodec;
     use proto::peer::{PeerRequest, PeerResponse};
@@ -295,6 +306,9 @@ async fn downloading_peer_announces_new_chunks() {
             c.send(PeerRequest::Hello { hello: proto::Hello::current(), name: "f.bin".into(), root: meta.root })
                 .await
                 .unwrap();
+            if batched {
+                c.send(PeerRequest::BatchedHaves).await.unwrap();
+            }
             let Some(Ok(Ok(PeerResponse::Welcome { have: Have::Partial(mut known) }))) = c.next().await else {
                 panic!("expected a partial welcome")
             };
@@ -302,8 +316,16 @@ async fn downloading_peer_announces_new_chunks() {
             // Every chunk not in the welcome is announced, once, as the download stores it.
             while !known.is_full() {
                 match c.next().await {
-                    Some(Ok(Ok(PeerResponse::Have { chunk }))) => assert!(known.set(chunk), "chunk {chunk} twice"),
-                    other => panic!("expected Have, got {other:?}"),
+                    Some(Ok(Ok(PeerResponse::Have { chunk }))) if !batched => {
+                        assert!(known.set(chunk), "chunk {chunk} twice")
+                    }
+                    Some(Ok(Ok(PeerResponse::HaveMany { chunks }))) if batched => {
+                        assert!(!chunks.is_empty() && chunks.len() <= proto::peer::MAX_HAVE_MANY);
+                        for chunk in chunks {
+                            assert!(known.set(chunk), "chunk {chunk} twice");
+                        }
+                    }
+                    other => panic!("expected an announcement (batched: {batched}), got {other:?}"),
                 }
             }
             // And what was announced is served.

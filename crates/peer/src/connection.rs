@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use proto::codec::PeerClientCodec;
-use proto::peer::{PeerRequest, PeerResponse};
+use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{FileMeta, Have, Hello};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -20,6 +20,9 @@ const FRAME_SLACK: usize = 64 * 1024;
 /// An open connection to a source, for one file.
 pub(crate) struct PeerConn {
     framed: Framed<TcpStream, PeerClientCodec>,
+    /// [`PeerRequest::BatchedHaves`] went out and nothing showed yet whether the source knows it:
+    /// a source that does not answers it with one `Error(Malformed)`, which is not a refusal.
+    batching_unconfirmed: bool,
 }
 
 impl PeerConn {
@@ -38,8 +41,10 @@ impl PeerConn {
         let max_frame = meta.chunk_size as usize + FRAME_SLACK;
         let mut framed = Framed::new(stream, PeerClientCodec::new(max_frame));
         let hello = PeerRequest::Hello { hello: Hello::current(), name: meta.name.clone(), root: meta.root };
-        framed.send(hello).await.map_err(SourceError::Lost)?;
-        let mut conn = PeerConn { framed };
+        // Announcements in batches, asked for in the same write as the handshake.
+        framed.feed(hello).await.map_err(SourceError::Lost)?;
+        framed.send(PeerRequest::BatchedHaves).await.map_err(SourceError::Lost)?;
+        let mut conn = PeerConn { framed, batching_unconfirmed: true };
         match timeout(deadline, conn.next()).await.map_err(|_| SourceError::ConnectTimeout(deadline))?? {
             PeerResponse::Welcome { have } => {
                 if let Have::Partial(b) = &have {
@@ -71,11 +76,29 @@ impl PeerConn {
 
     /// The next response.
     pub(crate) async fn next(&mut self) -> Result<PeerResponse, SourceError> {
-        match self.framed.next().await {
-            Some(Ok(Ok(r))) => Ok(r),
-            Some(Ok(Err(e))) => Err(SourceError::Protocol(PeerProtocolError::Undecodable(e))),
-            Some(Err(e)) => Err(SourceError::Lost(e)),
-            None => Err(SourceError::Closed),
+        loop {
+            let r = match self.framed.next().await {
+                Some(Ok(Ok(r))) => r,
+                Some(Ok(Err(e))) => return Err(SourceError::Protocol(PeerProtocolError::Undecodable(e))),
+                Some(Err(e)) => return Err(SourceError::Lost(e)),
+                None => return Err(SourceError::Closed),
+            };
+            if self.batching_unconfirmed {
+                match r {
+                    // A source of an earlier version 3 did not know the request: it answered it
+                    // first (requests are answered in order) and goes on, announcing one by one.
+                    PeerResponse::Error(PeerError::Malformed(_)) => {
+                        self.batching_unconfirmed = false;
+                        continue;
+                    }
+                    // Answers to later requests, or a batch: it knew it.
+                    PeerResponse::Chunk { .. } | PeerResponse::DontHave { .. } | PeerResponse::HaveMany { .. } => {
+                        self.batching_unconfirmed = false;
+                    }
+                    _ => {}
+                }
+            }
+            return Ok(r);
         }
     }
 }

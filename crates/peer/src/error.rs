@@ -367,6 +367,12 @@ pub enum PeerProtocolError {
         /// Chunks in the file.
         num_chunks: u32,
     },
+    /// A [`proto::peer::PeerResponse::HaveMany`] longer than [`proto::peer::MAX_HAVE_MANY`].
+    #[error("announced {got} chunks in one message, more than {max}", max = proto::peer::MAX_HAVE_MANY)]
+    TooManyHaves {
+        /// Indices in the message.
+        got: usize,
+    },
     /// An answer that is not for the oldest request outstanding.
     #[error("answered chunk {chunk}, expected {expected:?}")]
     Unrequested {

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{validate_name, Bitmap, FileMeta, Hash};
 use tokio::net::TcpListener;
-use tokio::sync::{broadcast, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::timeout;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -30,6 +30,7 @@ use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::shares::{Shared, Shares};
 use crate::task::TaskGroup;
+use announce::Announcer;
 use conn::{Conn, UploadError, GOODBYE_TIMEOUT};
 
 /// Largest request frame after the handshake: requests are a few bytes.
@@ -47,7 +48,14 @@ pub struct ServeConfig {
     /// A reply whose bytes make no progress into the socket for this long ends the connection:
     /// the downloader is not reading. Measured per write, so a slow but steady reader is served.
     pub send_timeout: Duration,
+    /// Announcements of chunks a downloading node stores go out to each downloader at most once
+    /// per this interval on a write of their own (the first after a quiet spell at once), and with
+    /// any reply sent meanwhile: see `serve_announce.rs`.
+    pub announce_interval: Duration,
 }
+
+/// The default [`ServeConfig::announce_interval`].
+pub(crate) const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(50);
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -56,6 +64,7 @@ impl Default for ServeConfig {
             max_uploads_per_ip: 4,
             idle_timeout: Duration::from_secs(30),
             send_timeout: Duration::from_secs(5),
+            announce_interval: DEFAULT_ANNOUNCE_INTERVAL,
         }
     }
 }
@@ -277,12 +286,7 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
     let Some(shared) = up.shares.get(&name).filter(|s| s.meta().root == root) else {
         return conn.refuse(PeerError::UnknownFile).await;
     };
-    // Subscribe before taking the snapshot for the welcome, so no chunk falls between the two.
-    let mut news = match &shared {
-        Shared::Partial { news, .. } => Some(news.subscribe()),
-        Shared::Complete(_) => None,
-    };
-    let mut told = shared.have().to_bitmap(shared.meta().num_chunks());
+    let mut announcer = Announcer::new(&shared, up.config.announce_interval);
     conn.send(PeerResponse::Welcome { have: shared.have() }, send).await?;
     conn.requests.decoder_mut().set_max_frame(REQUEST_MAX_FRAME);
     // One buffer for every chunk this connection sends: no allocation per chunk.
@@ -295,8 +299,8 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
         let next = tokio::select! {
             r = conn.requests.next() => r,
             _ = tokio::time::sleep_until(idle_until) => break Ok(()),
-            n = next_news(&mut news) => {
-                if let Err(e) = announce(conn, &shared, &mut told, n, &mut news, send).await {
+            () = announcer.due(&shared) => {
+                if let Err(e) = conn.send_all(announcer.messages().into_iter(), send).await {
                     break Err(e);
                 }
                 // A downloader waiting for chunks it has not got is not idle: it has nothing to
@@ -317,6 +321,10 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
             }
             Some(Ok(Ok(PeerRequest::GetChunk { chunk }))) => (chunk, false),
             Some(Ok(Ok(PeerRequest::GetFresh { chunk }))) => (chunk, true),
+            Some(Ok(Ok(PeerRequest::BatchedHaves))) => {
+                announcer.batch();
+                continue;
+            }
             Some(Ok(Ok(PeerRequest::Hello { .. }))) => {
                 if let Err(e) = conn.send(PeerResponse::Error(PeerError::Malformed("second hello".into())), send).await
                 {
@@ -333,6 +341,11 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
         };
         let (read, returned) = read_chunk(up, current, chunk, buf, &mut failed_reads).await;
         buf = returned;
+        // Announcements pending go out in the same write as the answer.
+        announcer.collect(&shared);
+        if let Err(e) = conn.queue(announcer.messages()) {
+            break Err(e);
+        }
         let sent = match read {
             Ok(()) => {
                 up.limiter.acquire(buf.len()).await;
@@ -379,46 +392,6 @@ impl Drop for ReadFailures {
     }
 }
 
-/// The next chunk the download behind this connection stored; never resolves when there is
-/// nothing to wait for (a complete file, or a download that has ended).
-async fn next_news(news: &mut Option<broadcast::Receiver<u32>>) -> Result<u32, broadcast::error::RecvError> {
-    match news {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Tells the downloader of chunks it has not heard of: the one just stored and any others already
-/// queued, or after falling behind the news, every chunk held that it was not told of yet. All of
-/// them go out in one write.
-async fn announce(
-    conn: &mut Conn,
-    shared: &Shared,
-    told: &mut Bitmap,
-    news: Result<u32, broadcast::error::RecvError>,
-    rx: &mut Option<broadcast::Receiver<u32>>,
-    idle: Duration,
-) -> Result<(), UploadError> {
-    let mut fresh: Vec<u32> = match news {
-        Ok(chunk) => vec![chunk],
-        Err(broadcast::error::RecvError::Lagged(_)) => {
-            let now = shared.have().to_bitmap(told.len());
-            now.iter_ones().filter(|&c| !told.get(c)).collect()
-        }
-        Err(broadcast::error::RecvError::Closed) => {
-            *rx = None;
-            return Ok(());
-        }
-    };
-    if let Some(rx) = rx {
-        while let Ok(chunk) = rx.try_recv() {
-            fresh.push(chunk);
-        }
-    }
-    fresh.retain(|&chunk| told.set(chunk));
-    conn.send_all(fresh.into_iter().map(|chunk| PeerResponse::Have { chunk }), idle).await
-}
-
 /// Reads chunk `chunk` of `shared` into `buf` on a blocking thread; returns the buffer either way,
 /// and on failure the reply to send instead.
 async fn read_chunk(
@@ -455,6 +428,8 @@ async fn read_chunk(
     }
 }
 
+#[path = "serve_announce.rs"]
+mod announce;
 #[path = "serve_conn.rs"]
 mod conn;
 

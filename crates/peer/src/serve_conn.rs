@@ -73,21 +73,27 @@ impl Conn {
         self.send_all(std::iter::once(msg), deadline).await
     }
 
-    /// Sends every message in one write.
+    /// Queues messages to go out with the next write.
+    pub(super) fn queue(&mut self, msgs: impl IntoIterator<Item = PeerResponse>) -> Result<(), UploadError> {
+        for msg in msgs {
+            self.codec.encode(msg, &mut self.buf).map_err(UploadError::Encode)?;
+        }
+        Ok(())
+    }
+
+    /// Sends every message, after whatever is queued, in one write.
     pub(super) async fn send_all(
         &mut self,
         msgs: impl Iterator<Item = PeerResponse>,
         deadline: Duration,
     ) -> Result<(), UploadError> {
-        self.buf.clear();
-        for msg in msgs {
-            self.codec.encode(msg, &mut self.buf).map_err(UploadError::Encode)?;
-        }
+        self.queue(msgs)?;
         if self.buf.is_empty() {
             return Ok(());
         }
         let mut buf = std::mem::take(&mut self.buf);
         let r = self.write(&mut buf, deadline).await;
+        buf.clear();
         self.buf = buf;
         r
     }
@@ -109,7 +115,12 @@ impl Conn {
     pub(super) async fn send_chunk(&mut self, chunk: u32, data: &[u8], deadline: Duration) -> Result<(), UploadError> {
         let len = u32::try_from(data.len()).map_err(|_| UploadError::FrameTooLarge { len: data.len() })?;
         let header = chunk_frame_header(chunk, len, DEFAULT_MAX_FRAME).map_err(UploadError::Encode)?;
-        self.write(&mut header.chain(data), deadline).await
+        // Whatever is queued (announcements) goes first, in the same write.
+        let mut queued = std::mem::take(&mut self.buf);
+        let r = self.write(&mut (&mut queued).chain(header).chain(data), deadline).await;
+        queued.clear();
+        self.buf = queued;
+        r
     }
 
     pub(super) async fn refuse(&mut self, e: PeerError) -> Result<(), UploadError> {

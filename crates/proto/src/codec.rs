@@ -168,6 +168,7 @@ impl PeerResponse {
             PeerResponse::DontHave { chunk } => ResponseHeader::DontHave { chunk: *chunk },
             PeerResponse::Error(e) => ResponseHeader::Error(e.clone()),
             PeerResponse::Have { chunk } => ResponseHeader::Have { chunk: *chunk },
+            PeerResponse::HaveMany { chunks } => ResponseHeader::HaveMany { chunks: chunks.clone() },
         })
     }
 }
@@ -206,6 +207,7 @@ impl WireMessage for PeerResponse {
             ResponseHeader::DontHave { chunk } => Ok(PeerResponse::DontHave { chunk }),
             ResponseHeader::Error(e) => Ok(PeerResponse::Error(e)),
             ResponseHeader::Have { chunk } => Ok(PeerResponse::Have { chunk }),
+            ResponseHeader::HaveMany { chunks } => Ok(PeerResponse::HaveMany { chunks }),
         }
     }
 }

@@ -6,8 +6,10 @@
 //! (pipelined); the server answers each in order with the chunk's bytes or
 //! [`PeerResponse::DontHave`]. A server that is itself still
 //! downloading the file also sends [`PeerResponse::Have`] whenever it stores a new chunk, at any
-//! point between those answers, so its downloaders can ask for the chunk at once. A chunk's bytes
-//! travel raw after a small postcard header: decoding them copies nothing.
+//! point between those answers, so its downloaders can ask for the chunk at once. A downloader that
+//! sends [`PeerRequest::BatchedHaves`] gets these announcements gathered into
+//! [`PeerResponse::HaveMany`] instead: one message, one write and one wake-up for many chunks. A
+//! chunk's bytes travel raw after a small postcard header: decoding them copies nothing.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -43,7 +45,15 @@ pub enum PeerRequest {
         /// The chunk wanted if the server has no fresher one.
         chunk: u32,
     },
+    /// Appended within version 3, sent by a downloader after its `Hello`: it understands
+    /// [`PeerResponse::HaveMany`], so the server may gather announcements (a server without the
+    /// variant answers `Error(Malformed)` and goes on, which such a downloader then ignores once).
+    /// No answer from a server that knows it.
+    BatchedHaves,
 }
+
+/// The most chunk indices in one [`PeerResponse::HaveMany`]: a longer announcement is split.
+pub const MAX_HAVE_MANY: usize = 4096;
 
 /// A reply from a serving peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +81,13 @@ pub enum PeerResponse {
     Have {
         /// The chunk index.
         chunk: u32,
+    },
+    /// Appended within version 3. Unsolicited, and only to a downloader that sent
+    /// [`PeerRequest::BatchedHaves`]: the server now holds these chunks too (at most
+    /// [`MAX_HAVE_MANY`], in any order). Not an answer to any request.
+    HaveMany {
+        /// The chunk indices.
+        chunks: Vec<u32>,
     },
 }
 
@@ -111,4 +128,5 @@ pub(crate) enum ResponseHeader {
     DontHave { chunk: u32 },
     Error(PeerError),
     Have { chunk: u32 },
+    HaveMany { chunks: Vec<u32> },
 }

@@ -140,6 +140,8 @@ fn peer_responses() -> Vec<PeerResponse> {
         PeerResponse::DontHave { chunk: 1 },
         PeerResponse::Have { chunk: 70_000 },
         PeerResponse::Error(PeerError::UnknownFile),
+        PeerResponse::HaveMany { chunks: vec![0, 70_000, u32::MAX] },
+        PeerResponse::HaveMany { chunks: vec![] },
     ]
 }
 
@@ -176,6 +178,7 @@ fn every_message_round_trips() {
         PeerRequest::Hello { hello: Hello::current(), name: "f".into(), root: meta().root },
         PeerRequest::GetChunk { chunk: 2 },
         PeerRequest::GetFresh { chunk: 70_000 },
+        PeerRequest::BatchedHaves,
     ];
     assert_eq!(decode_all::<PeerRequest>(encode_all(&r)), r);
 }

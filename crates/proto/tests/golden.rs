@@ -119,4 +119,7 @@ fn golden_peer_messages() {
     let chunk = peer::PeerResponse::Chunk { chunk: 2, data: bytes::Bytes::from_static(b"xyz") };
     assert_eq!(enc(chunk), [0, 0, 0, 6, 1, 2, 3, b'x', b'y', b'z']);
     assert_eq!(enc(peer::PeerResponse::Have { chunk: 5 }), [0, 0, 0, 2, 4, 5]);
+    // Appended within version 3: variant 3 of the requests, 5 of the responses.
+    assert_eq!(enc(peer::PeerRequest::BatchedHaves), [0, 0, 0, 1, 3]);
+    assert_eq!(enc(peer::PeerResponse::HaveMany { chunks: vec![5, 300] }), [0, 0, 0, 5, 5, 2, 5, 0xac, 0x02]);
 }

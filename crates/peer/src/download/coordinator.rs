@@ -48,8 +48,8 @@ pub(crate) enum Input {
     Received { source: SourceId, asked: u32, chunk: u32, want: usize },
     /// A source answered a request with "don't have".
     DontHave { source: SourceId, chunk: u32, want: usize },
-    /// A source announced a chunk it now holds.
-    Announced { source: SourceId, chunk: u32 },
+    /// A source announced chunks it now holds.
+    Announced { source: SourceId, chunks: Vec<u32> },
     /// A source's task ended.
     Ended { source: SourceId, result: Result<(), SourceError> },
     /// The writer stored a verified copy of a chunk (or found it already stored).
@@ -237,8 +237,10 @@ impl Coordinator {
                     self.top_up_all();
                 }
             }
-            Input::Announced { source, chunk } => {
-                if self.sched.gained(source, chunk) {
+            Input::Announced { source, chunks } => {
+                // Not `any`: every chunk must be counted.
+                let gained = chunks.into_iter().fold(false, |g, chunk| self.sched.gained(source, chunk) | g);
+                if gained {
                     self.top_up(source);
                 }
             }

@@ -269,7 +269,7 @@ fn news_of_new_holders_brings_work_at_once() {
     let asked = f.connect(&[(1, have(4, &[]))], 4);
     assert!(requests(&asked).is_empty());
     let s1 = f.id_of(1);
-    assert_eq!(requests(&f.feed(Input::Announced { source: s1, chunk: 2 })), vec![(s1, 2)]);
+    assert_eq!(requests(&f.feed(Input::Announced { source: s1, chunks: vec![2] })), vec![(s1, 2)]);
     // A tracker poll that lists it with more chunks does the same, and a new holder is connected.
     let polled = f.locations(vec![(addr(1), have(4, &[2, 3])), (addr(2), have(4, &[0]))], vec![1; 4]).unwrap();
     assert!(requests(&polled).contains(&(s1, 3)), "{polled:?}");

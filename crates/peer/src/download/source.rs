@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use proto::peer::PeerResponse;
+use proto::peer::{PeerResponse, MAX_HAVE_MANY};
 use proto::FileMeta;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -164,7 +164,16 @@ async fn exchange(
             }
             PeerResponse::Have { chunk } => {
                 check_range(chunk, n)?;
-                Input::Announced { source, chunk }
+                Input::Announced { source, chunks: vec![chunk] }
+            }
+            PeerResponse::HaveMany { chunks } => {
+                if chunks.len() > MAX_HAVE_MANY {
+                    return Err(SourceError::Protocol(PeerProtocolError::TooManyHaves { got: chunks.len() }));
+                }
+                for &chunk in &chunks {
+                    check_range(chunk, n)?;
+                }
+                Input::Announced { source, chunks }
             }
             PeerResponse::Error(e) => return Err(SourceError::Refused(e)),
             PeerResponse::Welcome { .. } => return Err(SourceError::Protocol(PeerProtocolError::UnexpectedWelcome)),
