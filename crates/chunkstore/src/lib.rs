@@ -72,7 +72,7 @@ mod sync;
 pub use error::StoreError;
 pub use hash::{choose_chunk_size, hash_file, SMALLEST_CHOSEN_CHUNK, TARGET_CHUNKS};
 pub use info::PartialInfo;
-pub use partial::Partial;
+pub use partial::{Finish, Partial};
 pub use scan::{Entry, FileState, ScanStats};
 pub use store::Store;
 

@@ -107,6 +107,27 @@ enum Phase {
     Finished,
 }
 
+/// How [`Partial::finish_with`] completes a download.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Finish {
+    /// Read the whole file back and hash it before placing it.
+    pub read_back: bool,
+    /// A different regular file already under the name is replaced rather than refused: the
+    /// verified file is given a temporary name in the destination folder and renamed over the
+    /// old one, so the name holds the old file or the new one at every moment, never neither;
+    /// then the folder is fsynced. A symbolic link at the name is refused
+    /// ([`StoreError::Symlink`]), as is a folder or any other non-regular file
+    /// ([`StoreError::NotRegular`]); either way nothing is changed and the download is kept.
+    pub replace: bool,
+}
+
+impl Finish {
+    /// With the read-back, replacing nothing.
+    pub const fn checked() -> Self {
+        Finish { read_back: true, replace: false }
+    }
+}
+
 /// A reference to a download that does not keep it open: what the registry holds, so a download
 /// nobody uses is closed.
 #[derive(Default)]
@@ -259,42 +280,42 @@ impl Partial {
         st.have_file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))
     }
 
-    /// Completes the download: checks every chunk is held ([`StoreError::Incomplete`]), reads the
-    /// whole data file back from disk and checks it hashes to the root hash
-    /// ([`StoreError::WholeFileMismatch`] otherwise: the bad chunks are marked missing and
-    /// nothing is put in place), fsyncs it, creates the parent folders, and moves it to its name
-    /// without replacing anything ([`StoreError::AlreadyExists`] if a different file is there,
-    /// see [`Partial::finish_replacing_until`] to replace it; an identical file there is kept and
-    /// the download dropped). Then fsyncs the folder and deletes the bookkeeping. Returns the
-    /// file's path. A second call fails with [`StoreError::Finished`]. Cannot be interrupted: see
-    /// [`Partial::finish_until`].
+    /// Completes the download with the whole-file read-back ([`Finish::checked`]): see
+    /// [`Partial::finish_with`]. Cannot be interrupted. A second call fails with
+    /// [`StoreError::Finished`].
     pub fn finish(&self) -> Result<PathBuf, StoreError> {
-        self.finish_until(&AtomicBool::new(false))
+        self.finish_with(&AtomicBool::new(false), Finish::checked())
     }
 
-    /// [`Partial::finish`], giving up once `stop` is set: reading back and hashing a large file
-    /// takes seconds to minutes, and a caller told to quit (Ctrl-C) should not wait for it.
-    /// `stop` is checked between chunks of the read-back and while waiting for the data file's
-    /// flushes; when it is set, this fails with [`StoreError::Interrupted`], nothing is placed, and
-    /// the download stays open with every chunk held, so a later finish can succeed. Once the
-    /// file is verified and durable, placing it is not interrupted.
+    /// [`Partial::finish`], giving up once `stop` is set (see [`Partial::finish_with`]).
     pub fn finish_until(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
-        self.finish_with(stop, Replace::No)
+        self.finish_with(stop, Finish::checked())
     }
 
-    /// [`Partial::finish_until`], but a different regular file already under the name is
-    /// replaced rather than refused: after the same full verification, the verified file is given
-    /// a temporary name in the destination folder and renamed over the old one, so the name holds
-    /// the old file or the new one at every moment, never neither; then the folder is fsynced.
-    /// A symbolic link at the name is refused ([`StoreError::Symlink`]), as is a folder or any
-    /// other non-regular file ([`StoreError::NotRegular`]); either way nothing is changed and
-    /// the download is kept. An identical file there is kept, as by `finish`.
+    /// [`Partial::finish_until`], replacing a different file at the name (see [`Finish::replace`]).
     pub fn finish_replacing_until(&self, stop: &AtomicBool) -> Result<PathBuf, StoreError> {
-        self.finish_with(stop, Replace::Yes)
+        self.finish_with(stop, Finish { replace: true, ..Finish::checked() })
     }
 
-    /// The finishes above: whether they may `replace` a different file at the name.
-    fn finish_with(&self, stop: &AtomicBool, replace: Replace) -> Result<PathBuf, StoreError> {
+    /// Completes the download: checks every chunk is held ([`StoreError::Incomplete`]); if
+    /// `how.read_back`, reads the whole data file back and checks it hashes to the root hash
+    /// ([`StoreError::WholeFileMismatch`] otherwise: the bad chunks are marked missing and
+    /// nothing is put in place); fsyncs it; creates the parent folders, and moves it to its name
+    /// (without replacing anything unless `how.replace`: [`StoreError::AlreadyExists`] if a
+    /// different file is there; an identical file there is kept and the download dropped). Then
+    /// fsyncs the folder and deletes the bookkeeping. Returns the file's path. A second call fails
+    /// with [`StoreError::Finished`].
+    ///
+    /// Without the read-back the content is still exactly the root's: every chunk was checked
+    /// against its hash before it was written (and again when a download resumed), and the chunk
+    /// hashes chain to the root. What the read-back adds is a check that the bytes the file
+    /// system returns now are the ones written, which mostly re-hashes the page cache.
+    ///
+    /// Gives up once `stop` is set: `stop` is checked between chunks of the read-back and while
+    /// waiting for the data file's flushes; then this fails with [`StoreError::Interrupted`],
+    /// nothing is placed, and the download stays open with every chunk held, so a later finish
+    /// can succeed. Once the file is verified and durable, placing it is not interrupted.
+    pub fn finish_with(&self, stop: &AtomicBool, how: Finish) -> Result<PathBuf, StoreError> {
         let inner = &*self.inner;
         let meta = &inner.meta;
         {
@@ -311,7 +332,7 @@ impl Partial {
             }
             st.phase = Phase::Finishing;
         }
-        let result = self.verify_and_promote(stop, replace);
+        let result = self.verify_and_promote(stop, how);
         let mut st = lock(&inner.state);
         if result.is_ok() {
             // The registry needs no word: it treats a finished download as gone (`is_finished`).
@@ -325,8 +346,9 @@ impl Partial {
 
     /// Verifies the file (unless `stop` is set first), places it (`place.rs`), deletes the
     /// bookkeeping and records the file in the hash cache.
-    fn verify_and_promote(&self, stop: &AtomicBool, replace: Replace) -> Result<PathBuf, StoreError> {
-        self.verify(stop)?;
+    fn verify_and_promote(&self, stop: &AtomicBool, how: Finish) -> Result<PathBuf, StoreError> {
+        self.verify(stop, how.read_back)?;
+        let replace = if how.replace { Replace::Yes } else { Replace::No };
         let inner = &*self.inner;
         let home = &*inner.home;
         let (dest, file) = promote(&home.root, &inner.dir, &inner.data, &inner.meta, &inner.id, replace)?;

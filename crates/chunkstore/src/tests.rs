@@ -180,6 +180,38 @@ fn corrupt_bookkeeping_restarts_cleanly() {
     assert_eq!(store.partials().unwrap(), vec![meta]);
 }
 
+/// Without the read-back, finishing trusts the chunks verified on arrival: it reads nothing back,
+/// so a byte changed on disk afterwards is not caught (that is what `read_back` is for). A data
+/// file whose length changed is read back and judged whatever was asked.
+#[test]
+fn finishing_without_the_read_back_reads_back_only_a_file_whose_length_changed() {
+    use std::sync::atomic::AtomicBool;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(6 * CSU + 1, 5);
+    let quick = crate::Finish { read_back: false, replace: false };
+    for (name, truncate) in [("kept.bin", false), ("cut.bin", true)] {
+        let meta = FileMeta::from_bytes(name, CS, &d);
+        let p = store.open_partial(&meta).unwrap();
+        for i in 0..meta.num_chunks() {
+            p.write_chunk(meta.chunk(i).unwrap(), chunk(&meta, &d, i)).unwrap();
+        }
+        let data_file = fs::OpenOptions::new().write(true).open(partial_file(&store, "data")).unwrap();
+        if truncate {
+            data_file.set_len(2 * CS as u64).unwrap();
+            assert!(matches!(
+                p.finish_with(&AtomicBool::new(false), quick),
+                Err(StoreError::WholeFileMismatch { bad_chunks, .. }) if bad_chunks >= 4
+            ));
+            assert!(!store.root().join(name).exists());
+        } else {
+            data_file.write_all_at(b"rot", 3 * CS as u64 + 7).unwrap();
+            let placed = p.finish_with(&AtomicBool::new(false), quick).unwrap();
+            assert_ne!(fs::read(placed).unwrap(), d, "not read back, so not caught");
+        }
+    }
+}
+
 #[test]
 fn whole_file_mismatch_is_caught_before_promotion() {
     let dir = tempfile::tempdir().unwrap();

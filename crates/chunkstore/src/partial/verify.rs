@@ -76,20 +76,21 @@ impl Partial {
         Ok(())
     }
 
-    /// Checks the whole data file against the root hash and makes it durable: restores its length
-    /// if someone changed it, then fsyncs it on a background thread while reading it back and
-    /// hashing it on all cores. A mismatch marks the bad chunks missing
+    /// Makes the data file durable and, if `read_back`, checks it whole against the root hash:
+    /// restores its length if someone changed it, then fsyncs it on a background thread while
+    /// reading it back and hashing it on all cores. A mismatch marks the bad chunks missing
     /// ([`StoreError::WholeFileMismatch`]). Gives up with [`StoreError::Interrupted`] once `stop`
     /// is set, leaving the fsync to finish in the background.
-    pub(super) fn verify(&self, stop: &AtomicBool) -> Result<(), StoreError> {
+    pub(super) fn verify(&self, stop: &AtomicBool, read_back: bool) -> Result<(), StoreError> {
         self.heed(stop)?;
         let inner = &*self.inner;
         let meta = &inner.meta;
         let data_path = &inner.data_path;
         let len = inner.data.metadata().map_err(io_err("stat", data_path))?.len();
+        // Someone extended or truncated the data file: restore its length, and let the hash below
+        // judge the content, read back whether asked for or not.
+        let read_back = read_back || len != meta.length;
         if len != meta.length {
-            // Someone extended or truncated the data file: restore its length, and let the hash
-            // below judge the content.
             inner.data.set_len(meta.length).map_err(io_err("resize", data_path))?;
         }
         // The fsync runs meanwhile on its own thread: both must succeed before the file is put in
@@ -104,7 +105,7 @@ impl Partial {
         // (each a BLAKE3 subtree) and merging gives exactly blake3(file) while reading through one
         // buffer per core; hashing a memory map would grow resident memory to the file's size.
         // The stop flag is looked at before each chunk.
-        let n = meta.num_chunks();
+        let n = if read_back { meta.num_chunks() } else { 0 };
         let hashes: Vec<Hash> = (0..n)
             .into_par_iter()
             .map(|i| {
@@ -112,7 +113,7 @@ impl Partial {
                 hash_chunk_at(&inner.data, meta.length, meta.chunk_size, n, i).map_err(io_err("read back", data_path))
             })
             .collect::<Result<_, StoreError>>()?;
-        if root_from_chunks(meta.length, meta.chunk_size, &hashes) != meta.root {
+        if read_back && root_from_chunks(meta.length, meta.chunk_size, &hashes) != meta.root {
             // Mark the chunks that went bad on disk as missing, so the downloader fetches them
             // again instead of starting over.
             let mut st = lock(&inner.state);

@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chunkstore::{Partial, Store, StoreError};
+use chunkstore::{Finish, Partial, Store, StoreError};
 use proto::tracker::{Locations, RegisterFile};
 use proto::{FileMeta, Have};
 use tokio::sync::{broadcast, mpsc};
@@ -351,8 +351,9 @@ impl Download {
     async fn finish(&mut self) -> Result<PathBuf, Error> {
         let stop_flag = Arc::new(AtomicBool::new(false));
         let check = tokio::task::spawn_blocking({
-            let (partial, stop_flag, replace) = (self.partial.clone(), stop_flag.clone(), self.replace);
-            move || if replace { partial.finish_replacing_until(&stop_flag) } else { partial.finish_until(&stop_flag) }
+            let (partial, stop_flag) = (self.partial.clone(), stop_flag.clone());
+            let how = Finish { read_back: self.source_cx.config.read_back, replace: self.replace };
+            move || partial.finish_with(&stop_flag, how)
         });
         tokio::pin!(check);
         let joined = tokio::select! {

@@ -33,6 +33,10 @@ pub struct DownloadConfig {
     pub max_chunk_failures: u32,
     /// Hash failures after which a source is dropped for this download.
     pub bad_data_strikes: u32,
+    /// Read a finished file back and hash it whole before placing it (see
+    /// [`chunkstore::Partial::finish_with`]): every chunk was verified before it was written,
+    /// so this only catches bytes changed on disk since, for a pass over the file.
+    pub read_back: bool,
 }
 
 impl Default for DownloadConfig {
@@ -46,6 +50,7 @@ impl Default for DownloadConfig {
             poll_interval: Duration::from_millis(500),
             max_chunk_failures: 6,
             bad_data_strikes: 2,
+            read_back: false,
         }
     }
 }
