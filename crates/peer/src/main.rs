@@ -2,7 +2,6 @@
 
 mod cli;
 
-#[tokio::main]
-async fn main() {
-    std::process::exit(cli::main().await);
+fn main() {
+    std::process::exit(cli::main());
 }

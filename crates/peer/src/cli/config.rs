@@ -9,6 +9,7 @@ pub(crate) fn file() -> ConfigFile {
     let top = [
         "tracker",
         "log_format",
+        "threads",
         "share",
         "state_dir",
         "listen",
@@ -19,6 +20,7 @@ pub(crate) fn file() -> ConfigFile {
         "max_sources",
         "max_uploads",
         "max_uploads_per_ip",
+        "read_back",
     ];
     let serve = ["http", "http_token", "stats_every", "settle"];
     let download = ["parallel", "timeout", "stall_timeout", "wait", "replace", "linger"];
