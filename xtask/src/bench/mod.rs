@@ -2,8 +2,11 @@
 //! (or the theoretical optimum) in the same run and prints a table, or JSON with `--json`. With no
 //! name, every benchmark runs with its defaults. See docs/BENCHMARKS.md.
 
+mod bittorrent;
 mod chunkstore;
 mod folder;
+mod lab;
+mod loopback;
 mod netns;
 mod procs;
 mod scale;
@@ -56,6 +59,28 @@ enum Which {
     /// `tracker1.lab,tracker2.lab,...`). With `--kill-tracker-at`, the swarm runs twice, without
     /// and with the kill, and the ratio of the two times is reported (target <= 1.10).
     SwarmNetns(SwarmNetnsArgs),
+    /// Uneven uploads on netns hosts: half the downloaders at a quarter of the others' rate.
+    ///
+    /// The seed and the even-numbered downloaders upload at --rate, the odd-numbered ones at
+    /// --rate / --slow-factor. Against T_min with unequal rates (target <= 1.15); beside aria2c
+    /// and opentracker on the same hosts when both are installed.
+    Hetero(HeteroArgs),
+    /// Churn on netns hosts: a third of the downloaders join late, a quarter leave half-way.
+    ///
+    /// The last third start when the first downloader has its file; the first quarter are killed
+    /// (SIGKILL) once they hold --leave-at of it. Against the fluid bound of the run's own
+    /// arrivals and departures (target <= 1.20); beside aria2c when installed.
+    Churn(ChurnArgs),
+    /// Scale on netns hosts: 32 downloaders at 4 MiB/s each, a 64 MiB file.
+    ///
+    /// Against T_min (target <= 1.12); beside aria2c when installed.
+    N32(N32Args),
+    /// 1 seed + N downloaders as separate processes on loopback, uncapped, a 256 MiB file.
+    ///
+    /// Reports the data phase (first byte on a downloader's disk to the last verified file) and
+    /// CPU per GiB, beside aria2c with opentracker in the same run when both are installed
+    /// (target: our data phase no longer than theirs).
+    SwarmLoopback(LoopbackArgs),
     /// A tracker process under many sessions: requests/s, latency percentiles, memory per peer.
     Tracker(TrackerArgs),
     /// Many downloaders in one process against a few seeds: completion, time, memory.
@@ -141,11 +166,120 @@ impl SwarmArgs {
 
 const SWARM_DEFAULT: SwarmArgs = SwarmArgs { n: 8, size: 64 << 20, rate: 8 << 20 };
 
+/// What the process-per-peer swarm benchmarks measure besides our swarm.
+#[derive(Debug, Clone, Copy, Args)]
+struct ExtrasArgs {
+    /// Skip the BitTorrent comparison (the same swarm with aria2c and opentracker, run when both
+    /// are on PATH: Debian packages aria2 and opentracker).
+    #[arg(long)]
+    no_bittorrent: bool,
+    /// Do not count system calls (perf stat -e raw_syscalls:sys_enter, used when perf works).
+    #[arg(long)]
+    no_perf: bool,
+}
+
+impl ExtrasArgs {
+    fn extras(self) -> netns::Extras {
+        netns::Extras { bittorrent: !self.no_bittorrent, perf: !self.no_perf }
+    }
+}
+
+const EXTRAS_DEFAULT: ExtrasArgs = ExtrasArgs { no_bittorrent: false, no_perf: false };
+
+/// Options of `bench hetero`.
+#[derive(Debug, Clone, Copy, Args)]
+struct HeteroArgs {
+    /// Downloaders (the odd-numbered ones slow), file size, and the fast upload rate (the seed's).
+    #[command(flatten)]
+    swarm: SwarmArgs,
+    /// The slow downloaders upload at rate / this.
+    #[arg(long, default_value_t = 4)]
+    slow_factor: u64,
+    /// Addresses of the hosts: v4, v6 or dual.
+    #[arg(long, default_value = "v4", value_parser = parse_family, value_name = "v4|v6|dual")]
+    family: netns::Family,
+    #[command(flatten)]
+    extras: ExtrasArgs,
+}
+
+const HETERO_DEFAULT: HeteroArgs =
+    HeteroArgs { swarm: SWARM_DEFAULT, slow_factor: 4, family: netns::Family::V4, extras: EXTRAS_DEFAULT };
+
+/// Options of `bench churn`.
+#[derive(Debug, Clone, Copy, Args)]
+struct ChurnArgs {
+    /// Downloaders: the last third start late, the first quarter leave.
+    #[arg(long, short, default_value_t = 12)]
+    n: usize,
+    /// File size in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    size: u64,
+    /// Upload cap of every peer, bytes per second.
+    #[arg(long, default_value_t = 8 << 20)]
+    rate: u64,
+    /// The leavers are killed once they hold this fraction of the file.
+    #[arg(long, default_value_t = 0.5)]
+    leave_at: f64,
+    /// Addresses of the hosts: v4, v6 or dual.
+    #[arg(long, default_value = "v4", value_parser = parse_family, value_name = "v4|v6|dual")]
+    family: netns::Family,
+    #[command(flatten)]
+    extras: ExtrasArgs,
+}
+
+const CHURN_DEFAULT: ChurnArgs = ChurnArgs {
+    n: 12,
+    size: 64 << 20,
+    rate: 8 << 20,
+    leave_at: 0.5,
+    family: netns::Family::V4,
+    extras: EXTRAS_DEFAULT,
+};
+
+/// Options of `bench n32`.
+#[derive(Debug, Clone, Copy, Args)]
+struct N32Args {
+    /// Downloaders.
+    #[arg(long, short, default_value_t = 32)]
+    n: usize,
+    /// File size in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    size: u64,
+    /// Upload cap of every peer, bytes per second.
+    #[arg(long, default_value_t = 4 << 20)]
+    rate: u64,
+    /// Addresses of the hosts: v4, v6 or dual.
+    #[arg(long, default_value = "v4", value_parser = parse_family, value_name = "v4|v6|dual")]
+    family: netns::Family,
+    #[command(flatten)]
+    extras: ExtrasArgs,
+}
+
+const N32_DEFAULT: N32Args =
+    N32Args { n: 32, size: 64 << 20, rate: 4 << 20, family: netns::Family::V4, extras: EXTRAS_DEFAULT };
+
+/// Options of `bench swarm-loopback`.
+#[derive(Debug, Clone, Copy, Args)]
+struct LoopbackArgs {
+    /// Downloaders.
+    #[arg(long, short, default_value_t = 8)]
+    n: usize,
+    /// File size in bytes.
+    #[arg(long, default_value_t = 256 << 20)]
+    size: u64,
+    #[command(flatten)]
+    extras: ExtrasArgs,
+}
+
+const LOOPBACK_DEFAULT: LoopbackArgs = LoopbackArgs { n: 8, size: 256 << 20, extras: EXTRAS_DEFAULT };
+
 /// Options of the swarm-netns benchmark: the swarm's, and the network's.
 #[derive(Debug, Clone, Copy, Args)]
 struct SwarmNetnsArgs {
     #[command(flatten)]
     swarm: SwarmArgs,
+    #[command(flatten)]
+    extras: ExtrasArgs,
     /// Addresses of the hosts: v4 (10.77.0.0/16), v6 (fd00:77::/64 only, no IPv4 address) or
     /// dual (both).
     #[arg(long, default_value = "v4", value_parser = parse_family, value_name = "v4|v6|dual")]
@@ -176,8 +310,13 @@ impl SwarmNetnsArgs {
     }
 }
 
-const SWARM_NETNS_DEFAULT: SwarmNetnsArgs =
-    SwarmNetnsArgs { swarm: SWARM_DEFAULT, family: netns::Family::V4, trackers: 1, kill_tracker_at: None };
+const SWARM_NETNS_DEFAULT: SwarmNetnsArgs = SwarmNetnsArgs {
+    swarm: SWARM_DEFAULT,
+    extras: EXTRAS_DEFAULT,
+    family: netns::Family::V4,
+    trackers: 1,
+    kill_tracker_at: None,
+};
 
 pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
     util::install_interrupt_handler();
@@ -189,6 +328,10 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Single { size: GIB },
             Which::Swarm(SWARM_DEFAULT),
             Which::SwarmNetns(SWARM_NETNS_DEFAULT),
+            Which::Hetero(HETERO_DEFAULT),
+            Which::Churn(CHURN_DEFAULT),
+            Which::N32(N32_DEFAULT),
+            Which::SwarmLoopback(LOOPBACK_DEFAULT),
             Which::Tracker(TRACKER_DEFAULT),
             Which::Scale(SCALE_DEFAULT),
             Which::Folder(FOLDER_DEFAULT),
@@ -207,7 +350,26 @@ pub(crate) fn run(args: BenchArgs) -> anyhow::Result<()> {
             Which::Chunkstore { size } => chunkstore::run(size, &dir)?,
             Which::Single { size } => single::run(&bins()?, size, &dir)?,
             Which::Swarm(a) => swarm::run(a.setup(), &dir)?,
-            Which::SwarmNetns(a) => netns::run(&bins()?, a.setup(), &dir)?,
+            Which::SwarmNetns(a) => netns::run(&bins()?, a.setup(), a.extras.extras(), &dir)?,
+            Which::Hetero(a) => {
+                netns::hetero(&bins()?, a.swarm.setup(), a.slow_factor, a.family, a.extras.extras(), &dir)?
+            }
+            Which::Churn(a) => netns::churn(
+                &bins()?,
+                swarm::Setup { n: a.n, size: a.size, rate: a.rate },
+                a.leave_at,
+                a.family,
+                a.extras.extras(),
+                &dir,
+            )?,
+            Which::N32(a) => netns::n32(
+                &bins()?,
+                swarm::Setup { n: a.n, size: a.size, rate: a.rate },
+                a.family,
+                a.extras.extras(),
+                &dir,
+            )?,
+            Which::SwarmLoopback(a) => loopback::run(&bins()?, a.n, a.size, a.extras.extras(), &dir)?,
             Which::Scale(a) => scale::run(
                 &bins()?,
                 scale::Setup { downloaders: a.downloaders, seeds: a.seeds.max(1), size: a.size },

@@ -1,35 +1,49 @@
-//! `bench swarm-netns`: the swarm benchmark with every peer a separate `peer` process on its own
-//! host (a Linux network namespace on a bridge, built by the tests crate's `tests::netns`, the
-//! same harness the CI tests use), each peer host's egress shaped with `tc tbf` to the upload
-//! rate. Nothing touches the machine's own network. Needs root and iproute2; skipped with a clear
-//! message otherwise. Namespaces are removed afterwards, also when the benchmark is interrupted
-//! (an `OnExit` runs the network's teardown), and stale ones from a killed run are swept first.
+//! The swarm benchmarks with every peer a separate `peer` process on its own host (a Linux network
+//! namespace on a bridge, built by the tests crate's `tests::netns`, the same harness the CI
+//! tests use), each peer host's egress shaped with `tc tbf`. Nothing touches the machine's own
+//! network. Needs root and iproute2; skipped with a clear message otherwise. Namespaces are
+//! removed afterwards, also when the benchmark is interrupted (an `OnExit` runs the network's
+//! teardown), and stale ones from a killed run are swept first. The runs themselves are in
+//! `lab.rs`.
 //!
-//! Options: the address family (`v4`, `v6` only, `dual`), several trackers (peers given all of
-//! them by name; each file has its tracker by rendezvous hashing), and killing the file's
-//! responsible tracker with SIGKILL part-way: then the swarm runs twice, without and with the
-//! kill, and the report compares the two times.
+//! - `swarm-netns`: equal rates; options: the address family, several trackers, and killing the
+//!   file's responsible tracker part-way (then the swarm runs twice, without and with the kill).
+//! - `hetero`: half the downloaders upload at a quarter of the others' rate.
+//! - `churn`: a third of the downloaders start when the first is done; a quarter leave (SIGKILL)
+//!   half-way through the file.
+//! - `n32`: 32 downloaders at 4 MiB/s.
+//!
+//! Each is measured against its own bound, and beside `aria2c` + `opentracker` on the same hosts
+//! when both are installed.
 
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
 
+use ::tests::netns;
+pub(crate) use ::tests::netns::Family;
 use anyhow::Context;
-pub(crate) use tests::netns::Family;
-use tests::netns::{self, HostSpec, Net};
 
-use super::swarm::{report, Outcome, Setup};
-use super::util::{file_root, write_random_file, Bins, OnExit, Proc, Report, Scratch};
+use super::bittorrent::{self, Torrent};
+use super::lab::{self, Client, Env, Lab, Member, Scenario, NAME};
+use super::swarm::{Setup, TIME_TARGET};
+use super::util::{file_root, write_random_file, Bins, OnExit, Report, Scratch, MIB};
 
-/// The file every run distributes.
-const NAME: &str = "swarm.bin";
-/// Every tracker's port.
-const TRACKER_PORT: u16 = 6969;
-/// Every peer's listen port (all interfaces, IPv4 and IPv6).
-const PEER_PORT: &str = "7000";
 /// The swarm with the kill may take at most this factor of the swarm without it.
 const KILL_TARGET: f64 = 1.10;
+/// `hetero`: the last downloader within this factor of T_min.
+const HETERO_TARGET: f64 = 1.15;
+/// `churn`: the last downloader within this factor of the churn bound.
+const CHURN_TARGET: f64 = 1.20;
+/// `n32`: the last downloader within this factor of T_min.
+const N32_TARGET: f64 = 1.12;
+
+/// What the netns benchmarks measure besides our swarm.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Extras {
+    /// Run the same swarm with aria2c and opentracker when they are installed.
+    pub(crate) bittorrent: bool,
+    /// Count system calls with perf when it works.
+    pub(crate) perf: bool,
+}
 
 /// What `bench swarm-netns` is asked to do.
 #[derive(Debug, Clone, Copy)]
@@ -58,191 +72,219 @@ impl NetnsSetup {
     }
 }
 
-/// The hosts of a run: trackers first, then the seed, then the downloaders.
-struct Lab<'a> {
-    bins: &'a Bins,
-    net: &'a Net,
-    setup: NetnsSetup,
-    /// The `--tracker` list every peer is given: every tracker by name.
-    list: String,
-    seed_dir: PathBuf,
-    scratch: &'a Path,
+/// One netns benchmark: its scenario, its target and its own rows.
+struct Plan {
+    bench: &'static str,
+    setup: String,
+    sc: Scenario,
+    target: f64,
+    /// The bound's formula, as shown in the report.
+    bound_name: &'static str,
+    kill_at: Option<f64>,
+    extras: Extras,
 }
 
-/// What a run with a kill adds to its outcome.
-struct Kill {
-    /// Which tracker (1-based), and when, seconds after the start.
-    tracker: usize,
-    at: f64,
-    /// Seconds from the kill until the file was listed at its next tracker, if it was.
-    moved: Option<f64>,
-}
-
-impl Lab<'_> {
-    fn seed_host(&self) -> usize {
-        self.setup.trackers
-    }
-
-    fn peer(&self, host: usize) -> Command {
-        let mut c = self.net.command(host, &self.bins.peer);
-        c.args(["--tracker", &self.list]).env("RUST_LOG", "warn");
-        c
-    }
-
-    /// One swarm from start to finish: trackers, seed, downloaders; every file checked against
-    /// `root`; every process stopped. With `kill`, the file's responsible tracker is killed then.
-    fn run(&self, tag: &str, root: blake3::Hash, kill: Option<f64>) -> anyhow::Result<(Outcome, Option<Kill>)> {
-        let setup = self.setup.swarm;
-        let mut trackers = Vec::new();
-        for t in 0..self.setup.trackers {
-            let mut cmd = self.net.command(t, &self.bins.tracker);
-            cmd.args(["--listen", &TRACKER_PORT.to_string()]).env("RUST_LOG", "warn");
-            let p = Proc::spawn(cmd, &tracker_name(self.setup.trackers, t))?;
-            p.wait_line(Duration::from_secs(10), |l| l.starts_with("tracker listening").then_some(()))?;
-            trackers.push(Some(p));
-        }
-        let mut cmd = self.peer(self.seed_host());
-        cmd.args(["serve", "--listen", PEER_PORT]).arg("--share").arg(&self.seed_dir);
-        let seed = Proc::spawn(cmd, "seed")?;
-        seed.wait_line(Duration::from_secs(120), |l| l.starts_with("serving ").then_some(()))?;
-
-        // Downloaders keep serving after their download (--seed) until every one is done, as the
-        // in-process peers do; a file appears under its name only once verified.
-        let start = Instant::now();
-        let mut downloaders = Vec::new();
-        for i in 0..setup.n {
-            let d = self.scratch.join(format!("{tag}-d{i}"));
-            std::fs::create_dir_all(&d)?;
-            let mut cmd = self.peer(self.seed_host() + 1 + i);
-            cmd.args(["--json", "download", NAME, "--seed", "--listen", PEER_PORT]).arg("--share").arg(&d);
-            downloaders.push((Proc::spawn(cmd, &format!("downloader {i}"))?, d.join(NAME), None::<f64>));
-        }
-        let keys: Vec<String> = (0..self.setup.trackers)
-            .map(|t| format!("{}.{}:{TRACKER_PORT}", tracker_name(self.setup.trackers, t), netns::DOMAIN))
-            .collect();
-        let order = netns::tracker_order(&keys, NAME);
-        let mut kill_at = kill.map(|f| f * setup.t_min());
-        let mut killed = None;
-        let deadline = start + Duration::from_secs_f64(setup.t_min() * 20.0 + 60.0);
-        while downloaders.iter().any(|(_, _, t)| t.is_none()) {
-            anyhow::ensure!(Instant::now() < deadline, "the swarm did not finish in 20 × T_min");
-            if kill_at.is_some_and(|at| start.elapsed().as_secs_f64() >= at) {
-                kill_at = None;
-                // Dropping the process kills it with SIGKILL.
-                drop(trackers[order[0]].take());
-                killed = Some((order[0], start.elapsed().as_secs_f64(), self.locate_thread(order[1])));
-            }
-            for (_, path, done) in downloaders.iter_mut().filter(|d| d.2.is_none()) {
-                if path.exists() {
-                    *done = Some(start.elapsed().as_secs_f64());
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let mut times: Vec<f64> = downloaders.iter().filter_map(|d| d.2).collect();
-        times.sort_by(f64::total_cmp);
-
-        // Stop them (gracefully: they tell the tracker Leave) and read where their bytes came from.
-        let seed_ips: Vec<IpAddr> = {
-            let h = self.net.host(self.seed_host());
-            [h.v4.map(IpAddr::V4), h.v6.map(IpAddr::V6)].into_iter().flatten().collect()
-        };
-        let (mut from_seed, mut from_peers) = (0u64, 0u64);
-        for (p, _, _) in &downloaders {
-            let _ = Command::new("kill").args(["-TERM", &p.pid().to_string()]).status();
-        }
-        for (i, (p, path, _)) in downloaders.into_iter().enumerate() {
-            let out = p.finish(Duration::from_secs(30))?;
-            let rep: serde_json::Value =
-                serde_json::from_str(&out).with_context(|| format!("downloader {i}'s report"))?;
-            for s in rep["sources"].as_array().into_iter().flatten() {
-                let bytes = s["bytes"].as_u64().unwrap_or(0);
-                let addr = s["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
-                if addr.is_some_and(|a| seed_ips.contains(&a.ip().to_canonical())) {
-                    from_seed += bytes;
-                } else {
-                    from_peers += bytes;
-                }
-            }
-            anyhow::ensure!(file_root(&path)? == root, "downloader {i} has a different file");
-        }
-        drop(seed);
-        drop(trackers);
-        let kill = killed.map(|(t, at, locate)| Kill { tracker: t + 1, at, moved: locate.join().ok().flatten() });
-        Ok((Outcome { times, seed_uploaded: from_seed, peers_uploaded: from_peers }, kill))
-    }
-
-    /// Polls tracker `t` (from its own host) with `peer locate` every 50 ms until it lists the
-    /// file, for at most 30 s; the thread returns the seconds that took.
-    fn locate_thread(&self, t: usize) -> std::thread::JoinHandle<Option<f64>> {
-        let mut cmd = self.net.command(t, &self.bins.peer);
-        let tracker = format!("{}.{}", tracker_name(self.setup.trackers, t), netns::DOMAIN);
-        cmd.args(["--tracker", &tracker, "locate", NAME]).stdout(Stdio::null()).stderr(Stdio::null());
-        let since = Instant::now();
-        std::thread::spawn(move || {
-            while since.elapsed() < Duration::from_secs(30) {
-                if cmd.status().is_ok_and(|s| s.success()) {
-                    return Some(since.elapsed().as_secs_f64());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            None
-        })
-    }
-}
-
-/// Host `t`'s name among `count` trackers.
-fn tracker_name(count: usize, t: usize) -> String {
-    if count == 1 {
-        "tracker".into()
-    } else {
-        format!("tracker{}", t + 1)
-    }
-}
-
-pub(crate) fn run(bins: &Bins, s: NetnsSetup, dir: &Path) -> anyhow::Result<Report> {
+/// `bench swarm-netns`.
+pub(crate) fn run(bins: &Bins, s: NetnsSetup, extras: Extras, dir: &Path) -> anyhow::Result<Report> {
     anyhow::ensure!(s.trackers >= 1, "--trackers must be at least 1");
     anyhow::ensure!(s.kill_at.is_none() || s.trackers > 1, "--kill-tracker-at needs --trackers 2 or more");
     anyhow::ensure!(
         s.kill_at.is_none_or(|f| f > 0.0 && f < 1.0),
         "--kill-tracker-at is a fraction of T_min, 0 < F < 1"
     );
+    anyhow::ensure!(s.swarm.n >= 1, "-n must be at least 1");
     let mode = format!("separate processes, network namespaces, tc tbf; {}", s.describe());
+    run_plan(
+        bins,
+        Plan {
+            bench: "swarm-netns",
+            setup: format!("{} ({mode})", s.swarm.describe()),
+            sc: Scenario::equal(s.swarm.n, s.swarm.size, s.swarm.rate, s.family, s.trackers),
+            target: TIME_TARGET,
+            bound_name: "T_min = max(F/u_s, N·F/(u_s + Σu_i))",
+            kill_at: s.kill_at,
+            extras,
+        },
+        dir,
+    )
+}
+
+/// `bench hetero`: every odd-numbered downloader's upload at `rate / slow_factor`, the others
+/// and the seed at `rate`.
+pub(crate) fn hetero(
+    bins: &Bins,
+    s: Setup,
+    slow_factor: u64,
+    family: Family,
+    extras: Extras,
+    dir: &Path,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(s.n >= 2 && slow_factor >= 1, "hetero needs -n 2 or more and --slow-factor 1 or more");
+    let slow = (s.rate / slow_factor).max(1);
+    let members = (0..s.n)
+        .map(|i| Member { rate: Some(if i % 2 == 1 { slow } else { s.rate }), late: false, leave_at: None })
+        .collect();
+    let sc = Scenario { size: s.size, seed_rate: Some(s.rate), members, family, trackers: 1 };
+    run_plan(
+        bins,
+        Plan {
+            bench: "hetero",
+            setup: format!(
+                "1 seed + {} downloaders, {:.0} MiB file; seed and {} downloaders upload at {:.1} MiB/s, {} at {:.2} MiB/s \
+                 ({family}, network namespaces, tc tbf)",
+                s.n,
+                s.size as f64 / MIB,
+                s.n.div_ceil(2),
+                s.rate as f64 / MIB,
+                s.n / 2,
+                slow as f64 / MIB
+            ),
+            sc,
+            target: HETERO_TARGET,
+            bound_name: "T_min = max(F/u_s, N·F/(u_s + Σu_i))",
+            kill_at: None,
+            extras,
+        },
+        dir,
+    )
+}
+
+/// `bench churn`: the last third of the downloaders start when the first downloader is done; the
+/// first quarter leave (SIGKILL) once they hold `leave_at` of the file.
+pub(crate) fn churn(
+    bins: &Bins,
+    s: Setup,
+    leave_at: f64,
+    family: Family,
+    extras: Extras,
+    dir: &Path,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(s.n >= 4, "churn needs -n 4 or more");
+    anyhow::ensure!(leave_at > 0.0 && leave_at < 1.0, "--leave-at is a fraction of the file, 0 < F < 1");
+    let (late, leavers) = churn_split(s.n);
+    let members = (0..s.n)
+        .map(|i| Member { rate: Some(s.rate), late: i >= s.n - late, leave_at: (i < leavers).then_some(leave_at) })
+        .collect();
+    let sc = Scenario { size: s.size, seed_rate: Some(s.rate), members, family, trackers: 1 };
+    run_plan(
+        bins,
+        Plan {
+            bench: "churn",
+            setup: format!(
+                "{}; {late} of them start when the first downloader is done, {leavers} leave (SIGKILL) at {:.0}% of the \
+                 file ({family}, network namespaces, tc tbf)",
+                s.describe(),
+                leave_at * 100.0
+            ),
+            sc,
+            target: CHURN_TARGET,
+            bound_name: "bound: fluid, with this run's arrivals/departures",
+            kill_at: None,
+            extras,
+        },
+        dir,
+    )
+}
+
+/// Late starters (a third, rounded) and leavers (a quarter, rounded down, at least 1) of a churn
+/// swarm of `n`.
+pub(crate) fn churn_split(n: usize) -> (usize, usize) {
+    ((n as f64 / 3.0).round() as usize, (n / 4).max(1))
+}
+
+/// `bench n32`: the equal-rate swarm at scale (32 downloaders at 4 MiB/s by default).
+pub(crate) fn n32(bins: &Bins, s: Setup, family: Family, extras: Extras, dir: &Path) -> anyhow::Result<Report> {
+    anyhow::ensure!(s.n >= 1, "-n must be at least 1");
+    run_plan(
+        bins,
+        Plan {
+            bench: "n32",
+            setup: format!("{} ({family}, network namespaces, tc tbf)", s.describe()),
+            sc: Scenario::equal(s.n, s.size, s.rate, family, 1),
+            target: N32_TARGET,
+            bound_name: "T_min = max(F/u_s, N·F/(u_s + Σu_i))",
+            kill_at: None,
+            extras,
+        },
+        dir,
+    )
+}
+
+fn run_plan(bins: &Bins, plan: Plan, dir: &Path) -> anyhow::Result<Report> {
+    let mut r = Report::new(plan.bench, plan.setup.clone());
     if let Err(why) = netns::permitted() {
-        let mut r = Report::new("swarm-netns", format!("{} ({mode})", s.swarm.describe()));
         r.note(format!("skipped: network namespaces are not available here (needs root and iproute2): {why}"));
         return Ok(r);
     }
-    let scratch = Scratch::new(dir, "netns")?;
+    let sc = &plan.sc;
+    let scratch = Scratch::new(dir, plan.bench)?;
     let seed_dir = scratch.path().join("seed");
     std::fs::create_dir_all(&seed_dir)?;
-    write_random_file(&seed_dir.join(NAME), s.swarm.size, 41)?;
+    write_random_file(&seed_dir.join(NAME), sc.size, 41)?;
     let root = file_root(&seed_dir.join(NAME))?;
 
-    // Trackers unshaped; the seed and the downloaders shaped to the upload rate.
-    let mut hosts: Vec<HostSpec> = (0..s.trackers).map(|t| HostSpec::new(tracker_name(s.trackers, t), None)).collect();
-    hosts.push(HostSpec::new("seed", Some(s.swarm.rate)));
-    hosts.extend((0..s.swarm.n).map(|i| HostSpec::new(format!("d{i}"), Some(s.swarm.rate))));
-    let net = Net::build(s.family, &hosts)?;
+    // BitTorrent and perf, when they can run.
+    let mut bt_skip = None;
+    let torrent = if !plan.extras.bittorrent {
+        bt_skip = Some("BitTorrent comparison off (--no-bittorrent)".to_owned());
+        None
+    } else if let Err(why) = bittorrent::available() {
+        bt_skip = Some(format!("BitTorrent comparison skipped: {why}"));
+        None
+    } else if sc.family == Family::V6 {
+        bt_skip = Some("BitTorrent comparison skipped: opentracker (Debian's build) listens on IPv4 only".to_owned());
+        None
+    } else if plan.kill_at.is_some() {
+        bt_skip = Some("BitTorrent comparison skipped with --kill-tracker-at (opentracker is one tracker)".to_owned());
+        None
+    } else {
+        Some(Torrent::of_file(&seed_dir.join(NAME), NAME)?)
+    };
+    let perf = plan.extras.perf && {
+        match lab::perf_works() {
+            Ok(()) => true,
+            Err(why) => {
+                r.note(format!("system calls not counted: {why}"));
+                false
+            }
+        }
+    };
+
+    let net = lab::build_net(sc)?;
     // The interrupt handler exits without dropping `net`: it runs this instead.
     let teardown = net.teardown();
     let _cleanup = OnExit::new(move || teardown.run());
-    let list: Vec<String> = net.hosts()[..s.trackers].iter().map(|h| h.name.clone()).collect();
-    let list = list.join(",");
-    let lab = Lab { bins, net: &net, setup: s, list, seed_dir, scratch: scratch.path() };
+    // Generous: a swarm 20 times slower than its Kumar–Ross bound has failed.
+    let limit = sc.kumar_ross().unwrap_or(60.0) * 20.0 + 60.0;
+    let lab = Lab { bins, env: Env::Netns(&net), sc, seed_dir, scratch: scratch.path(), root, perf, torrent, limit };
 
-    let (plain, _) = lab.run("plain", root, None)?;
-    let mut r = report("swarm-netns", &s.swarm, &mode, &plain);
+    let ours = lab.run(Client::Ours, "ours", None)?;
+    let bound = sc.bound(&ours);
+    if let Some(b) = bound {
+        r.row(plan.bound_name, b, "s");
+    }
+    lab::outcome_rows(&mut r, &ours, bound, Some(plan.target));
+    if plan.bench == "churn" {
+        churn_rows(&mut r, &ours);
+    }
     r.note("times run from starting the downloader processes until each file was in place (verified)");
-    r.note("uploads are the bytes each downloader's report attributes to the seed and to other downloaders");
-    if let Some(f) = s.kill_at {
-        let (o, kill) = lab.run("kill", root, Some(f))?;
-        let kill = kill.context("the tracker was never killed")?;
-        let (t0, t1) = (plain.times.last().copied().unwrap_or(0.0), o.times.last().copied().unwrap_or(0.0));
+    r.note("CPU: user + system seconds of every process over its whole life, read from /proc/PID/stat at exit");
+    r.note(
+        "delivered: the file to every finisher (and to leavers what they held); packets: sent by the seed's and \
+            downloaders' hosts (eth0 counters), TCP ACKs included",
+    );
+
+    if let Some(f) = plan.kill_at {
+        let kill_secs = f * sc.kumar_ross().unwrap_or(0.0);
+        let o = lab.run(Client::Ours, "kill", Some(kill_secs))?;
+        let kill = o.kill.as_ref().context("the tracker was never killed")?;
+        let (t0, t1) = (ours.last(), o.last());
         r.row("T without the kill (the run above)", t0, "s");
         r.row(&format!("T with tracker{} killed at {:.2} s", kill.tracker, kill.at), t1, "s");
         r.at_most("T with the kill / T without", t1 / t0.max(1e-9), "ratio", KILL_TARGET);
-        r.row("with the kill: seed uploaded / F", o.seed_uploaded as f64 / s.swarm.size as f64, "copies");
+        if let Some(s) = o.seed_uploaded {
+            r.row("with the kill: seed uploaded / F", s as f64 / sc.size as f64, "copies");
+        }
         // Peers move a file once its tracker has been lost for one keep-alive interval.
         let two_keepalives = 2.0 * proto::limits::DEFAULT_KEEPALIVE_MS as f64 / 1000.0;
         match kill.moved {
@@ -252,5 +294,67 @@ pub(crate) fn run(bins: &Bins, s: NetnsSetup, dir: &Path) -> anyhow::Result<Repo
         r.note("the killed tracker is the file's first in rendezvous order, as the peers compute it");
         r.note("the trackers run with their default keep-alive interval");
     }
+
+    match bt_skip {
+        Some(why) => r.note(why),
+        None => match lab.run(Client::Aria2, "bt", None) {
+            Ok(bt) => {
+                let bt_bound = sc.bound(&bt);
+                lab::outcome_rows(&mut r, &bt, bt_bound, None);
+                if plan.bench == "churn" {
+                    churn_rows(&mut r, &bt);
+                }
+                lab::versus_rows(&mut r, &ours, &bt, bound, bt_bound);
+                r.note(format!(
+                    "aria2: aria2c {} with opentracker on the same hosts and shaping, .torrent with {} KiB pieces; \
+                     downloaders seed until all are done (--seed-ratio=0.0); done = its completion hook ran \
+                     (every piece SHA-1 checked, no fsync); each system against its own run's bound",
+                    aria2_version(),
+                    bittorrent::PIECE_LEN / 1024
+                ));
+            }
+            Err(e) => r.note(format!("BitTorrent run failed: {e:#}")),
+        },
+    }
     Ok(r)
+}
+
+/// The churn figures: when the late ones started, what the leavers held, how long the late ones
+/// took from their own start.
+fn churn_rows(r: &mut Report, o: &lab::Outcome) {
+    let p = if o.client == Client::Aria2 { "aria2: " } else { "" };
+    if let Some(t) = o.late_start {
+        r.row(&format!("{p}late downloaders started (first done)"), t, "s");
+        let late: Vec<f64> =
+            o.members.iter().filter(|m| m.started > 0.0).filter_map(|m| m.done.map(|d| d - m.started)).collect();
+        r.row(&format!("{p}late downloaders: longest download"), late.iter().copied().fold(0.0, f64::max), "s");
+    }
+    let left: Vec<(f64, f64)> = o.members.iter().filter_map(|m| m.left).collect();
+    if !left.is_empty() {
+        let n = left.len() as f64;
+        r.row(&format!("{p}leavers killed at, mean"), left.iter().map(|l| l.0).sum::<f64>() / n, "s");
+        r.row(&format!("{p}leavers held when killed, mean"), left.iter().map(|l| l.1).sum::<f64>() / n, "of F");
+    }
+}
+
+/// `aria2c --version`'s first line's version.
+pub(crate) fn aria2_version() -> String {
+    std::process::Command::new("aria2c")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.replace("aria2 version ", "")))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::churn_split;
+
+    #[test]
+    fn churn_takes_a_third_late_and_a_quarter_leaving() {
+        assert_eq!(churn_split(12), (4, 3));
+        assert_eq!(churn_split(6), (2, 1));
+        assert_eq!(churn_split(4), (1, 1));
+    }
 }

@@ -20,8 +20,17 @@ pub(crate) struct Bins {
 }
 
 impl Bins {
-    /// Builds both binaries (a no-op when they are fresh) and returns their paths.
+    /// Builds both binaries (a no-op when they are fresh) and returns their paths; or, when
+    /// `P2P_BENCH_BINS` names a folder, takes them from there unbuilt (to measure another build,
+    /// e.g. an earlier commit's, against the same benchmark).
     pub(crate) fn build() -> anyhow::Result<Bins> {
+        if let Some(dir) = std::env::var_os("P2P_BENCH_BINS") {
+            let dir = PathBuf::from(dir);
+            let bins = Bins { peer: dir.join("peer"), tracker: dir.join("tracker") };
+            anyhow::ensure!(bins.peer.exists() && bins.tracker.exists(), "no peer and tracker in {}", dir.display());
+            eprintln!("bench: binaries from {} (P2P_BENCH_BINS)", dir.display());
+            return Ok(bins);
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
             .args(["build", "--quiet", "--release", "-p", "peer", "-p", "tracker"])
@@ -182,6 +191,45 @@ impl Proc {
         self.pid
     }
 
+    /// Sends `signal` (`TERM`, `KILL`, `INT`, ...) with kill(1); ignores a process already gone.
+    pub(crate) fn signal(&self, signal: &str) {
+        let _ =
+            Command::new("kill").args([&format!("-{signal}"), &self.pid.to_string()]).stderr(Stdio::null()).status();
+    }
+
+    /// Waits (up to `timeout`) until the process has exited, without reaping it, and returns its
+    /// CPU seconds (user + system, all its threads) read from `/proc/PID/stat` of the zombie: the
+    /// whole life of the process, shutdown included. Killed with SIGKILL after the timeout (then
+    /// read the same way). `None` if it could not be read (already reaped).
+    pub(crate) fn exit_cpu(&self, timeout: Duration) -> Option<f64> {
+        let deadline = Instant::now() + timeout;
+        let mut killed = false;
+        loop {
+            let (state, cpu) = proc_stat(self.pid)?;
+            if state == 'Z' || state == 'X' {
+                return Some(cpu);
+            }
+            if !killed && Instant::now() >= deadline {
+                self.signal("KILL");
+                killed = true;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Waits (up to `timeout`) for the process to exit and reaps it, whatever its exit status.
+    pub(crate) fn reap(self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let st = with_cleanup(|c| c.children.get_mut(&self.pid).map(|ch| ch.try_wait()));
+            match st {
+                Some(Ok(None)) => std::thread::sleep(Duration::from_millis(5)),
+                _ => break,
+            }
+        }
+        // Drop kills what is left and reaps it.
+    }
+
     /// Waits for a stderr line that `parse` accepts.
     pub(crate) fn wait_line<T>(
         &self,
@@ -211,7 +259,20 @@ impl Proc {
     }
 
     /// Waits for the process to exit; returns its stdout. Fails on a non-zero exit.
-    pub(crate) fn finish(mut self, timeout: Duration) -> anyhow::Result<String> {
+    pub(crate) fn finish(self, timeout: Duration) -> anyhow::Result<String> {
+        let what = self.what.clone();
+        let tail = self.tail.clone();
+        let (status, out) = self.output(timeout)?;
+        if !status.success() {
+            let tail = tail.lock().unwrap_or_else(PoisonError::into_inner).clone();
+            bail!("{what} failed ({status}); last lines: {tail:?}");
+        }
+        Ok(out)
+    }
+
+    /// Waits for the process to exit; returns how it ended and its stdout, whatever the status
+    /// (a peer stopped by SIGTERM while seeding exits 130 after printing its report).
+    pub(crate) fn output(mut self, timeout: Duration) -> anyhow::Result<(std::process::ExitStatus, String)> {
         let mut out = String::new();
         let stdout = self.stdout.take();
         let reader = std::thread::spawn(move || {
@@ -233,11 +294,31 @@ impl Proc {
             }
         };
         out.push_str(&reader.join().unwrap_or_default());
-        if !status.success() {
-            bail!("{} failed ({status}); last lines: {:?}", self.what, self.tail());
-        }
-        Ok(out)
+        Ok((status, out))
     }
+}
+
+/// A process's state letter and CPU seconds (utime + stime of all its threads), from
+/// `/proc/PID/stat`; `None` once it is gone.
+pub(crate) fn proc_stat(pid: u32) -> Option<(char, f64)> {
+    parse_stat(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Clock ticks per second of `/proc/PID/stat` times (USER_HZ: 100 on every Linux architecture
+/// this runs on; the kernel converts to it whatever its internal HZ).
+const USER_HZ: f64 = 100.0;
+
+/// Parses `/proc/PID/stat`: the state (field 3) and utime + stime (fields 14 and 15) in seconds.
+/// The command name (field 2) is in parentheses and may hold spaces and parentheses, so fields
+/// are counted from the last `)`.
+pub(crate) fn parse_stat(text: &str) -> Option<(char, f64)> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3, so fields[0]; utime (14) is fields[11], stime fields[12].
+    let state = fields.first()?.chars().next()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((state, (utime + stime) as f64 / USER_HZ))
 }
 
 impl Drop for Proc {
@@ -246,5 +327,25 @@ impl Drop for Proc {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_stat_with_odd_names() {
+        let line = "4242 (peer (x) y) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 75 0 0 20 0 9 0 1234 0 0";
+        assert_eq!(parse_stat(line), Some(('S', 3.25)));
+        assert_eq!(parse_stat("12 (z) Z 1 12 12 0 -1 0 0 0 0 0 7 3 0 0"), Some(('Z', 0.1)));
+        assert_eq!(parse_stat("garbage"), None);
+    }
+
+    #[test]
+    fn reads_own_stat() {
+        let (state, cpu) = proc_stat(std::process::id()).expect("own stat");
+        assert!(state == 'R' || state == 'S', "{state}");
+        assert!(cpu >= 0.0);
     }
 }

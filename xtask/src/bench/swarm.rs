@@ -16,7 +16,7 @@ use anyhow::Context;
 use peer::{DownloadOptions, Node, NodeConfig};
 use tokio::time::Instant;
 
-use super::util::{file_root, mib_s, write_random_file, Report, Scratch, MIB};
+use super::util::{file_root, kumar_ross, mib_s, percentile, write_random_file, Report, Scratch, MIB};
 
 /// Time to the last verified copy must be within this factor of the optimum.
 pub(crate) const TIME_TARGET: f64 = 1.25;
@@ -37,8 +37,8 @@ pub(crate) struct Setup {
 impl Setup {
     /// The Kumar–Ross lower bound with equal upload rates and uncapped downloads, seconds.
     pub(crate) fn t_min(&self) -> f64 {
-        let (f, u, n) = (self.size as f64, self.rate as f64, self.n as f64);
-        (f / u).max(n * f / (u + n * u))
+        let u = self.rate as f64;
+        kumar_ross(self.size as f64, u, &vec![u; self.n], None)
     }
 
     pub(crate) fn describe(&self) -> String {
@@ -68,13 +68,21 @@ pub(crate) fn report(name: &str, setup: &Setup, mode: &str, o: &Outcome) -> Repo
     let t_min = setup.t_min();
     r.row("T_min = max(F/u_s, N·F/(u_s + Σu_i))", t_min, "s");
     r.row("first downloader done", o.times.first().copied().unwrap_or(0.0), "s");
-    r.row("median downloader done", o.times.get(o.times.len() / 2).copied().unwrap_or(0.0), "s");
     r.row("T: last downloader done (verified file in place)", t, "s");
-    r.at_most("T / T_min", t / t_min, "ratio", TIME_TARGET);
+    completion_rows(&mut r, &o.times, t_min, TIME_TARGET);
     r.at_most("seed uploaded / F", o.seed_uploaded as f64 / setup.size as f64, "copies", SEED_TARGET);
     r.row("downloaders uploaded to each other / F", o.peers_uploaded as f64 / setup.size as f64, "copies");
     r.row("aggregate download rate", mib_s(setup.size * setup.n as u64, t), "MiB/s");
     r
+}
+
+/// Completion percentiles over the bound: p50 and p90 (nearest rank) and the last (max), the
+/// last with its target. `times` ascending, seconds.
+pub(crate) fn completion_rows(r: &mut Report, times: &[f64], bound: f64, target: f64) {
+    let b = bound.max(1e-9);
+    r.row("completion p50 / T_min", percentile(times, 50.0) / b, "ratio");
+    r.row("completion p90 / T_min", percentile(times, 90.0) / b, "ratio");
+    r.at_most("completion max / T_min (T / T_min)", percentile(times, 100.0) / b, "ratio", target);
 }
 
 pub(crate) fn run(setup: Setup, dir: &Path) -> anyhow::Result<Report> {

@@ -119,6 +119,30 @@ impl fmt::Display for Report {
     }
 }
 
+/// The Kumar–Ross lower bound on the time to give every one of N downloaders a file of `f` bytes
+/// (Kumar & Ross, 2006), with unequal rates: `max(F/u_s, F/d_min, N·F/(u_s + Σu_i))`, seconds.
+/// `seed` is the seed's upload rate, `uploads` every downloader's (bytes/s, one per downloader),
+/// `d_min` the slowest download rate, `None` when downloads are uncapped (the term drops out).
+pub(crate) fn kumar_ross(f: f64, seed: f64, uploads: &[f64], d_min: Option<f64>) -> f64 {
+    let n = uploads.len() as f64;
+    let total: f64 = seed + uploads.iter().sum::<f64>();
+    let mut t = (f / seed).max(n * f / total);
+    if let Some(d) = d_min {
+        t = t.max(f / d);
+    }
+    t
+}
+
+/// The `p`-th percentile (0 < p ≤ 100) of ascending `sorted` by the nearest-rank method: the
+/// smallest value with at least p% of the values at or below it. 0 for an empty slice.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = (p / 100.0 * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
 /// MiB/s for `bytes` moved in `secs`.
 pub(crate) fn mib_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / MIB / secs.max(1e-9)
@@ -361,4 +385,41 @@ pub(crate) fn fs_type(path: &Path) -> Option<String> {
         })
         .max_by_key(|(len, _)| *len)
         .map(|(_, kind)| kind)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kumar_ross_equal_rates_is_f_over_u() {
+        let t = kumar_ross(64.0, 8.0, &[8.0; 8], None);
+        assert!((t - 8.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn kumar_ross_unequal_rates() {
+        // Half the 8 downloaders at a quarter of the rate: Σu = 4·8 + 4·2 = 40, u_s = 8.
+        let mut up = vec![8.0; 4];
+        up.extend([2.0; 4]);
+        let t = kumar_ross(64.0, 8.0, &up, None);
+        assert!((t - 8.0 * 64.0 / 48.0).abs() < 1e-9, "{t}");
+        // A slow seed dominates; a slow download cap dominates.
+        assert!((kumar_ross(64.0, 1.0, &up, None) - 64.0).abs() < 1e-9);
+        assert!((kumar_ross(64.0, 8.0, &up, Some(2.0)) - 32.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=10).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 5.0);
+        assert_eq!(percentile(&v, 90.0), 9.0);
+        assert_eq!(percentile(&v, 100.0), 10.0);
+        assert_eq!(percentile(&v, 1.0), 1.0);
+        assert_eq!(percentile(&[3.0], 90.0), 3.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+        let w = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
+        assert_eq!(percentile(&w, 90.0), 8.0);
+        assert_eq!(percentile(&w, 50.0), 4.0);
+    }
 }

@@ -1,0 +1,889 @@
+//! The engine of the swarm benchmarks whose peers are separate processes: on network-namespace
+//! hosts (`swarm-netns`, `hetero`, `churn`, `n32`, built by `tests::netns`, egress shaped with
+//! `tc tbf`) or on loopback (`swarm-loopback`), with our `tracker` and `peer` binaries or, as the
+//! reference in the same run, `opentracker` and `aria2c` (see `bittorrent.rs`).
+//!
+//! A [`Scenario`] says who uploads how fast, who starts late (when the first downloader is done)
+//! and who leaves (SIGKILL once its data file holds a given fraction of the file). A run measures
+//! each downloader's completion, the CPU time of every peer process (user + system, read from
+//! `/proc/PID/stat` after it exited and before it is reaped, so its whole life is counted), the
+//! system calls of the peers (`perf stat -e raw_syscalls:sys_enter -p PIDS`, when perf works) and
+//! the packets every peer host sent (its interface's counters, read with `ip -s`).
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ::tests::netns::{self, Family, HostSpec, Net};
+use anyhow::Context;
+
+use super::bittorrent::{self, Torrent, BT_PORT, OT_PORT};
+use super::util::{file_root, kumar_ross, Bins, Proc, Report, MIB};
+
+/// The file every run distributes.
+pub(crate) const NAME: &str = "swarm.bin";
+/// Every tracker's port on the netns hosts.
+const TRACKER_PORT: u16 = 6969;
+/// Every peer's listen port on the netns hosts (all interfaces, IPv4 and IPv6).
+const PEER_PORT: &str = "7000";
+/// Bytes in a GiB, as a float.
+const GIB_F: f64 = 1024.0 * 1024.0 * 1024.0;
+
+/// One downloader of a scenario.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Member {
+    /// Its host's egress cap, bytes/s (`None`: not shaped).
+    pub(crate) rate: Option<u64>,
+    /// Starts only when the first downloader has its file.
+    pub(crate) late: bool,
+    /// Killed (SIGKILL) once it holds this fraction of the file.
+    pub(crate) leave_at: Option<f64>,
+}
+
+/// A swarm: one seed and its downloaders.
+#[derive(Debug, Clone)]
+pub(crate) struct Scenario {
+    /// File size, bytes.
+    pub(crate) size: u64,
+    /// The seed host's egress cap, bytes/s (`None`: not shaped).
+    pub(crate) seed_rate: Option<u64>,
+    pub(crate) members: Vec<Member>,
+    pub(crate) family: Family,
+    /// Our trackers (the BitTorrent run uses one opentracker on the first tracker host).
+    pub(crate) trackers: usize,
+}
+
+impl Scenario {
+    /// N equal downloaders at `rate`, the seed too.
+    pub(crate) fn equal(n: usize, size: u64, rate: u64, family: Family, trackers: usize) -> Scenario {
+        let m = Member { rate: Some(rate), late: false, leave_at: None };
+        Scenario { size, seed_rate: Some(rate), members: vec![m; n], family, trackers }
+    }
+
+    /// The Kumar–Ross bound of this swarm as if everyone started together and stayed (uncapped
+    /// downloads), seconds; `None` when some rate is not capped.
+    pub(crate) fn kumar_ross(&self) -> Option<f64> {
+        let seed = self.seed_rate? as f64;
+        let ups: Option<Vec<f64>> = self.members.iter().map(|m| m.rate.map(|r| r as f64)).collect();
+        Some(kumar_ross(self.size as f64, seed, &ups?, None))
+    }
+
+    /// The fluid bound of this swarm given when its downloaders actually joined and left in a
+    /// run ([`fluid_bound`]); the Kumar–Ross bound when nobody joins late or leaves.
+    pub(crate) fn bound(&self, o: &Outcome) -> Option<f64> {
+        let seed = self.seed_rate? as f64;
+        let f = self.size as f64;
+        let mut lives = Vec::new();
+        for (m, d) in self.members.iter().zip(&o.members) {
+            lives.push(Life {
+                rate: m.rate? as f64,
+                start: d.started,
+                end: d.left.map(|(at, _)| at),
+                need: d.left.map_or(f, |(_, frac)| frac * f),
+            });
+        }
+        Some(fluid_bound(f, seed, &lives))
+    }
+
+    /// The hosts: trackers, the seed, the downloaders.
+    fn hosts(&self) -> Vec<HostSpec> {
+        let mut hosts: Vec<HostSpec> =
+            (0..self.trackers).map(|t| HostSpec::new(tracker_name(self.trackers, t), None)).collect();
+        hosts.push(HostSpec::new("seed", self.seed_rate));
+        hosts.extend(self.members.iter().enumerate().map(|(i, m)| HostSpec::new(format!("d{i}"), m.rate)));
+        hosts
+    }
+}
+
+/// One downloader's part in the fluid bound.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Life {
+    /// Upload rate while present, bytes/s.
+    pub(crate) rate: f64,
+    /// When it joined, seconds.
+    pub(crate) start: f64,
+    /// When it left, if it did.
+    pub(crate) end: Option<f64>,
+    /// Bytes it must receive (the file, or what it held when it left).
+    pub(crate) need: f64,
+}
+
+/// A lower bound on the time to serve a swarm whose downloaders join and leave at given times:
+/// the Kumar–Ross fluid argument with arrivals and departures. Only the seed holds the file at
+/// 0, so T ≥ F/u_s; and for every arrival time s, everything the downloaders that joined at s or
+/// later receive must be uploaded after s by whoever is present then:
+/// ∫_s^T (u_s + Σ_{i present at t} u_i) dt ≥ Σ_{start_i ≥ s} need_i.
+/// Like Kumar–Ross it lets a downloader upload at its full rate from the moment it joins (it
+/// ignores that it must first receive what it sends), so it is a true lower bound. With everyone
+/// joining at 0 and staying, it is Kumar–Ross exactly.
+pub(crate) fn fluid_bound(f: f64, seed: f64, lives: &[Life]) -> f64 {
+    let mut t = f / seed;
+    let mut starts: Vec<f64> = lives.iter().map(|l| l.start).collect();
+    starts.sort_by(f64::total_cmp);
+    starts.dedup();
+    for s in starts {
+        let need: f64 = lives.iter().filter(|l| l.start >= s).map(|l| l.need).sum();
+        t = t.max(fill_time(s, need, seed, lives));
+    }
+    t
+}
+
+/// The earliest T ≥ `s` at which the swarm's upload capacity since `s` adds up to `need`.
+fn fill_time(s: f64, need: f64, seed: f64, lives: &[Life]) -> f64 {
+    let present = |t: f64, l: &Life| l.start <= t && l.end.is_none_or(|e| t < e);
+    let mut points: Vec<f64> = lives.iter().flat_map(|l| [Some(l.start), l.end]).flatten().filter(|&p| p > s).collect();
+    points.sort_by(f64::total_cmp);
+    let (mut t, mut left) = (s, need);
+    let mut next = points.into_iter();
+    loop {
+        let c = seed + lives.iter().filter(|l| present(t, l)).map(|l| l.rate).sum::<f64>();
+        let until = next.next().unwrap_or(f64::INFINITY);
+        if c * (until - t) >= left {
+            return t + left / c;
+        }
+        left -= c * (until - t);
+        t = until;
+    }
+}
+
+/// Where the hosts are.
+pub(crate) enum Env<'a> {
+    /// Network-namespace hosts.
+    Netns(&'a Net),
+    /// Every process on this machine's loopback, unshaped.
+    Loopback,
+}
+
+/// Which system runs the swarm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Client {
+    /// Our tracker and peers.
+    Ours,
+    /// opentracker and aria2c.
+    Aria2,
+}
+
+/// What the tracker kill of `swarm-netns --kill-tracker-at` did.
+pub(crate) struct Kill {
+    /// Which tracker (1-based), and when, seconds after the start.
+    pub(crate) tracker: usize,
+    pub(crate) at: f64,
+    /// Seconds from the kill until the file was listed at its next tracker, if it was.
+    pub(crate) moved: Option<f64>,
+}
+
+/// What one downloader did.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct MemberOutcome {
+    /// When it was started, seconds after the start of the run.
+    pub(crate) started: f64,
+    /// When its verified file was in place.
+    pub(crate) done: Option<f64>,
+    /// When it was killed, and the fraction of the file it held then.
+    pub(crate) left: Option<(f64, f64)>,
+    /// Its CPU seconds.
+    pub(crate) cpu: f64,
+}
+
+/// What a run measured.
+pub(crate) struct Outcome {
+    pub(crate) client: Client,
+    /// Completion instants of the downloaders that finished, ascending, seconds since the start.
+    pub(crate) times: Vec<f64>,
+    pub(crate) members: Vec<MemberOutcome>,
+    /// When the first byte of data reached any downloader's disk.
+    pub(crate) first_byte: Option<f64>,
+    /// When the late downloaders were started.
+    pub(crate) late_start: Option<f64>,
+    /// Bytes the seed and the downloaders uploaded, from our downloaders' reports (finishers).
+    pub(crate) seed_uploaded: Option<u64>,
+    pub(crate) peers_uploaded: Option<u64>,
+    /// CPU seconds of all downloader processes, and of the seed.
+    pub(crate) cpu_downloaders: f64,
+    pub(crate) cpu_seed: f64,
+    /// System calls of the downloaders and of the seed, when perf could count them.
+    pub(crate) syscalls: Option<(u64, u64)>,
+    /// Packets sent by all peer hosts (seed and downloaders), and bytes sent by the seed's host.
+    pub(crate) packets: Option<u64>,
+    pub(crate) seed_wire_bytes: Option<u64>,
+    /// Bytes delivered: the file to every finisher, what every leaver held.
+    pub(crate) delivered: f64,
+    /// The file's size, bytes.
+    pub(crate) size: f64,
+    pub(crate) kill: Option<Kill>,
+}
+
+impl Outcome {
+    /// The last completion.
+    pub(crate) fn last(&self) -> f64 {
+        self.times.last().copied().unwrap_or(0.0)
+    }
+
+    fn cpu_per_gib(&self, cpu: f64) -> f64 {
+        cpu / (self.delivered / GIB_F).max(1e-12)
+    }
+}
+
+/// A downloader being run.
+struct Running {
+    proc: Option<Proc>,
+    dir: PathBuf,
+    out: MemberOutcome,
+    /// Our peer's JSON report, once stopped.
+    report: Option<String>,
+}
+
+/// One swarm's hosts and files, run by [`Lab::run`] with either system.
+pub(crate) struct Lab<'a> {
+    pub(crate) bins: &'a Bins,
+    pub(crate) env: Env<'a>,
+    pub(crate) sc: &'a Scenario,
+    /// Holds the file, `NAME`.
+    pub(crate) seed_dir: PathBuf,
+    pub(crate) scratch: &'a Path,
+    pub(crate) root: blake3::Hash,
+    /// Count system calls with perf.
+    pub(crate) perf: bool,
+    /// The BitTorrent run's torrent.
+    pub(crate) torrent: Option<Torrent>,
+    /// Every run fails after this many seconds.
+    pub(crate) limit: f64,
+}
+
+impl Lab<'_> {
+    fn seed_host(&self) -> usize {
+        self.sc.trackers
+    }
+
+    fn host_of(&self, i: usize) -> usize {
+        self.sc.trackers + 1 + i
+    }
+
+    fn cmd(&self, host: usize, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match self.env {
+            Env::Netns(net) => net.command(host, program),
+            Env::Loopback => Command::new(program),
+        }
+    }
+
+    fn loopback(&self) -> bool {
+        matches!(self.env, Env::Loopback)
+    }
+
+    /// Our peer's listen option: a fixed port on its own host, or any port on loopback, where
+    /// every peer also shares one address (so the per-address upload limit is lifted).
+    fn peer_listen(&self, c: &mut Command) {
+        if self.loopback() {
+            c.args(["--listen", "127.0.0.1:0", "--max-uploads-per-ip", "256"]);
+        } else {
+            c.args(["--listen", PEER_PORT]);
+        }
+    }
+
+    /// aria2c's listen port: the same on every host, one each on loopback.
+    fn bt_port(&self, member: Option<usize>) -> u16 {
+        match (self.loopback(), member) {
+            (false, _) | (true, None) => BT_PORT,
+            (true, Some(i)) => BT_PORT + 1 + i as u16,
+        }
+    }
+
+    fn ipv6(&self) -> bool {
+        self.sc.family != Family::V4
+    }
+
+    /// A GET over HTTP/1.0 from host `host` (for opentracker's scrape); the body.
+    fn http_get(&self, host: usize, addr: SocketAddr, path: &str) -> anyhow::Result<Vec<u8>> {
+        let request = format!("GET {path} HTTP/1.0\r\nHost: tracker\r\n\r\n");
+        let get = move || -> anyhow::Result<Vec<u8>> {
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1))?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.write_all(request.as_bytes())?;
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer)?;
+            let body = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(0, |p| p + 4);
+            Ok(answer[body..].to_vec())
+        };
+        match self.env {
+            Env::Netns(net) => net.block_on(host, async move { get() })?,
+            Env::Loopback => get(),
+        }
+    }
+
+    /// Our trackers, each on its own host; the `--tracker` list every peer gets.
+    fn start_trackers(&self) -> anyhow::Result<(Vec<Option<Proc>>, String)> {
+        let mut procs = Vec::new();
+        let mut list = Vec::new();
+        for t in 0..self.sc.trackers {
+            let mut cmd = self.cmd(t, &self.bins.tracker);
+            let listen = if self.loopback() { "127.0.0.1:0".to_owned() } else { TRACKER_PORT.to_string() };
+            cmd.args(["--listen", &listen]).env("RUST_LOG", "warn");
+            let p = Proc::spawn(cmd, &tracker_name(self.sc.trackers, t))?;
+            let addr = p.wait_line(Duration::from_secs(10), |l| {
+                l.strip_prefix("tracker listening on ").map(|a| a.split_whitespace().next().unwrap_or("").to_owned())
+            })?;
+            list.push(match self.env {
+                Env::Netns(net) => net.host(t).name.clone(),
+                Env::Loopback => addr,
+            });
+            procs.push(Some(p));
+        }
+        Ok((procs, list.join(",")))
+    }
+
+    /// opentracker on the first tracker host; the torrent file announcing to it.
+    fn start_opentracker(&self, tag: &str) -> anyhow::Result<(Proc, PathBuf, SocketAddr)> {
+        let torrent = self.torrent.as_ref().context("no torrent")?;
+        let (addr, url) = match self.env {
+            Env::Netns(net) => {
+                let h = net.host(0);
+                let ip = h.v4.map(IpAddr::V4).unwrap_or_else(|| h.addr());
+                (SocketAddr::new(ip, OT_PORT), format!("http://{}:{OT_PORT}/announce", h.name))
+            }
+            Env::Loopback => {
+                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+                let a = SocketAddr::from(([127, 0, 0, 1], port));
+                (a, format!("http://{a}/announce"))
+            }
+        };
+        // Debian's opentracker serves whitelisted torrents only; the path must be absolute.
+        let whitelist = self.scratch.join(format!("{tag}-whitelist.txt"));
+        std::fs::write(&whitelist, format!("{}\n", torrent.info_hash_hex()))?;
+        let mut cmd = self.cmd(0, "opentracker");
+        let port = addr.port().to_string();
+        cmd.args(["-i", &addr.ip().to_string(), "-p", &port, "-P", &port, "-w"])
+            .arg(&whitelist)
+            .current_dir(self.scratch);
+        let p = Proc::spawn(cmd, "opentracker")?;
+        let path = self.scratch.join(format!("{tag}.torrent"));
+        std::fs::write(&path, torrent.encode(&url))?;
+        let scrape = format!("/scrape?info_hash={}", torrent.info_hash_url());
+        let since = Instant::now();
+        while self.http_get(0, addr, &scrape).is_err() {
+            anyhow::ensure!(since.elapsed() < Duration::from_secs(10), "opentracker did not answer within 10 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok((p, path, addr))
+    }
+
+    /// Spawns downloader `i` of `client`.
+    fn spawn(&self, client: Client, tag: &str, i: usize, list: &str, bt: Option<&Path>) -> anyhow::Result<Running> {
+        let dir = self.scratch.join(format!("{tag}-d{i}"));
+        std::fs::create_dir_all(&dir)?;
+        let host = self.host_of(i);
+        let proc = match client {
+            Client::Ours => {
+                let mut cmd = self.cmd(host, &self.bins.peer);
+                cmd.args(["--tracker", list, "--json", "download", NAME, "--seed"]).env("RUST_LOG", "warn");
+                self.peer_listen(&mut cmd);
+                cmd.arg("--share").arg(&dir);
+                Proc::spawn(cmd, &format!("downloader {i}"))?
+            }
+            Client::Aria2 => {
+                let hook = self.scratch.join("bt-done.sh");
+                let mut cmd = self.cmd(host, "aria2c");
+                cmd.args(bittorrent::aria2_args(self.bt_port(Some(i)), self.ipv6()))
+                    .arg("-d")
+                    .arg(&dir)
+                    .arg(format!("--on-bt-download-complete={}", hook.display()))
+                    .arg(bt.context("no torrent file")?);
+                Proc::spawn(cmd, &format!("aria2c downloader {i}"))?
+            }
+        };
+        Ok(Running { proc: Some(proc), dir, out: MemberOutcome::default(), report: None })
+    }
+
+    /// Whether downloader `d` has its verified file.
+    fn is_done(client: Client, d: &Running) -> bool {
+        match client {
+            Client::Ours => d.dir.join(NAME).exists(),
+            // The completion hook (before seeding starts) leaves a marker beside the file.
+            Client::Aria2 => d.dir.join(format!("{NAME}.done")).exists(),
+        }
+    }
+
+    /// The fraction of the file `d` holds: ours, the chunks set in its partial's `.have` bitmap
+    /// (written as each verified chunk is stored; the `.data` file is allocated up front); aria2,
+    /// the allocated blocks of the file (nothing is allocated ahead with --file-allocation=none).
+    fn progress(&self, client: Client, d: &Running) -> f64 {
+        match client {
+            Client::Ours => {
+                let chunks = proto::meta::chunk_count(self.sc.size, chunkstore::choose_chunk_size(self.sc.size));
+                let set: u64 = std::fs::read_dir(d.dir.join(".p2p").join("partial"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".have"))
+                    .filter_map(|e| std::fs::read(e.path()).ok())
+                    .map(|bits| bits.iter().map(|b| u64::from(b.count_ones())).sum::<u64>())
+                    .sum();
+                (set as f64 / chunks.max(1) as f64).min(1.0)
+            }
+            Client::Aria2 => {
+                let bytes = std::fs::metadata(d.dir.join(NAME)).map(|m| m.blocks() * 512).unwrap_or(0);
+                (bytes as f64 / self.sc.size.max(1) as f64).min(1.0)
+            }
+        }
+    }
+
+    /// `perf stat` counting the system calls of `pids` until they all exit, if asked for.
+    fn perf(&self, pids: &[u32], file: &Path) -> Option<Proc> {
+        if !self.perf || pids.is_empty() {
+            return None;
+        }
+        let list: Vec<String> = pids.iter().map(u32::to_string).collect();
+        let mut cmd = Command::new("perf");
+        cmd.args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o"]).arg(file).args(["-p", &list.join(",")]);
+        Proc::spawn(cmd, "perf").ok()
+    }
+
+    /// Packets and bytes sent by every peer host so far, by host index (netns only).
+    fn tx_counters(&self) -> Option<Vec<(u64, u64)>> {
+        let Env::Netns(net) = self.env else { return None };
+        (self.seed_host()..net.hosts().len()).map(|h| tx_counters(&net.host(h).ns)).collect()
+    }
+
+    /// One swarm from start to finish with `client`: trackers, seed, downloaders (late ones when
+    /// the first is done, leavers killed on the way); every finished file checked against the
+    /// root; every process stopped. With `kill` (ours only), the file's responsible tracker is
+    /// killed at that many seconds.
+    pub(crate) fn run(&self, client: Client, tag: &str, kill: Option<f64>) -> anyhow::Result<Outcome> {
+        // Trackers.
+        let (mut trackers, list, torrent, _ot) = match client {
+            Client::Ours => {
+                let (t, list) = self.start_trackers()?;
+                (t, list, None, None)
+            }
+            Client::Aria2 => {
+                let hook = self.scratch.join("bt-done.sh");
+                std::fs::write(&hook, "#!/bin/sh\n: > \"$3.done\"\n")?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;
+                let (p, path, addr) = self.start_opentracker(tag)?;
+                (Vec::new(), String::new(), Some((path, addr)), Some(p))
+            }
+        };
+        let tx_before = self.tx_counters();
+
+        // The seed, ready when it serves (ours) or when the tracker counts it as a seed (aria2).
+        let seed = match client {
+            Client::Ours => {
+                let mut cmd = self.cmd(self.seed_host(), &self.bins.peer);
+                cmd.args(["--tracker", &list, "serve"]).env("RUST_LOG", "warn");
+                self.peer_listen(&mut cmd);
+                cmd.arg("--share").arg(&self.seed_dir);
+                let seed = Proc::spawn(cmd, "seed")?;
+                seed.wait_line(Duration::from_secs(120), |l| l.starts_with("serving ").then_some(()))?;
+                seed
+            }
+            Client::Aria2 => {
+                let (path, addr) = torrent.as_ref().context("no torrent")?;
+                let mut cmd = self.cmd(self.seed_host(), "aria2c");
+                cmd.args(bittorrent::aria2_args(self.bt_port(None), self.ipv6()))
+                    .args(["--check-integrity=true", "--bt-seed-unverified=true", "-d"])
+                    .arg(&self.seed_dir)
+                    .arg(path);
+                let seed = Proc::spawn(cmd, "aria2c seed")?;
+                let scrape =
+                    format!("/scrape?info_hash={}", self.torrent.as_ref().context("no torrent")?.info_hash_url());
+                let since = Instant::now();
+                loop {
+                    let seeds = self.http_get(0, *addr, &scrape).ok().and_then(|b| bittorrent::scrape_complete(&b));
+                    if seeds.unwrap_or(0) >= 1 {
+                        break;
+                    }
+                    anyhow::ensure!(
+                        since.elapsed() < Duration::from_secs(120),
+                        "the aria2c seed never announced itself as a seed to opentracker"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                seed
+            }
+        };
+        let bt_path = torrent.as_ref().map(|(p, _)| p.as_path());
+        let perf_seed = self.perf(&[seed.pid()], &self.scratch.join(format!("{tag}-perf-seed")));
+
+        // The downloaders: the early ones now, the late ones when the first is done.
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs_f64(self.limit);
+        let mut dls: Vec<Option<Running>> = (0..self.sc.members.len()).map(|_| None).collect();
+        for (i, m) in self.sc.members.iter().enumerate() {
+            if !m.late {
+                dls[i] = Some(self.spawn(client, tag, i, &list, bt_path)?);
+            }
+        }
+        let pids = |dls: &[Option<Running>]| -> Vec<u32> {
+            dls.iter().flatten().filter_map(|d| d.proc.as_ref().map(Proc::pid)).collect()
+        };
+        let mut perfs: Vec<Proc> = Vec::new();
+        perfs.extend(self.perf(&pids(&dls), &self.scratch.join(format!("{tag}-perf-early"))));
+        let mut late_start = None;
+        let any_late = self.sc.members.iter().any(|m| m.late);
+        let mut first_byte = None;
+
+        // Our multi-tracker kill.
+        let order = match self.env {
+            Env::Netns(_) if client == Client::Ours => {
+                let keys: Vec<String> = (0..self.sc.trackers)
+                    .map(|t| format!("{}.{}:{TRACKER_PORT}", tracker_name(self.sc.trackers, t), netns::DOMAIN))
+                    .collect();
+                netns::tracker_order(&keys, NAME)
+            }
+            _ => Vec::new(),
+        };
+        let mut kill_at = kill.filter(|_| order.len() > 1);
+        let mut killed = None;
+
+        loop {
+            let what = if client == Client::Ours { "our" } else { "the BitTorrent" };
+            anyhow::ensure!(Instant::now() < deadline, "{what} swarm did not finish within {:.0} s", self.limit);
+            let now = start.elapsed().as_secs_f64();
+            if kill_at.is_some_and(|at| now >= at) {
+                kill_at = None;
+                // Dropping the process kills it with SIGKILL.
+                drop(trackers[order[0]].take());
+                killed = Some((order[0], now, self.locate_thread(&list, order[1])));
+            }
+            for (i, d) in dls.iter_mut().enumerate() {
+                let Some(d) = d.as_mut() else { continue };
+                if d.proc.is_none() || d.out.done.is_some() {
+                    continue;
+                }
+                if Self::is_done(client, d) {
+                    d.out.done = Some(now);
+                } else if let Some(frac) = self.sc.members[i].leave_at {
+                    let p = self.progress(client, d);
+                    if p >= frac {
+                        if let Some(proc) = d.proc.take() {
+                            proc.signal("KILL");
+                            d.out.cpu = proc.exit_cpu(Duration::from_secs(5)).unwrap_or(0.0);
+                            proc.reap(Duration::from_secs(5));
+                        }
+                        d.out.left = Some((now, p));
+                    }
+                }
+            }
+            if first_byte.is_none() && dls.iter().flatten().any(|d| d.proc.is_some() && self.progress(client, d) > 0.0)
+            {
+                first_byte = Some(now);
+            }
+            if any_late && late_start.is_none() && dls.iter().flatten().any(|d| d.out.done.is_some()) {
+                late_start = Some(now);
+                let mut late = Vec::new();
+                for (i, m) in self.sc.members.iter().enumerate() {
+                    if m.late {
+                        let mut d = self.spawn(client, tag, i, &list, bt_path)?;
+                        d.out.started = now;
+                        late.extend(d.proc.as_ref().map(Proc::pid));
+                        dls[i] = Some(d);
+                    }
+                }
+                perfs.extend(self.perf(&late, &self.scratch.join(format!("{tag}-perf-late"))));
+            }
+            let all_started = !any_late || late_start.is_some();
+            if all_started && dls.iter().flatten().all(|d| d.out.done.is_some() || d.out.left.is_some()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+
+        // Ours print their report, then "seeding on ..." on stderr: wait for that, so that a
+        // downloader whose file just appeared is not stopped before it has reported.
+        if client == Client::Ours {
+            for d in dls.iter().flatten() {
+                if let Some(p) = &d.proc {
+                    let _ = p.wait_line(Duration::from_secs(30), |l| l.starts_with("seeding on").then_some(()));
+                }
+            }
+        }
+        // Stop them all at once (ours gracefully tell the tracker Leave), then read each one.
+        for d in dls.iter().flatten() {
+            if let Some(p) = &d.proc {
+                p.signal("TERM");
+            }
+        }
+        for (i, d) in dls.iter_mut().enumerate() {
+            let Some(d) = d.as_mut() else { continue };
+            let Some(p) = d.proc.take() else { continue };
+            d.out.cpu = p.exit_cpu(Duration::from_secs(30)).unwrap_or(0.0);
+            match client {
+                Client::Ours => {
+                    let (_, out) = p.output(Duration::from_secs(10)).with_context(|| format!("downloader {i}"))?;
+                    d.report = Some(out);
+                }
+                Client::Aria2 => p.reap(Duration::from_secs(5)),
+            }
+        }
+        seed.signal("TERM");
+        let cpu_seed = seed.exit_cpu(Duration::from_secs(15)).unwrap_or(0.0);
+        seed.reap(Duration::from_secs(5));
+        drop(trackers);
+        let tx_after = self.tx_counters();
+
+        // Where our downloaders' bytes came from.
+        let (mut seed_up, mut peers_up) = (None, None);
+        if client == Client::Ours {
+            let seed_ips: Vec<IpAddr> = match self.env {
+                Env::Netns(net) => {
+                    let h = net.host(self.seed_host());
+                    [h.v4.map(IpAddr::V4), h.v6.map(IpAddr::V6)].into_iter().flatten().collect()
+                }
+                Env::Loopback => Vec::new(),
+            };
+            let (mut s, mut p) = (0u64, 0u64);
+            let mut all_known = !self.loopback();
+            for (i, d) in dls.iter().flatten().enumerate() {
+                let Some(rep) = &d.report else {
+                    all_known = false;
+                    continue;
+                };
+                let Ok(rep) = serde_json::from_str::<serde_json::Value>(rep) else {
+                    eprintln!("bench: downloader {i} printed no report; its sources are not counted");
+                    all_known = false;
+                    continue;
+                };
+                for src in rep["sources"].as_array().into_iter().flatten() {
+                    let bytes = src["bytes"].as_u64().unwrap_or(0);
+                    let addr = src["addr"].as_str().and_then(|a| a.parse::<SocketAddr>().ok());
+                    if addr.is_some_and(|a| seed_ips.contains(&a.ip().to_canonical())) {
+                        s += bytes;
+                    } else {
+                        p += bytes;
+                    }
+                }
+            }
+            if all_known {
+                (seed_up, peers_up) = (Some(s), Some(p));
+            }
+        }
+
+        // Every finished file is the seed's.
+        for (i, d) in dls.iter().flatten().enumerate() {
+            if d.out.done.is_some() {
+                anyhow::ensure!(file_root(&d.dir.join(NAME))? == self.root, "downloader {i} has a different file");
+            }
+        }
+
+        // perf ends with its processes.
+        let mut syscalls = None;
+        if self.perf {
+            let mut counts = (0u64, 0u64);
+            let mut ok = perf_seed.is_some() && !perfs.is_empty();
+            for p in perfs.into_iter().chain(perf_seed) {
+                p.reap(Duration::from_secs(10));
+            }
+            for (file, seed) in [("early", false), ("late", false), ("seed", true)] {
+                let path = self.scratch.join(format!("{tag}-perf-{file}"));
+                if file == "late" && !any_late {
+                    continue;
+                }
+                match std::fs::read_to_string(&path).ok().as_deref().and_then(parse_perf) {
+                    Some(n) if seed => counts.1 += n,
+                    Some(n) => counts.0 += n,
+                    None => ok = false,
+                }
+            }
+            syscalls = ok.then_some(counts);
+        }
+
+        let (packets, seed_wire_bytes) = match (tx_before, tx_after) {
+            (Some(b), Some(a)) => {
+                let packets = a.iter().zip(&b).map(|(a, b)| a.0.saturating_sub(b.0)).sum();
+                (Some(packets), Some(a[0].1.saturating_sub(b[0].1)))
+            }
+            _ => (None, None),
+        };
+        let members: Vec<MemberOutcome> = dls.iter().map(|d| d.as_ref().map(|d| d.out).unwrap_or_default()).collect();
+        let mut times: Vec<f64> = members.iter().filter_map(|m| m.done).collect();
+        times.sort_by(f64::total_cmp);
+        let f = self.sc.size as f64;
+        let delivered =
+            members.iter().map(|m| if m.done.is_some() { f } else { m.left.map_or(0.0, |l| l.1 * f) }).sum();
+        let kill = killed.map(|(t, at, locate)| Kill { tracker: t + 1, at, moved: locate.join().ok().flatten() });
+        Ok(Outcome {
+            client,
+            times,
+            cpu_downloaders: members.iter().map(|m| m.cpu).sum(),
+            members,
+            first_byte,
+            late_start,
+            seed_uploaded: seed_up,
+            peers_uploaded: peers_up,
+            cpu_seed,
+            syscalls,
+            packets,
+            seed_wire_bytes,
+            delivered,
+            size: f,
+            kill,
+        })
+    }
+
+    /// Polls tracker `t` (from its own host) with `peer locate` every 50 ms until it lists the
+    /// file, for at most 30 s; the thread returns the seconds that took.
+    fn locate_thread(&self, _list: &str, t: usize) -> std::thread::JoinHandle<Option<f64>> {
+        let mut cmd = self.cmd(t, &self.bins.peer);
+        let tracker = format!("{}.{}", tracker_name(self.sc.trackers, t), netns::DOMAIN);
+        cmd.args(["--tracker", &tracker, "locate", NAME]).stdout(Stdio::null()).stderr(Stdio::null());
+        let since = Instant::now();
+        std::thread::spawn(move || {
+            while since.elapsed() < Duration::from_secs(30) {
+                if cmd.status().is_ok_and(|s| s.success()) {
+                    return Some(since.elapsed().as_secs_f64());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            None
+        })
+    }
+}
+
+/// Host `t`'s name among `count` trackers.
+pub(crate) fn tracker_name(count: usize, t: usize) -> String {
+    if count == 1 {
+        "tracker".into()
+    } else {
+        format!("tracker{}", t + 1)
+    }
+}
+
+/// Packets and bytes sent so far by namespace `ns`'s interface, from `ip -s -j link`.
+fn tx_counters(ns: &str) -> Option<(u64, u64)> {
+    let out = Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", "eth0"]).output().ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    let tx = &v[0]["stats64"]["tx"];
+    Some((tx["packets"].as_u64()?, tx["bytes"].as_u64()?))
+}
+
+/// The count in `perf stat -x,` output for raw_syscalls:sys_enter.
+pub(crate) fn parse_perf(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.contains("raw_syscalls:sys_enter"))?;
+    line.split(',').next()?.trim().parse().ok()
+}
+
+/// Whether `perf stat -e raw_syscalls:sys_enter` works here; the reason if not.
+pub(crate) fn perf_works() -> Result<(), String> {
+    let out = Command::new("perf")
+        .args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "--", "true"])
+        .output()
+        .map_err(|e| format!("perf not found ({e})"))?;
+    if out.status.success() && parse_perf(&String::from_utf8_lossy(&out.stderr)).is_some() {
+        Ok(())
+    } else {
+        Err(format!("perf cannot count raw_syscalls:sys_enter here: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
+}
+
+/// The rows of one system's run: completion against `bound` (target on ours), CPU per GiB
+/// delivered, system calls and packets per MiB delivered. `p` prefixes every name.
+pub(crate) fn outcome_rows(r: &mut Report, o: &Outcome, bound: Option<f64>, target: Option<f64>) {
+    let p = if o.client == Client::Aria2 { "aria2: " } else { "" };
+    r.row(&format!("{p}first downloader done"), o.times.first().copied().unwrap_or(0.0), "s");
+    r.row(&format!("{p}T: last downloader done"), o.last(), "s");
+    if let Some(b) = bound {
+        let b = b.max(1e-9);
+        use super::util::percentile;
+        r.row(&format!("{p}completion p50 / bound"), percentile(&o.times, 50.0) / b, "ratio");
+        r.row(&format!("{p}completion p90 / bound"), percentile(&o.times, 90.0) / b, "ratio");
+        let name = format!("{p}completion max / bound (T / T_min)");
+        match target {
+            Some(t) => r.at_most(&name, o.last() / b, "ratio", t),
+            None => r.row(&name, o.last() / b, "ratio"),
+        }
+    }
+    if let (Some(s), Some(u)) = (o.seed_uploaded, o.peers_uploaded) {
+        r.at_most(&format!("{p}seed uploaded / F"), s as f64 / o.size, "copies", super::swarm::SEED_TARGET);
+        r.row(&format!("{p}downloaders uploaded to each other / F"), u as f64 / o.size, "copies");
+    }
+    if let Some(w) = o.seed_wire_bytes {
+        r.row(&format!("{p}seed's host sent / F, on the wire"), w as f64 / o.size, "copies");
+    }
+    r.row(&format!("{p}CPU seconds: downloaders, all"), o.cpu_downloaders, "CPU-s");
+    r.row(&format!("{p}CPU seconds: seed"), o.cpu_seed, "CPU-s");
+    r.row(&format!("{p}downloaders' CPU per GiB delivered"), o.cpu_per_gib(o.cpu_downloaders), "CPU-s/GiB");
+    r.row(&format!("{p}seed's CPU per GiB delivered"), o.cpu_per_gib(o.cpu_seed), "CPU-s/GiB");
+    let mib = (o.delivered / MIB).max(1e-12);
+    if let Some((d, s)) = o.syscalls {
+        r.row(&format!("{p}downloaders' syscalls per MiB delivered"), d as f64 / mib, "calls/MiB");
+        r.row(&format!("{p}seed's syscalls per MiB delivered"), s as f64 / mib, "calls/MiB");
+    }
+    if let Some(n) = o.packets {
+        r.row(&format!("{p}peer hosts' packets sent per MiB delivered"), n as f64 / mib, "pkts/MiB");
+    }
+}
+
+/// Ours against BitTorrent in the same run: time and CPU ratios (below 1: ours better).
+pub(crate) fn versus_rows(
+    r: &mut Report,
+    ours: &Outcome,
+    bt: &Outcome,
+    bound_ours: Option<f64>,
+    bound_bt: Option<f64>,
+) {
+    match (bound_ours, bound_bt) {
+        (Some(a), Some(b)) => r.row("ours / aria2: T / bound", (ours.last() / a) / (bt.last() / b).max(1e-9), "ratio"),
+        _ => r.row("ours / aria2: T", ours.last() / bt.last().max(1e-9), "ratio"),
+    }
+    r.row(
+        "ours / aria2: downloaders' CPU per GiB",
+        ours.cpu_per_gib(ours.cpu_downloaders) / bt.cpu_per_gib(bt.cpu_downloaders).max(1e-12),
+        "ratio",
+    );
+    r.row(
+        "ours / aria2: seed's CPU per GiB",
+        ours.cpu_per_gib(ours.cpu_seed) / bt.cpu_per_gib(bt.cpu_seed).max(1e-12),
+        "ratio",
+    );
+}
+
+/// Builds the hosts of `sc` (netns), or says why they cannot be built.
+pub(crate) fn build_net(sc: &Scenario) -> anyhow::Result<Net> {
+    Net::build(sc.family, &sc.hosts())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn life(rate: f64, start: f64, end: Option<f64>, need: f64) -> Life {
+        Life { rate, start, end, need }
+    }
+
+    #[test]
+    fn fluid_bound_without_churn_is_kumar_ross() {
+        let lives: Vec<Life> = (0..8).map(|_| life(8.0, 0.0, None, 64.0)).collect();
+        assert!((fluid_bound(64.0, 8.0, &lives) - kumar_ross(64.0, 8.0, &[8.0; 8], None)).abs() < 1e-9);
+        let mut ups = vec![8.0; 4];
+        ups.extend([2.0; 4]);
+        let lives: Vec<Life> = ups.iter().map(|&u| life(u, 0.0, None, 64.0)).collect();
+        assert!((fluid_bound(64.0, 8.0, &lives) - kumar_ross(64.0, 8.0, &ups, None)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn fluid_bound_with_late_arrivals_and_departures() {
+        // Seed 1, two at 0 (need 1 each), one joining at 1: capacity 3 until 1 (3 delivered),
+        // then 4 for the late one's 1: T = 1.25.
+        let lives = [life(1.0, 0.0, None, 1.0), life(1.0, 0.0, None, 1.0), life(1.0, 1.0, None, 1.0)];
+        assert!((fluid_bound(1.0, 1.0, &lives) - 1.25).abs() < 1e-9);
+        // A leaver: capacity 3 until 0.5 covers its half and the other's whole file; F/u_s = 1.
+        let lives = [life(1.0, 0.0, None, 1.0), life(1.0, 0.0, Some(0.5), 0.5)];
+        assert!((fluid_bound(1.0, 1.0, &lives) - 1.0).abs() < 1e-9);
+        // A slow swarm after a departure: seed 1, A (rate 1) stays, B (rate 2) leaves at 0.5
+        // holding 0.5; needs 1 + 0.5 + 4·1 (four more, each rate 0, joining at 0) = 5.5 over
+        // capacity 4 for 0.5 s (2), then 2: T = 0.5 + 3.5/2 = 2.25.
+        let mut lives = vec![life(1.0, 0.0, None, 1.0), life(2.0, 0.0, Some(0.5), 0.5)];
+        lives.extend((0..4).map(|_| life(0.0, 0.0, None, 1.0)));
+        assert!((fluid_bound(1.0, 1.0, &lives) - 2.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn parses_perf_output() {
+        let text = "# started on Mon\n\n130686,,raw_syscalls:sys_enter,130686,100.00,,\n";
+        assert_eq!(parse_perf(text), Some(130_686));
+        assert_eq!(parse_perf("<not counted>,,raw_syscalls:sys_enter,0,0.00,,"), None);
+    }
+}
