@@ -179,7 +179,8 @@ async fn failed_reads_are_warned_about_once_per_connection() {
 
 /// The peer serves a file in a folder that a local user swaps, atomically and over and over, with
 /// a link to an outside folder holding a same-length file: every chunk the client receives is the
-/// real one; the rest are refused.
+/// real one; the rest are refused. A connection opens the file at its first chunk and keeps it, so
+/// the race is run with a new connection for every request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapping_a_folder_for_a_link_never_serves_outside_bytes() {
     with_timeout(async {
@@ -189,7 +190,7 @@ async fn swapping_a_folder_for_a_link_never_serves_outside_bytes() {
         let data = write_file(&share, "d/f.bin", 512 * 1024, 34);
         let secret = write_file(&outside, "f.bin", 512 * 1024, 35);
         let meta = meta_of(&data, "d/f.bin");
-        let seed = spawn_peer(t.addr(), &share, |_| {}).await;
+        let seed = spawn_peer(t.addr(), &share, |c| c.serve.max_uploads_per_ip = 10_000).await;
         std::os::unix::fs::symlink(&outside, share.join("d-link")).unwrap();
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -208,12 +209,12 @@ async fn swapping_a_folder_for_a_link_never_serves_outside_bytes() {
                 n
             }
         });
-        let stream = TcpStream::connect(seed.listen_addr()).await.unwrap();
-        let mut c = Framed::new(stream, PeerClientCodec::new(1 << 20));
-        c.send(hello(&meta)).await.unwrap();
-        assert!(matches!(c.next().await, Some(Ok(Ok(PeerResponse::Welcome { .. })))));
         let (mut real, mut refused, mut leaked) = (0, 0, 0);
-        for i in 0..3000 {
+        for i in 0..1500 {
+            let stream = TcpStream::connect(seed.listen_addr()).await.unwrap();
+            let mut c = Framed::new(stream, PeerClientCodec::new(1 << 20));
+            c.send(hello(&meta)).await.unwrap();
+            assert!(matches!(c.next().await, Some(Ok(Ok(PeerResponse::Welcome { .. })))));
             let chunk = i % meta.num_chunks();
             c.send(PeerRequest::GetChunk { chunk }).await.unwrap();
             match c.next().await {

@@ -64,6 +64,7 @@ mod info;
 mod partial;
 mod partials;
 mod place;
+mod reader;
 mod scan;
 mod space;
 mod store;
@@ -73,6 +74,7 @@ pub use error::StoreError;
 pub use hash::{choose_chunk_size, hash_file, SMALLEST_CHOSEN_CHUNK, TARGET_CHUNKS};
 pub use info::PartialInfo;
 pub use partial::{Finish, Partial};
+pub use reader::Served;
 pub use scan::{Entry, FileState, ScanStats};
 pub use store::Store;
 

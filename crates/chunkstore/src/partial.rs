@@ -275,6 +275,19 @@ impl Partial {
         inner.data.read_exact_at(buf, off).map_err(io_err("read chunk of", &inner.data_path))
     }
 
+    /// [`Partial::read_chunk_into`] if the whole chunk is in the page cache; `Ok(false)` (and
+    /// `buf` holding nothing of use) if reading it would wait for the disk. See `reader.rs`.
+    pub fn read_chunk_cached(&self, i: ChunkIndex, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        let idx = self.index(i)?;
+        let inner = &*self.inner;
+        if !lock(&inner.state).have.get(idx) {
+            return Err(StoreError::NotHeld { chunk: idx });
+        }
+        let (off, len) = inner.meta.chunk_range(i);
+        crate::reader::read_cached(&inner.data, off, len as usize, buf)
+            .map_err(io_err("read chunk of", &inner.data_path))
+    }
+
     /// Writes the whole bitmap to disk (after bits were cleared).
     fn persist_all(&self, st: &State) -> Result<(), StoreError> {
         st.have_file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))

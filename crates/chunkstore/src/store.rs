@@ -4,23 +4,21 @@
 use std::collections::HashSet;
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use proto::meta::{check_chunk_size, chunk_count};
 use proto::name::RESERVED_DIR;
-use proto::{validate_name, ChunkIndex, FileMeta, MetaError};
+use proto::{validate_name, ChunkIndex, FileMeta};
 use tracing::{debug, warn};
 
+use crate::beneath::Dir;
 use crate::beneath::{is_symlink_refusal, split_parent};
-use crate::beneath::{Access, Dir};
 use crate::error::{io_err, StoreError};
-use crate::hash::chunk_span;
 use crate::info::PartialInfo;
 use crate::partial::{Home, Partial};
 use crate::partials::{Create, Partials};
+use crate::reader::Served;
 use crate::scan::{Entry, FileState, HashCache, ScanStats, Skipped, Stamp};
 use crate::space::free_bytes;
 use crate::sync::lock;
@@ -223,40 +221,13 @@ impl Store {
     /// [`Store::read_chunk`] into `buf` (resized to the chunk's length), so a server reuses one
     /// buffer for every chunk it sends instead of allocating each.
     pub fn read_chunk_into(&self, meta: &FileMeta, i: ChunkIndex, buf: &mut Vec<u8>) -> Result<(), StoreError> {
-        check_chunk_size(meta.chunk_size)?;
-        // `i` may come from another meta: check it against this one before computing offsets.
-        if i.get() >= meta.num_chunks() || chunk_count(meta.length, meta.chunk_size) != u64::from(meta.num_chunks()) {
-            return Err(StoreError::InvalidMeta(MetaError::ChunkOutOfRange {
-                chunk: i.get(),
-                num_chunks: meta.num_chunks(),
-            }));
-        }
-        validate_name(&meta.name)?;
-        let path = self.inner.root_dir.display(&meta.name);
-        let changed = || StoreError::FileChanged { name: meta.name.clone() };
-        // Opened below the share folder's handle, refusing links in every component: the file
-        // checked below is the file read, whatever happens to the path meanwhile.
-        let file = match self.inner.root_dir.open_file(&meta.name, Access::Read) {
-            Ok(f) => f,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(changed()),
-            Err(e) => return Err(io_err("open", &path)(e)),
-        };
-        let md = file.metadata().map_err(io_err("stat", &path))?;
-        if !md.is_file() {
-            return Err(StoreError::NotRegular { path });
-        }
-        if md.len() != meta.length {
-            return Err(changed());
-        }
-        let (off, len) = chunk_span(meta.length, meta.chunk_size, i.get());
-        buf.resize(len, 0);
-        file.read_exact_at(buf, off).map_err(|e| {
-            if e.kind() == ErrorKind::UnexpectedEof {
-                changed()
-            } else {
-                io_err("read chunk of", &path)(e)
-            }
-        })
+        self.open_served(meta)?.read_chunk_into(i, buf)
+    }
+
+    /// Opens the complete file `meta` describes to serve many of its chunks (see [`Served`]):
+    /// the checks of [`Store::read_chunk`] once, then reads by offset.
+    pub fn open_served(&self, meta: &FileMeta) -> Result<Served, StoreError> {
+        Served::open(&self.inner.root_dir, meta)
     }
 
     /// Metadata of the partial downloads present on disk, sorted by name, so a restarted peer can

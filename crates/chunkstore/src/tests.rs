@@ -346,3 +346,42 @@ fn a_failed_background_flush_is_never_forgotten() {
 
 #[path = "scan_tests.rs"]
 mod scan;
+
+/// Serving reads: a chunk read from the page cache only is either all there, with the right
+/// bytes, or reported as not cached (then the blocking read gives it); a chunk a partial does not
+/// hold is `NotHeld` either way; a served file opened once keeps serving, and a file truncated
+/// under it fails with `FileChanged`.
+#[test]
+fn chunks_are_read_from_the_page_cache_or_reported_missing_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let d = data(4 * CSU + 9, 8);
+    let meta = FileMeta::from_bytes("p.bin", CS, &d);
+    let p = store.open_partial(&meta).unwrap();
+    p.write_chunk(meta.chunk(1).unwrap(), chunk(&meta, &d, 1)).unwrap();
+    let mut buf = Vec::new();
+    assert!(p.read_chunk_cached(meta.chunk(1).unwrap(), &mut buf).unwrap(), "just written: cached");
+    assert_eq!(buf, chunk(&meta, &d, 1));
+    assert!(matches!(p.read_chunk_cached(meta.chunk(2).unwrap(), &mut buf), Err(StoreError::NotHeld { chunk: 2 })));
+
+    fs::write(dir.path().join("c.bin"), &d).unwrap();
+    let meta = FileMeta::from_bytes("c.bin", CS, &d);
+    let served = store.open_served(&meta).unwrap();
+    // Ask the kernel to drop the file's pages (a hint: tmpfs keeps them).
+    let f = fs::File::open(dir.path().join("c.bin")).unwrap();
+    f.sync_all().unwrap();
+    let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    for i in 0..meta.num_chunks() {
+        let idx = meta.chunk(i).unwrap();
+        if served.read_chunk_cached(idx, &mut buf).unwrap() {
+            assert_eq!(buf, chunk(&meta, &d, i), "chunk {i} from the cache");
+        }
+        served.read_chunk_into(idx, &mut buf).unwrap();
+        assert_eq!(buf, chunk(&meta, &d, i), "chunk {i}");
+    }
+    // An index from a longer file's metadata is out of range here.
+    let longer = FileMeta::from_bytes("c.bin", CS, &data(8 * CSU, 8));
+    assert!(matches!(served.read_chunk_into(longer.chunk(6).unwrap(), &mut buf), Err(StoreError::InvalidMeta(_))));
+    fs::OpenOptions::new().write(true).open(dir.path().join("c.bin")).unwrap().set_len(CS as u64).unwrap();
+    assert!(matches!(served.read_chunk_into(meta.chunk(3).unwrap(), &mut buf), Err(StoreError::FileChanged { .. })));
+}

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use chunkstore::{Store, StoreError};
+use chunkstore::{Served, Store, StoreError};
 
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
@@ -295,6 +295,7 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
     // Failed reads are warned about once per connection, then counted: a client asking again and
     // again for a chunk that cannot be read must not flood the log.
     let mut failed_reads = ReadFailures { name: name.clone(), count: 0 };
+    let mut open: OpenFile = None;
     let result = loop {
         let next = tokio::select! {
             r = conn.requests.next() => r,
@@ -339,7 +340,7 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
             Shared::Complete(meta) if chunk < meta.num_chunks() => up.choose(meta, chunk, fresh),
             _ => chunk,
         };
-        let (read, returned) = read_chunk(up, current, chunk, buf, &mut failed_reads).await;
+        let (read, returned) = read_chunk(up, current, chunk, buf, &mut failed_reads, &mut open).await;
         buf = returned;
         // Announcements pending go out in the same write as the answer.
         announcer.collect(&shared);
@@ -392,40 +393,87 @@ impl Drop for ReadFailures {
     }
 }
 
-/// Reads chunk `chunk` of `shared` into `buf` on a blocking thread; returns the buffer either way,
-/// and on failure the reply to send instead.
+/// The complete file a connection serves, opened at its first chunk and kept for the next ones:
+/// its root (a file replaced under the name is opened anew) and the open file.
+type OpenFile = Option<(Hash, Arc<Served>)>;
+
+/// Reads chunk `chunk` of `shared` into `buf`: in place when the whole chunk is in the page cache
+/// (a copy, no thread hand-off), else on a blocking thread. Returns the buffer either way, and on
+/// failure the reply to send instead.
 async fn read_chunk(
     up: &Uploader,
     shared: Shared,
     chunk: u32,
     mut buf: Vec<u8>,
     failures: &mut ReadFailures,
+    open: &mut OpenFile,
 ) -> (Result<(), PeerResponse>, Vec<u8>) {
-    let meta: &FileMeta = shared.meta();
-    let Ok(idx) = meta.chunk(chunk) else {
+    let Ok(idx) = shared.meta().chunk(chunk) else {
         return (Err(PeerResponse::Error(PeerError::ChunkOutOfRange { chunk })), buf);
     };
-    let store = up.store.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        let r = match &shared {
-            Shared::Complete(meta) => store.read_chunk_into(meta, idx, &mut buf),
-            Shared::Partial { partial, .. } => partial.read_chunk_into(idx, &mut buf),
-        };
-        (r, buf)
-    })
-    .await;
-    match read {
-        Ok((Ok(()), buf)) => (Ok(()), buf),
-        Ok((Err(StoreError::NotHeld { .. }), buf)) => (Err(PeerResponse::DontHave { chunk }), buf),
-        Ok((Err(e), buf)) => {
-            failures.record(chunk, &e);
-            (Err(PeerResponse::Error(PeerError::Internal)), buf)
+    let read = match &shared {
+        Shared::Complete(meta) => {
+            let file = match open {
+                Some((root, file)) if *root == meta.root => file.clone(),
+                _ => {
+                    // Opening resolves the path below the share: a blocking thread's work.
+                    let (store, m) = (up.store.clone(), meta.clone());
+                    match tokio::task::spawn_blocking(move || store.open_served(&m)).await {
+                        Ok(Ok(file)) => {
+                            let file = Arc::new(file);
+                            *open = Some((meta.root, file.clone()));
+                            file
+                        }
+                        Ok(Err(e)) => return (Err(failed(failures, chunk, &e)), buf),
+                        Err(e) => return (Err(failed(failures, chunk, &e)), buf),
+                    }
+                }
+            };
+            match file.read_chunk_cached(idx, &mut buf) {
+                Ok(true) => Ok(()),
+                Ok(false) => {
+                    match tokio::task::spawn_blocking(move || (file.read_chunk_into(idx, &mut buf), buf)).await {
+                        Ok((r, b)) => {
+                            buf = b;
+                            r
+                        }
+                        // The blocking task died with the buffer.
+                        Err(e) => return (Err(failed(failures, chunk, &e)), Vec::new()),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         }
+        Shared::Partial { partial, .. } => match partial.read_chunk_cached(idx, &mut buf) {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                let partial = partial.clone();
+                match tokio::task::spawn_blocking(move || (partial.read_chunk_into(idx, &mut buf), buf)).await {
+                    Ok((r, b)) => {
+                        buf = b;
+                        r
+                    }
+                    Err(e) => return (Err(failed(failures, chunk, &e)), Vec::new()),
+                }
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match read {
+        Ok(()) => (Ok(()), buf),
+        Err(StoreError::NotHeld { .. }) => (Err(PeerResponse::DontHave { chunk }), buf),
         Err(e) => {
-            failures.record(chunk, &e);
-            (Err(PeerResponse::Error(PeerError::Internal)), Vec::new())
+            // The file may have changed: open it again for the next chunk.
+            *open = None;
+            (Err(failed(failures, chunk, &e)), buf)
         }
     }
+}
+
+/// Records a failed read and returns the reply that says so.
+fn failed(failures: &mut ReadFailures, chunk: u32, e: &dyn std::fmt::Display) -> PeerResponse {
+    failures.record(chunk, e);
+    PeerResponse::Error(PeerError::Internal)
 }
 
 #[path = "serve_announce.rs"]
