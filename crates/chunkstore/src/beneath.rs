@@ -174,6 +174,13 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Creates a file in this folder that has no name (`O_TMPFILE`): it disappears when closed
+    /// unless linked somewhere first. Fails on file systems without unnamed files.
+    pub(crate) fn create_unnamed(&self) -> io::Result<File> {
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        Ok(File::from(rustix::fs::openat(&self.fd, ".", flags, Mode::from_raw_mode(FILE_MODE))?))
+    }
+
     /// Opens the folder `rel` below this one.
     pub(crate) fn open_dir(&self, rel: &str) -> io::Result<Dir> {
         let fd = check_dir(self.resolve(rel, DIR_FLAGS, Mode::empty())?)?;

@@ -94,7 +94,8 @@ const FLUSH_BEHIND: u64 = 64 * 1024 * 1024;
 
 struct State {
     have: Bitmap,
-    have_file: File,
+    /// None for an unnamed download, which keeps no bitmap on disk (`files::open`).
+    have_file: Option<File>,
     phase: Phase,
 }
 
@@ -245,7 +246,8 @@ impl Partial {
         }
         let byte = (idx / 8) as usize;
         let value = st.have.as_bytes()[byte];
-        if let Err(e) = st.have_file.write_all_at(&[value], byte as u64) {
+        let persisted = st.have_file.as_ref().map_or(Ok(()), |f| f.write_all_at(&[value], byte as u64));
+        if let Err(e) = persisted {
             // Keep memory equal to disk: the chunk will be fetched again.
             st.have.clear(idx);
             return Err(io_err("write", &inner.have_path)(e));
@@ -290,7 +292,8 @@ impl Partial {
 
     /// Writes the whole bitmap to disk (after bits were cleared).
     fn persist_all(&self, st: &State) -> Result<(), StoreError> {
-        st.have_file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))
+        let Some(file) = &st.have_file else { return Ok(()) };
+        file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))
     }
 
     /// Completes the download with the whole-file read-back ([`Finish::checked`]): see
@@ -365,7 +368,10 @@ impl Partial {
         let inner = &*self.inner;
         let home = &*inner.home;
         let (dest, file) = promote(&home.root, &inner.dir, &inner.data, &inner.meta, &inner.id, replace)?;
-        files::remove_all(&inner.dir, &inner.id)?;
+        // An unnamed download left nothing to remove.
+        if lock(&inner.state).have_file.is_some() {
+            files::remove_all(&inner.dir, &inner.id)?;
+        }
         home.cache.remember(file.as_ref().unwrap_or(&inner.data), &inner.meta);
         Ok(dest)
     }

@@ -252,6 +252,8 @@ fn place(parent: &Dir, last: &str, file: &File, from: &Dir, src: &str) -> std::i
         Ok(()) => {}
         Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(Outcome::Exists),
         Err(e) if e.kind() == ErrorKind::CrossesDevices => return Ok(Outcome::OtherFileSystem),
+        // An unnamed data file (a one-chunk download) cannot be placed by name: a copy is.
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Outcome::Unnameable),
         Err(e) => return Err(e),
     }
     if parent.is_same_file(last, file)? {

@@ -385,3 +385,41 @@ fn chunks_are_read_from_the_page_cache_or_reported_missing_from_it() {
     fs::OpenOptions::new().write(true).open(dir.path().join("c.bin")).unwrap().set_len(CS as u64).unwrap();
     assert!(matches!(served.read_chunk_into(meta.chunk(3).unwrap(), &mut buf), Err(StoreError::FileChanged { .. })));
 }
+
+/// A file of one chunk (or none) is downloaded into an unnamed file: nothing appears in the
+/// partial folder, stale bookkeeping of an earlier run under its id is removed, and finishing
+/// places exactly the verified bytes.
+#[test]
+fn one_chunk_downloads_keep_no_bookkeeping_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let partial_dir = store.root().join(".p2p/partial");
+    let listing = || {
+        let mut v: Vec<String> = fs::read_dir(&partial_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let d = data(CSU - 3, 9);
+    for (name, bytes) in [("small.bin", &d[..]), ("empty.bin", &[][..])] {
+        let meta = FileMeta::from_bytes(name, CS, bytes);
+        // An earlier run's files under this download's id.
+        let id = crate::files::partial_id(&meta);
+        for ext in ["meta", "data", "have"] {
+            fs::write(partial_dir.join(format!("{id}.{ext}")), b"stale").unwrap();
+        }
+        let p = store.open_partial(&meta).unwrap();
+        assert_eq!(listing(), Vec::<String>::new(), "{name}: nothing named in the partial folder");
+        if meta.num_chunks() == 1 {
+            let mut buf = Vec::new();
+            assert!(p.write_chunk(meta.chunk(0).unwrap(), bytes).unwrap());
+            p.read_chunk_into(meta.chunk(0).unwrap(), &mut buf).unwrap();
+            assert_eq!(buf, bytes);
+        }
+        let placed = p.finish().unwrap();
+        assert_eq!(fs::read(placed).unwrap(), bytes, "{name}");
+        assert_eq!(listing(), Vec::<String>::new());
+    }
+}
