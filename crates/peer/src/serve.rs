@@ -55,7 +55,7 @@ pub struct ServeConfig {
 }
 
 /// The default [`ServeConfig::announce_interval`].
-pub(crate) const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const DEFAULT_ANNOUNCE_INTERVAL: Duration = Duration::from_millis(100);
 
 impl Default for ServeConfig {
     fn default() -> Self {
