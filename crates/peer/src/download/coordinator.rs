@@ -85,6 +85,12 @@ pub(crate) const IDLE_EVICTION: Duration = Duration::from_secs(2);
 /// How many times faster than another a source must have delivered to choose before it.
 pub(crate) const OUTRANK: f64 = 2.0;
 
+/// A slower source is held back only while the chunks still needed are fewer than this many times
+/// what the faster sources deliver in the time it takes to deliver its own window: with more work
+/// than that, the faster sources cannot take it all in time, and the slower one's upload is worth
+/// having (without this, one seed measured faster than every peer kept a downloader on it alone).
+pub(crate) const SPARE_WORK: f64 = 2.0;
+
 /// How long a connecting source keeps the chunks it holds from slower sources: about a connection
 /// set-up; one that takes longer (waiting for a place in the source budget, or unreachable) no
 /// longer holds anyone up.
@@ -576,32 +582,54 @@ impl Coordinator {
     /// a source of unknown rate.
     fn reserved_for_faster(&self, id: SourceId) -> Reserved {
         let Some(rec) = self.sources.get(&id) else { return Reserved::Nothing };
-        let Some(mine) = self.book.rate(rec.report.addr) else { return Reserved::Nothing };
+        let Some(mine) = self.book.rate(rec.report.addr).filter(|r| *r > 0.0) else { return Reserved::Nothing };
+        let window = match rec.link {
+            Link::Up { want, .. } => want.max(1) as f64,
+            _ => 1.0,
+        };
         let n = self.sched.num_chunks();
         let mut bits: Option<Vec<u8>> = None;
+        let mut all = false;
+        // What the faster sources deliver together, a source of unknown rate counted as just fast
+        // enough.
+        let mut faster_rate = 0.0;
         for (&other, r) in &self.sources {
             if other == id || r.report.dropped.is_some() {
                 continue;
             }
-            let faster = self.book.rate(r.report.addr).is_none_or(|f| f > 0.0 && f >= OUTRANK * mine);
-            if !faster {
+            let rate = self.book.rate(r.report.addr);
+            if !rate.is_none_or(|f| f > 0.0 && f >= OUTRANK * mine) {
                 continue;
             }
             let held = match (&r.link, &r.connecting) {
-                (Link::Up { .. }, _) if self.sched.source_is_complete(other) => return Reserved::All,
+                (Link::Up { .. }, _) if self.sched.source_is_complete(other) => None,
                 (Link::Up { .. }, _) => match self.sched.source_have(other) {
-                    Some(b) => b.as_bytes(),
+                    Some(b) => Some(b.as_bytes()),
                     None => continue,
                 },
                 (Link::Connecting, Some((since, have))) if self.now < *since + CONNECT_GRACE => match have {
-                    Have::Complete => return Reserved::All,
-                    Have::Partial(b) if b.len() == n => b.as_bytes(),
+                    Have::Complete => None,
+                    Have::Partial(b) if b.len() == n => Some(b.as_bytes()),
                     Have::Partial(_) => continue,
                 },
                 _ => continue,
             };
-            let into = bits.get_or_insert_with(|| vec![0; n.div_ceil(8) as usize]);
-            into.iter_mut().zip(held).for_each(|(i, h)| *i |= h);
+            faster_rate += rate.unwrap_or(OUTRANK * mine);
+            match held {
+                None => all = true,
+                Some(held) => {
+                    let into = bits.get_or_insert_with(|| vec![0; n.div_ceil(8) as usize]);
+                    into.iter_mut().zip(held).for_each(|(i, h)| *i |= h);
+                }
+            }
+        }
+        // More work left than the faster sources get through while this one delivers its window:
+        // it takes its share.
+        if self.sched.needed_count() as f64 > SPARE_WORK * window * faster_rate / mine {
+            return Reserved::Nothing;
+        }
+        if all {
+            return Reserved::All;
         }
         match bits.and_then(|b| Bitmap::from_parts(n, b).ok()) {
             Some(b) => Reserved::These(b),

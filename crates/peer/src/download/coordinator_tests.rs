@@ -462,3 +462,25 @@ fn a_slow_seed_waits_for_a_faster_one_within_limits() {
     let freed = f.feed(Input::Ended { source: fast, result: Err(SourceError::Stalled) });
     assert_eq!(chunks_of(&freed, slow).len(), 4, "the slow seed takes over when the fast one ends");
 }
+
+/// A slower source is held back only while the faster ones can take all the work left: with
+/// plenty needed, a peer measured slower than a complete seed is asked too (a downloader kept on
+/// the seed alone was the slowest of a swarm of 32); near the end it leaves the rest to the seed.
+#[test]
+fn a_slower_source_takes_its_share_while_there_is_plenty_of_work() {
+    let mut f = Fixture::new(200, 20);
+    // The seed five times faster than the peer: with a window of 4, the seed gets through
+    // 2 x 4 x 5 = 40 chunks while the peer delivers its window.
+    f.book.record(addr(1), 500_000.0);
+    f.book.record(addr(2), 100_000.0);
+    let asked = f.connect(&[(1, Have::Complete), (2, Have::Complete)], 4);
+    let (seed, peer) = (f.id_of(1), f.id_of(2));
+    assert_eq!((chunks_of(&asked, seed).len(), chunks_of(&asked, peer).len()), (4, 4), "both are asked");
+
+    let mut f = Fixture::new(30, 21);
+    f.book.record(addr(1), 500_000.0);
+    f.book.record(addr(2), 100_000.0);
+    let asked = f.connect(&[(1, Have::Complete), (2, Have::Complete)], 4);
+    let (seed, peer) = (f.id_of(1), f.id_of(2));
+    assert_eq!((chunks_of(&asked, seed).len(), chunks_of(&asked, peer).len()), (4, 0), "30 needed: the seed's");
+}
