@@ -636,11 +636,19 @@ impl Lab<'_> {
             };
             let (mut s, mut p) = (0u64, 0u64);
             let mut all_known = !self.loopback();
+            // P2P_BENCH_REPORTS=DIR keeps every downloader's report, to see where a straggler's
+            // data came from.
+            let keep = std::env::var_os("P2P_BENCH_REPORTS").map(PathBuf::from);
             for (i, d) in dls.iter().flatten().enumerate() {
                 let Some(rep) = &d.report else {
                     all_known = false;
                     continue;
                 };
+                if let Some(dir) = &keep {
+                    let done = d.out.done.unwrap_or(-1.0);
+                    let _ = std::fs::create_dir_all(dir);
+                    let _ = std::fs::write(dir.join(format!("{tag}-d{i}-done{done:.3}s.json")), rep);
+                }
                 let Ok(rep) = serde_json::from_str::<serde_json::Value>(rep) else {
                     eprintln!("bench: downloader {i} printed no report; its sources are not counted");
                     all_known = false;
