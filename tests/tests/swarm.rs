@@ -303,12 +303,14 @@ async fn announces_new_chunks(batched: bool) {
             wait_progress(&mut rx, "a first chunk", |p| p.chunks_done >= 1).await;
             let stream = tokio::net::TcpStream::connect(pd.listen_addr()).await.unwrap();
             let mut c = tokio_util::codec::Framed::new(stream, PeerClientCodec::new(1 << 20));
-            c.send(PeerRequest::Hello { hello: proto::Hello::current(), name: "f.bin".into(), root: meta.root })
+            // In one write, as the reference downloader sends them.
+            c.feed(PeerRequest::Hello { hello: proto::Hello::current(), name: "f.bin".into(), root: meta.root })
                 .await
                 .unwrap();
             if batched {
-                c.send(PeerRequest::BatchedHaves).await.unwrap();
+                c.feed(PeerRequest::BatchedHaves).await.unwrap();
             }
+            c.flush().await.unwrap();
             let Some(Ok(Ok(PeerResponse::Welcome { have: Have::Partial(mut known) }))) = c.next().await else {
                 panic!("expected a partial welcome")
             };

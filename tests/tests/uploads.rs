@@ -241,3 +241,32 @@ async fn swapping_a_folder_for_a_link_never_serves_outside_bytes() {
     })
     .await;
 }
+
+/// A connection keeps the complete file it serves open, but a file removed from the share is no
+/// longer served through it: once the watcher has withdrawn it, requests get `Error(Internal)`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_removed_from_the_share_is_no_longer_served_to_open_connections() {
+    with_timeout(async {
+        let t = spawn_tracker(tracker::Config::default()).await;
+        let share = tempfile::tempdir().unwrap();
+        let data = write_file(share.path(), "gone.bin", 512 * 1024, 36);
+        let meta = meta_of(&data, "gone.bin");
+        let seed = spawn_peer(t.addr(), share.path(), |c| c.watch = true).await;
+        let stream = TcpStream::connect(seed.listen_addr()).await.unwrap();
+        let mut c = Framed::new(stream, PeerClientCodec::new(1 << 20));
+        c.send(hello(&meta)).await.unwrap();
+        assert!(matches!(c.next().await, Some(Ok(Ok(PeerResponse::Welcome { .. })))));
+        c.send(PeerRequest::GetChunk { chunk: 0 }).await.unwrap();
+        assert!(matches!(c.next().await, Some(Ok(Ok(PeerResponse::Chunk { chunk: 0, .. })))));
+        std::fs::remove_file(share.path().join("gone.bin")).unwrap();
+        eventually("the file is withdrawn", Duration::from_secs(10), || seed.shares().get("gone.bin").is_none()).await;
+        c.send(PeerRequest::GetChunk { chunk: 1 }).await.unwrap();
+        match c.next().await {
+            Some(Ok(Ok(PeerResponse::Error(PeerError::Internal)))) => {}
+            other => panic!("expected Error(Internal), got {other:?}"),
+        }
+        seed.shutdown().await;
+        t.shutdown().await.unwrap();
+    })
+    .await;
+}

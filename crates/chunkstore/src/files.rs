@@ -117,7 +117,8 @@ pub(crate) struct Opened {
 pub(crate) fn open(dir: &Dir, meta: &FileMeta, id: &str) -> Result<Opened, StoreError> {
     let names = Names::of(id);
     let (data_path, have_path) = (dir.display(&names.data), dir.display(&names.have));
-    if meta.num_chunks() <= 1 {
+    // Without /proc an unnamed file could only be placed by copying it.
+    if meta.num_chunks() <= 1 && proc_fd_available() {
         if let Some(opened) = open_unnamed(dir, meta, &names, data_path.clone(), have_path.clone())? {
             return Ok(opened);
         }
@@ -156,6 +157,13 @@ pub(crate) fn open(dir: &Dir, meta: &FileMeta, id: &str) -> Result<Opened, Store
         debug!(name = meta.name, chunks = n, id, "started partial download");
     }
     Ok(Opened { data, have_file: Some(have_file), have, data_path, have_path })
+}
+
+/// Whether this process can name its open files through `/proc/self/fd` (what links an unnamed
+/// file into place), looked up once.
+fn proc_fd_available() -> bool {
+    static AVAILABLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *AVAILABLE.get_or_init(|| std::path::Path::new("/proc/self/fd").is_dir())
 }
 
 /// The unnamed download of a file of at most one chunk (see [`open`]), after removing any files

@@ -8,9 +8,10 @@
 //!   claimed chunk and clears the bits whose bytes do not match (`files.rs`). So chunks are never
 //!   fsynced one by one: a crash can lose the last chunks written or leave a bit set over torn
 //!   bytes, and either way the next open finds out and fetches those chunks again.
-//! - A file appears under its name only after every chunk was read back from disk and matched,
-//!   the data was fsynced, and it was linked into place without replacing anything (`place.rs`),
-//!   or, if the caller asked ([`Partial::finish_replacing_until`]), renamed over a regular file.
+//! - A file appears under its name only after every chunk was verified (when it was written, and
+//!   read back from disk and matched if the caller asked: [`Finish::read_back`]), the data was
+//!   fsynced, and it was linked into place without replacing anything (`place.rs`), or, if the
+//!   caller asked ([`Finish::replace`]), renamed over a regular file.
 //!
 //! A download knows of its store only what [`Home`] gives it (the share folder and the hash cache)
 //! and the partial folder the registry opened for it. Which downloads are open, and that each has
@@ -279,10 +280,17 @@ impl Partial {
 
     /// [`Partial::read_chunk_into`] if the whole chunk is in the page cache; `Ok(false)` (and
     /// `buf` holding nothing of use) if reading it would wait for the disk. See `reader.rs`.
+    /// Never waits for the download's lock either (a writer holds it across a write of its
+    /// bitmap): `Ok(false)` then too. Meant for an event loop, which must not block.
     pub fn read_chunk_cached(&self, i: ChunkIndex, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
         let idx = self.index(i)?;
         let inner = &*self.inner;
-        if !lock(&inner.state).have.get(idx) {
+        let held = match inner.state.try_lock() {
+            Ok(st) => st.have.get(idx),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().have.get(idx),
+            Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+        };
+        if !held {
             return Err(StoreError::NotHeld { chunk: idx });
         }
         let (off, len) = inner.meta.chunk_range(i);

@@ -157,6 +157,9 @@ fn replace_into(to: &Target<'_>, data: &File, partials: &Dir) -> Result<Placed, 
         // a file system without hard links): then it goes back, so the download stays whole.
         let undone = match partials.is_same_file(&data_name, data) {
             Ok(true) => parent.remove_file(&tmp),
+            // An unnamed data file (a one-chunk download) keeps its open handle: no name to
+            // give back.
+            Err(e) if e.kind() == ErrorKind::NotFound => parent.remove_file(&tmp),
             _ => partials.rename_from_noreplace(parent, &tmp, &data_name),
         };
         if let Err(u) = undone {

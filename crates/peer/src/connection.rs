@@ -44,7 +44,8 @@ impl PeerConn {
         // Announcements in batches, asked for in the same write as the handshake.
         framed.feed(hello).await.map_err(SourceError::Lost)?;
         framed.send(PeerRequest::BatchedHaves).await.map_err(SourceError::Lost)?;
-        let mut conn = PeerConn { framed, batching_unconfirmed: true };
+        // Armed once the Welcome is in: a Malformed before it is a refusal of the Hello.
+        let mut conn = PeerConn { framed, batching_unconfirmed: false };
         match timeout(deadline, conn.next()).await.map_err(|_| SourceError::ConnectTimeout(deadline))?? {
             PeerResponse::Welcome { have } => {
                 if let Have::Partial(b) = &have {
@@ -55,6 +56,7 @@ impl PeerConn {
                         }));
                     }
                 }
+                conn.batching_unconfirmed = true;
                 Ok((conn, have))
             }
             PeerResponse::Error(e) => Err(SourceError::Refused(e)),
@@ -100,5 +102,33 @@ impl PeerConn {
             }
             return Ok(r);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proto::codec::PeerServerCodec;
+    use proto::limits::DEFAULT_MAX_FRAME;
+    use std::net::Ipv4Addr;
+
+    /// A source answering the Hello with `Malformed` refuses it: the one `Malformed` a downloader
+    /// ignores is an older source's answer to `BatchedHaves`, after the Welcome.
+    #[tokio::test]
+    async fn a_malformed_answer_to_the_hello_is_a_refusal() {
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut c = Framed::new(stream, PeerServerCodec::new(DEFAULT_MAX_FRAME));
+            let _ = c.next().await;
+            c.send(PeerResponse::Error(PeerError::Malformed("bad hello".into()))).await.unwrap();
+            // Keep the connection open until the client is done.
+            let _ = c.next().await;
+        });
+        let meta = FileMeta::from_bytes("f", proto::limits::MIN_CHUNK_SIZE, b"x");
+        let r = PeerConn::open(addr, &meta, Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(SourceError::Refused(PeerError::Malformed(_)))), "{:?}", r.err());
+        server.abort();
     }
 }

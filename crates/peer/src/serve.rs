@@ -287,7 +287,8 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
         return conn.refuse(PeerError::UnknownFile).await;
     };
     let mut announcer = Announcer::new(&shared, up.config.announce_interval);
-    conn.send(PeerResponse::Welcome { have: shared.have() }, send).await?;
+    // The Welcome is the announcer's snapshot: a chunk it lists is never announced again.
+    conn.send(PeerResponse::Welcome { have: announcer.welcome(&shared) }, send).await?;
     conn.requests.decoder_mut().set_max_frame(REQUEST_MAX_FRAME);
     // One buffer for every chunk this connection sends: no allocation per chunk.
     let mut buf = Vec::new();
@@ -295,11 +296,13 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
     // Failed reads are warned about once per connection, then counted: a client asking again and
     // again for a chunk that cannot be read must not flood the log.
     let mut failed_reads = ReadFailures { name: name.clone(), count: 0 };
-    let mut open: OpenFile = None;
+    let mut open = OpenFile::default();
     let result = loop {
         let next = tokio::select! {
+            // Requests first: a downloader's BatchedHaves, sent with its Hello, is seen before
+            // any announcement goes out.
+            biased;
             r = conn.requests.next() => r,
-            _ = tokio::time::sleep_until(idle_until) => break Ok(()),
             () = announcer.due(&shared) => {
                 if let Err(e) = conn.send_all(announcer.messages().into_iter(), send).await {
                     break Err(e);
@@ -309,6 +312,7 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
                 idle_until = Instant::now() + idle;
                 continue;
             }
+            _ = tokio::time::sleep_until(idle_until) => break Ok(()),
         };
         idle_until = Instant::now() + idle;
         let (chunk, fresh) = match next {
@@ -334,19 +338,34 @@ async fn connection(conn: &mut Conn, up: &Uploader, remote: SocketAddr) -> Resul
                 continue;
             }
         };
+        // Announcements pending go out in the same write as the answer. Taken before the chunk
+        // is looked at, so a chunk stored meanwhile is announced after a DontHave for it, never
+        // before (which would leave the downloader thinking it is not held).
+        announcer.collect(&shared);
+        if let Err(e) = conn.queue(announcer.messages()) {
+            break Err(e);
+        }
         // Look the file up again: a partial download may have been promoted to a complete file.
-        let current = up.shares.get(&name).filter(|s| s.meta().root == root).unwrap_or_else(|| shared.clone());
+        // A complete file no longer served (removed, or changed and served anew) is not read
+        // through the handle this connection kept.
+        let current = match up.shares.get(&name).filter(|s| s.meta().root == root) {
+            Some(current) => current,
+            None if matches!(shared, Shared::Partial { .. }) => shared.clone(),
+            None => {
+                open.close();
+                let reply = failed(&mut failed_reads, chunk, &"the file is no longer served");
+                if let Err(e) = conn.send(reply, send).await {
+                    break Err(e);
+                }
+                continue;
+            }
+        };
         let chunk = match &current {
             Shared::Complete(meta) if chunk < meta.num_chunks() => up.choose(meta, chunk, fresh),
             _ => chunk,
         };
         let (read, returned) = read_chunk(up, current, chunk, buf, &mut failed_reads, &mut open).await;
         buf = returned;
-        // Announcements pending go out in the same write as the answer.
-        announcer.collect(&shared);
-        if let Err(e) = conn.queue(announcer.messages()) {
-            break Err(e);
-        }
         let sent = match read {
             Ok(()) => {
                 up.limiter.acquire(buf.len()).await;
@@ -393,9 +412,39 @@ impl Drop for ReadFailures {
     }
 }
 
-/// The complete file a connection serves, opened at its first chunk and kept for the next ones:
-/// its root (a file replaced under the name is opened anew) and the open file.
-type OpenFile = Option<(Hash, Arc<Served>)>;
+/// The complete file a connection serves, opened at its first chunk and kept for the next ones,
+/// with its root and chunk size (a file served anew under the name is opened anew). Closed on a
+/// blocking thread: closing the last handle of a file deleted meanwhile frees its blocks, which
+/// for a large file takes a while, and the runtime's thread serves every connection.
+#[derive(Default)]
+struct OpenFile(Option<((Hash, u32), Arc<Served>)>);
+
+impl OpenFile {
+    /// The open file of `meta`, if that is the one held.
+    fn get(&self, meta: &FileMeta) -> Option<Arc<Served>> {
+        self.0.as_ref().filter(|(key, _)| *key == (meta.root, meta.chunk_size)).map(|(_, f)| f.clone())
+    }
+
+    fn set(&mut self, meta: &FileMeta, file: Arc<Served>) {
+        self.close();
+        self.0 = Some(((meta.root, meta.chunk_size), file));
+    }
+
+    fn close(&mut self) {
+        if let Some((_, file)) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => drop(rt.spawn_blocking(move || drop(file))),
+                Err(_) => drop(file),
+            }
+        }
+    }
+}
+
+impl Drop for OpenFile {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
 
 /// Reads chunk `chunk` of `shared` into `buf`: in place when the whole chunk is in the page cache
 /// (a copy, no thread hand-off), else on a blocking thread. Returns the buffer either way, and on
@@ -413,15 +462,15 @@ async fn read_chunk(
     };
     let read = match &shared {
         Shared::Complete(meta) => {
-            let file = match open {
-                Some((root, file)) if *root == meta.root => file.clone(),
-                _ => {
+            let file = match open.get(meta) {
+                Some(file) => file,
+                None => {
                     // Opening resolves the path below the share: a blocking thread's work.
                     let (store, m) = (up.store.clone(), meta.clone());
                     match tokio::task::spawn_blocking(move || store.open_served(&m)).await {
                         Ok(Ok(file)) => {
                             let file = Arc::new(file);
-                            *open = Some((meta.root, file.clone()));
+                            open.set(meta, file.clone());
                             file
                         }
                         Ok(Err(e)) => return (Err(failed(failures, chunk, &e)), buf),
@@ -464,7 +513,7 @@ async fn read_chunk(
         Err(StoreError::NotHeld { .. }) => (Err(PeerResponse::DontHave { chunk }), buf),
         Err(e) => {
             // The file may have changed: open it again for the next chunk.
-            *open = None;
+            open.close();
             (Err(failed(failures, chunk, &e)), buf)
         }
     }

@@ -48,6 +48,15 @@ impl Announcer {
         Announcer { news, told, pending: Vec::new(), batched: false, interval, next_write: Instant::now(), due: None }
     }
 
+    /// What the Welcome lists: the snapshot the announcer starts from, so that no chunk it lists
+    /// is announced again.
+    pub(super) fn welcome(&self, shared: &Shared) -> proto::Have {
+        match shared {
+            Shared::Complete(_) => proto::Have::Complete,
+            Shared::Partial { .. } => proto::Have::Partial(self.told.clone()),
+        }
+    }
+
     /// The downloader sent [`proto::peer::PeerRequest::BatchedHaves`].
     pub(super) fn batch(&mut self) {
         self.batched = true;

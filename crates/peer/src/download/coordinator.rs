@@ -582,16 +582,16 @@ impl Coordinator {
     /// a source of unknown rate.
     fn reserved_for_faster(&self, id: SourceId) -> Reserved {
         let Some(rec) = self.sources.get(&id) else { return Reserved::Nothing };
-        let Some(mine) = self.book.rate(rec.report.addr).filter(|r| *r > 0.0) else { return Reserved::Nothing };
+        // A source that just failed or stalled (rate 0) counts every other as faster.
+        let Some(mine) = self.book.rate(rec.report.addr) else { return Reserved::Nothing };
         let window = match rec.link {
             Link::Up { want, .. } => want.max(1) as f64,
             _ => 1.0,
         };
         let n = self.sched.num_chunks();
-        let mut bits: Option<Vec<u8>> = None;
-        let mut all = false;
-        // What the faster sources deliver together, a source of unknown rate counted as just fast
-        // enough.
+        // The faster sources and what they hold (None: everything), and what they deliver
+        // together, a source of unknown rate counted as just fast enough.
+        let mut faster: Vec<Option<&[u8]>> = Vec::new();
         let mut faster_rate = 0.0;
         for (&other, r) in &self.sources {
             if other == id || r.report.dropped.is_some() {
@@ -615,21 +615,20 @@ impl Coordinator {
                 _ => continue,
             };
             faster_rate += rate.unwrap_or(OUTRANK * mine);
-            match held {
-                None => all = true,
-                Some(held) => {
-                    let into = bits.get_or_insert_with(|| vec![0; n.div_ceil(8) as usize]);
-                    into.iter_mut().zip(held).for_each(|(i, h)| *i |= h);
-                }
-            }
+            faster.push(held);
         }
         // More work left than the faster sources get through while this one delivers its window:
         // it takes its share.
-        if self.sched.needed_count() as f64 > SPARE_WORK * window * faster_rate / mine {
+        if mine > 0.0 && self.sched.needed_count() as f64 > SPARE_WORK * window * faster_rate / mine {
             return Reserved::Nothing;
         }
-        if all {
+        if faster.iter().any(Option::is_none) {
             return Reserved::All;
+        }
+        let mut bits: Option<Vec<u8>> = None;
+        for held in faster.into_iter().flatten() {
+            let into = bits.get_or_insert_with(|| vec![0; n.div_ceil(8) as usize]);
+            into.iter_mut().zip(held).for_each(|(i, h)| *i |= h);
         }
         match bits.and_then(|b| Bitmap::from_parts(n, b).ok()) {
             Some(b) => Reserved::These(b),

@@ -484,3 +484,15 @@ fn a_slower_source_takes_its_share_while_there_is_plenty_of_work() {
     let (seed, peer) = (f.id_of(1), f.id_of(2));
     assert_eq!((chunks_of(&asked, seed).len(), chunks_of(&asked, peer).len()), (4, 0), "30 needed: the seed's");
 }
+
+/// A source that just failed (its rate recorded as 0) is held back by any faster one, however
+/// much work is left.
+#[test]
+fn a_source_that_just_failed_leaves_the_work_to_faster_ones() {
+    let mut f = Fixture::new(200, 22);
+    f.book.record(addr(1), 500_000.0);
+    f.book.record(addr(2), 0.0);
+    let asked = f.connect(&[(1, Have::Complete), (2, Have::Complete)], 4);
+    let (seed, peer) = (f.id_of(1), f.id_of(2));
+    assert_eq!((chunks_of(&asked, seed).len(), chunks_of(&asked, peer).len()), (4, 0));
+}
