@@ -460,53 +460,36 @@ async fn read_chunk(
     let Ok(idx) = shared.meta().chunk(chunk) else {
         return (Err(PeerResponse::Error(PeerError::ChunkOutOfRange { chunk })), buf);
     };
-    let read = match &shared {
-        Shared::Complete(meta) => {
-            let file = match open.get(meta) {
-                Some(file) => file,
-                None => {
-                    // Opening resolves the path below the share: a blocking thread's work.
-                    let (store, m) = (up.store.clone(), meta.clone());
-                    match tokio::task::spawn_blocking(move || store.open_served(&m)).await {
-                        Ok(Ok(file)) => {
-                            let file = Arc::new(file);
-                            open.set(meta, file.clone());
-                            file
-                        }
-                        Ok(Err(e)) => return (Err(failed(failures, chunk, &e)), buf),
-                        Err(e) => return (Err(failed(failures, chunk, &e)), buf),
+    let source = match &shared {
+        Shared::Complete(meta) => match open.get(meta) {
+            Some(file) => ChunkSource::File(file),
+            None => {
+                // Opening resolves the path below the share: a blocking thread's work.
+                let (store, m) = (up.store.clone(), meta.clone());
+                match tokio::task::spawn_blocking(move || store.open_served(&m)).await {
+                    Ok(Ok(file)) => {
+                        let file = Arc::new(file);
+                        open.set(meta, file.clone());
+                        ChunkSource::File(file)
                     }
-                }
-            };
-            match file.read_chunk_cached(idx, &mut buf) {
-                Ok(true) => Ok(()),
-                Ok(false) => {
-                    match tokio::task::spawn_blocking(move || (file.read_chunk_into(idx, &mut buf), buf)).await {
-                        Ok((r, b)) => {
-                            buf = b;
-                            r
-                        }
-                        // The blocking task died with the buffer.
-                        Err(e) => return (Err(failed(failures, chunk, &e)), Vec::new()),
-                    }
-                }
-                Err(e) => Err(e),
-            }
-        }
-        Shared::Partial { partial, .. } => match partial.read_chunk_cached(idx, &mut buf) {
-            Ok(true) => Ok(()),
-            Ok(false) => {
-                let partial = partial.clone();
-                match tokio::task::spawn_blocking(move || (partial.read_chunk_into(idx, &mut buf), buf)).await {
-                    Ok((r, b)) => {
-                        buf = b;
-                        r
-                    }
-                    Err(e) => return (Err(failed(failures, chunk, &e)), Vec::new()),
+                    Ok(Err(e)) => return (Err(failed(failures, chunk, &e)), buf),
+                    Err(e) => return (Err(failed(failures, chunk, &e)), buf),
                 }
             }
-            Err(e) => Err(e),
         },
+        Shared::Partial { partial, .. } => ChunkSource::Partial(partial.clone()),
+    };
+    let read = match source.read_cached(idx, &mut buf) {
+        Ok(true) => Ok(()),
+        Ok(false) => match tokio::task::spawn_blocking(move || (source.read(idx, &mut buf), buf)).await {
+            Ok((r, b)) => {
+                buf = b;
+                r
+            }
+            // The blocking task died with the buffer.
+            Err(e) => return (Err(failed(failures, chunk, &e)), Vec::new()),
+        },
+        Err(e) => Err(e),
     };
     match read {
         Ok(()) => (Ok(()), buf),
@@ -515,6 +498,30 @@ async fn read_chunk(
             // The file may have changed: open it again for the next chunk.
             open.close();
             (Err(failed(failures, chunk, &e)), buf)
+        }
+    }
+}
+
+/// Where a connection reads a chunk from: the complete file it keeps open, or a download.
+enum ChunkSource {
+    File(Arc<Served>),
+    Partial(chunkstore::Partial),
+}
+
+impl ChunkSource {
+    /// The chunk, if all of it is in the page cache (see `Served::read_chunk_cached`).
+    fn read_cached(&self, idx: proto::ChunkIndex, buf: &mut Vec<u8>) -> Result<bool, StoreError> {
+        match self {
+            ChunkSource::File(f) => f.read_chunk_cached(idx, buf),
+            ChunkSource::Partial(p) => p.read_chunk_cached(idx, buf),
+        }
+    }
+
+    /// The chunk, from the disk if need be: for a blocking thread.
+    fn read(&self, idx: proto::ChunkIndex, buf: &mut Vec<u8>) -> Result<(), StoreError> {
+        match self {
+            ChunkSource::File(f) => f.read_chunk_into(idx, buf),
+            ChunkSource::Partial(p) => p.read_chunk_into(idx, buf),
         }
     }
 }
