@@ -206,6 +206,9 @@ pub(crate) struct Outcome {
     pub(crate) cpu_seed: f64,
     /// System calls of the downloaders and of the seed, when perf could count them.
     pub(crate) syscalls: Option<(u64, u64)>,
+    /// Context switches (each a thread going to sleep or being preempted: the cost of a wake-up)
+    /// of the downloaders and of the seed, counted by the same perf.
+    pub(crate) switches: Option<(u64, u64)>,
     /// Packets sent by all peer hosts (seed and downloaders), and bytes sent by the seed's host.
     pub(crate) packets: Option<u64>,
     pub(crate) seed_wire_bytes: Option<u64>,
@@ -436,7 +439,9 @@ impl Lab<'_> {
         }
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
         let mut cmd = Command::new("perf");
-        cmd.args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "-o"]).arg(file).args(["-p", &list.join(",")]);
+        cmd.args(["stat", "-e", "raw_syscalls:sys_enter,context-switches", "-x", ",", "-o"])
+            .arg(file)
+            .args(["-p", &list.join(",")]);
         Proc::spawn(cmd, "perf").ok()
     }
 
@@ -677,9 +682,10 @@ impl Lab<'_> {
         }
 
         // perf ends with its processes.
-        let mut syscalls = None;
+        let (mut syscalls, mut switches) = (None, None);
         if self.perf {
             let mut counts = (0u64, 0u64);
+            let mut cs = Some((0u64, 0u64));
             let mut ok = perf_seed.is_some() && !perfs.is_empty();
             for p in perfs.into_iter().chain(perf_seed) {
                 p.reap(Duration::from_secs(10));
@@ -689,13 +695,20 @@ impl Lab<'_> {
                 if file == "late" && !any_late {
                     continue;
                 }
-                match std::fs::read_to_string(&path).ok().as_deref().and_then(parse_perf) {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                match parse_perf(&text, SYSCALLS) {
                     Some(n) if seed => counts.1 += n,
                     Some(n) => counts.0 += n,
                     None => ok = false,
                 }
+                cs = match (cs, parse_perf(&text, SWITCHES)) {
+                    (Some((d, s)), Some(n)) if seed => Some((d, s + n)),
+                    (Some((d, s)), Some(n)) => Some((d + n, s)),
+                    _ => None,
+                };
             }
             syscalls = ok.then_some(counts);
+            switches = cs.filter(|_| ok);
         }
 
         let (packets, seed_wire_bytes) = match (tx_before, tx_after) {
@@ -723,6 +736,7 @@ impl Lab<'_> {
             peers_uploaded: peers_up,
             cpu_seed,
             syscalls,
+            switches,
             packets,
             seed_wire_bytes,
             delivered,
@@ -767,9 +781,14 @@ fn tx_counters(ns: &str) -> Option<(u64, u64)> {
     Some((tx["packets"].as_u64()?, tx["bytes"].as_u64()?))
 }
 
-/// The count in `perf stat -x,` output for raw_syscalls:sys_enter.
-pub(crate) fn parse_perf(text: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.contains("raw_syscalls:sys_enter"))?;
+/// perf's name for the system-call tracepoint.
+const SYSCALLS: &str = "raw_syscalls:sys_enter";
+/// perf's name for the context-switch software event.
+const SWITCHES: &str = "context-switches";
+
+/// The count of `event` in `perf stat -x,` output.
+pub(crate) fn parse_perf(text: &str, event: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.split(',').nth(2).is_some_and(|e| e == event))?;
     line.split(',').next()?.trim().parse().ok()
 }
 
@@ -779,7 +798,7 @@ pub(crate) fn perf_works() -> Result<(), String> {
         .args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "--", "true"])
         .output()
         .map_err(|e| format!("perf not found ({e})"))?;
-    if out.status.success() && parse_perf(&String::from_utf8_lossy(&out.stderr)).is_some() {
+    if out.status.success() && parse_perf(&String::from_utf8_lossy(&out.stderr), SYSCALLS).is_some() {
         Ok(())
     } else {
         Err(format!("perf cannot count raw_syscalls:sys_enter here: {}", String::from_utf8_lossy(&out.stderr).trim()))
@@ -818,6 +837,10 @@ pub(crate) fn outcome_rows(r: &mut Report, o: &Outcome, bound: Option<f64>, targ
     if let Some((d, s)) = o.syscalls {
         r.row(&format!("{p}downloaders' syscalls per MiB delivered"), d as f64 / mib, "calls/MiB");
         r.row(&format!("{p}seed's syscalls per MiB delivered"), s as f64 / mib, "calls/MiB");
+    }
+    if let Some((d, s)) = o.switches {
+        r.row(&format!("{p}downloaders' context switches per MiB delivered"), d as f64 / mib, "cs/MiB");
+        r.row(&format!("{p}seed's context switches per MiB delivered"), s as f64 / mib, "cs/MiB");
     }
     if let Some(n) = o.packets {
         r.row(&format!("{p}peer hosts' packets sent per MiB delivered"), n as f64 / mib, "pkts/MiB");
@@ -890,8 +913,10 @@ mod tests {
 
     #[test]
     fn parses_perf_output() {
-        let text = "# started on Mon\n\n130686,,raw_syscalls:sys_enter,130686,100.00,,\n";
-        assert_eq!(parse_perf(text), Some(130_686));
-        assert_eq!(parse_perf("<not counted>,,raw_syscalls:sys_enter,0,0.00,,"), None);
+        let text =
+            "# started on Mon\n\n130686,,raw_syscalls:sys_enter,130686,100.00,,\n2954,,context-switches,1,100.00,,\n";
+        assert_eq!(parse_perf(text, SYSCALLS), Some(130_686));
+        assert_eq!(parse_perf(text, SWITCHES), Some(2954));
+        assert_eq!(parse_perf("<not counted>,,raw_syscalls:sys_enter,0,0.00,,", SYSCALLS), None);
     }
 }
