@@ -21,7 +21,7 @@ pub struct PartialInfo {
     pub num_chunks: u32,
     /// Bytes of the file in the chunks held.
     pub bytes_done: u64,
-    /// The last write to any of its files (the bitmap changes with every chunk stored).
+    /// The last write to any of its files (the data file changes with every chunk stored).
     pub modified: SystemTime,
     /// Disk space its files take (allocated blocks, so a sparse data file counts only what was
     /// written or reserved).
@@ -30,13 +30,16 @@ pub struct PartialInfo {
 
 /// The info of the download of `meta` filed under `id` in the partial folder `dir`. Files that are
 /// missing or unreadable count as empty: a bitmap that cannot be read holds nothing (as a resume
-/// would treat it).
-pub(crate) fn read(dir: &Dir, id: &str, meta: FileMeta) -> PartialInfo {
+/// would treat it). `open` is the bitmap of the download if this store has it open: newer than
+/// its file.
+pub(crate) fn read(dir: &Dir, id: &str, meta: FileMeta, open: Option<Bitmap>) -> PartialInfo {
     let names = Names::of(id);
     let n = meta.num_chunks();
-    let mut bytes = Vec::new();
-    let read = dir.open_file(&names.have, Access::Read).and_then(|mut f| f.read_to_end(&mut bytes));
-    let have = read.ok().and_then(|_| Bitmap::from_parts(n, bytes).ok()).unwrap_or_else(|| Bitmap::new(n));
+    let have = open.filter(|b| b.len() == n).unwrap_or_else(|| {
+        let mut bytes = Vec::new();
+        let read = dir.open_file(&names.have, Access::Read).and_then(|mut f| f.read_to_end(&mut bytes));
+        read.ok().and_then(|_| Bitmap::from_parts(n, bytes).ok()).unwrap_or_else(|| Bitmap::new(n))
+    });
     let mut modified = UNIX_EPOCH;
     let mut disk_bytes = 0u64;
     for name in [&names.meta, &names.data, &names.have] {

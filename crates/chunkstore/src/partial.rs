@@ -27,7 +27,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use bytes::Bytes;
 use proto::{Bitmap, ChunkIndex, FileMeta, MetaError};
@@ -81,6 +81,8 @@ struct Inner {
     /// to one fsync only, so it is kept here, for good: data written before it may never have
     /// reached the disk, and `finish` must not put this copy in place, however often it is called.
     flush_error: Mutex<Option<FlushError>>,
+    /// Signalled (with `flush_error` locked) when a flush ends, for a finish waiting for it.
+    flush_ended: Condvar,
 }
 
 /// A failed flush of a download's data file, kept (see `Inner::flush_error`): what was being done
@@ -98,6 +100,41 @@ struct State {
     /// None for an unnamed download, which keeps no bitmap on disk (`files::open`).
     have_file: Option<File>,
     phase: Phase,
+    /// Bits set in memory since the bitmap file was last written: the bytes that hold them
+    /// (first, last) and how many chunks.
+    unsaved: Option<(usize, usize)>,
+    unsaved_chunks: u32,
+}
+
+/// Newly stored chunks after which the bitmap file is brought up to date. The file may lag memory
+/// by fewer: a chunk it does not list yet is fetched again after a crash (its data is in the data
+/// file, but only a listed chunk is trusted, after re-verification), which costs little next to
+/// a write per chunk. It is brought up to date when the download is closed, too.
+pub(crate) const SAVE_EVERY: u32 = 16;
+
+impl State {
+    /// Writes the bitmap bytes changed since the last save, if any.
+    fn save(&mut self, have_path: &std::path::Path) -> Result<(), StoreError> {
+        let Some((first, last)) = self.unsaved else { return Ok(()) };
+        if let Some(file) = &self.have_file {
+            file.write_all_at(&self.have.as_bytes()[first..=last], first as u64).map_err(io_err("write", have_path))?;
+        }
+        self.unsaved = None;
+        self.unsaved_chunks = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Inner {
+    /// A closed download's bitmap file lists every chunk it holds.
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if st.phase == Phase::Open {
+            if let Err(e) = st.save(&self.have_path) {
+                tracing::warn!(name = self.meta.name, error = %e, "could not save a closed download's chunk list");
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -162,10 +199,11 @@ impl Partial {
                 data_path,
                 have_path,
                 data,
-                state: Mutex::new(State { have, have_file, phase: Phase::Open }),
+                state: Mutex::new(State { have, have_file, phase: Phase::Open, unsaved: None, unsaved_chunks: 0 }),
                 unflushed: AtomicU64::new(0),
                 flushing: AtomicBool::new(false),
                 flush_error: Mutex::new(None),
+                flush_ended: Condvar::new(),
             }),
         })
     }
@@ -218,7 +256,9 @@ impl Partial {
 
     /// Stores chunk `i`: verifies `data` against the chunk hash first ([`StoreError::HashMismatch`]
     /// and nothing written if it does not match), writes it at its offset, then marks it held in
-    /// memory and on disk. Returns true if the chunk is newly stored, false if it was already held.
+    /// memory, and on disk with the next save of the bitmap (every [`SAVE_EVERY`] chunks, and when
+    /// the download is closed). Returns true if the chunk is newly stored, false if it was already
+    /// held.
     ///
     /// There is no fsync per chunk: it would cost a disk flush per chunk, and it is not needed for
     /// safety because a reopened download re-verifies every chunk its bitmap claims. Durability
@@ -246,12 +286,12 @@ impl Partial {
             return Ok(false);
         }
         let byte = (idx / 8) as usize;
-        let value = st.have.as_bytes()[byte];
-        let persisted = st.have_file.as_ref().map_or(Ok(()), |f| f.write_all_at(&[value], byte as u64));
-        if let Err(e) = persisted {
-            // Keep memory equal to disk: the chunk will be fetched again.
-            st.have.clear(idx);
-            return Err(io_err("write", &inner.have_path)(e));
+        st.unsaved = Some(st.unsaved.map_or((byte, byte), |(first, last)| (first.min(byte), last.max(byte))));
+        st.unsaved_chunks += 1;
+        if st.unsaved_chunks >= SAVE_EVERY {
+            // The chunk is stored and listed in memory either way; a failed save is reported (the
+            // disk is failing) and tried again with the next chunk.
+            st.save(&inner.have_path)?;
         }
         drop(st);
         self.flush_behind(data.len() as u64);
@@ -299,7 +339,9 @@ impl Partial {
     }
 
     /// Writes the whole bitmap to disk (after bits were cleared).
-    fn persist_all(&self, st: &State) -> Result<(), StoreError> {
+    fn persist_all(&self, st: &mut State) -> Result<(), StoreError> {
+        st.unsaved = None;
+        st.unsaved_chunks = 0;
         let Some(file) = &st.have_file else { return Ok(()) };
         file.write_all_at(st.have.as_bytes(), 0).map_err(io_err("write", &self.inner.have_path))
     }

@@ -170,7 +170,14 @@ impl Partials {
     /// See [`crate::Store::partial_infos`].
     pub(crate) fn infos(&self) -> Result<Vec<PartialInfo>, StoreError> {
         let Some(dir) = self.find_dir()? else { return Ok(Vec::new()) };
-        Ok(self.listed()?.into_iter().map(|(id, meta)| info::read(dir, &id, meta)).collect())
+        let open = |id: &str| {
+            let slot = lock(&self.slots).get(id).cloned()?;
+            // A slot busy opening or removing the download: its files tell.
+            let held = slot.try_lock().ok()?.upgrade();
+            held.map(|p| p.have())
+        };
+        // An open download's bitmap in memory is ahead of its file (saved every few chunks).
+        Ok(self.listed()?.into_iter().map(|(id, meta)| info::read(dir, &id, meta, open(&id))).collect())
     }
 
     /// The downloads whose `.meta` reads and is filed under its id, as (id, metadata), sorted by

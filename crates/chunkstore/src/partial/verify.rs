@@ -20,8 +20,8 @@ use crate::error::{io_err, StoreError};
 use crate::hash::hash_chunk_at;
 use crate::sync::lock;
 
-/// How often a finish waiting for a flush looks at its stop flag.
-const WAIT_POLL: Duration = Duration::from_millis(1);
+/// How often a finish waiting for a flush looks at its stop flag (the flush's end wakes it at once).
+const WAIT_POLL: Duration = Duration::from_millis(20);
 
 impl Partial {
     /// Starts writeback of the data file on a background thread once [`FLUSH_BEHIND`] bytes were
@@ -50,6 +50,10 @@ impl Partial {
                 lock(&flusher.flush_error).get_or_insert((action, e.kind(), e.to_string()));
             }
             flusher.flushing.store(false, Ordering::Release);
+            // Under the lock a waiter checks `flushing` with, so the signal cannot fall between
+            // its check and its wait.
+            let _held = lock(&flusher.flush_error);
+            flusher.flush_ended.notify_all();
         });
         if spawned.is_err() {
             self.inner.flushing.store(false, Ordering::Release);
@@ -66,12 +70,17 @@ impl Partial {
     }
 
     /// Waits until no flush of the data file is running (a running one holds the answer to
-    /// whether earlier writes reached the disk), looking at `stop` meanwhile. Polls: finish runs
-    /// on a blocking thread, and the wait is short next to the read-back.
+    /// whether earlier writes reached the disk), looking at `stop` meanwhile. Woken by the flush's
+    /// end, not by polling: a wake-up per millisecond of a long fsync is a cost of its own.
     fn wait_for_flush(&self, stop: &AtomicBool) -> Result<(), StoreError> {
-        while self.inner.flushing.load(Ordering::Acquire) {
+        let inner = &*self.inner;
+        let mut held = lock(&inner.flush_error);
+        while inner.flushing.load(Ordering::Acquire) {
             self.heed(stop)?;
-            std::thread::sleep(WAIT_POLL);
+            held = match inner.flush_ended.wait_timeout(held, WAIT_POLL) {
+                Ok((held, _)) => held,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
         }
         Ok(())
     }
@@ -124,7 +133,7 @@ impl Partial {
                     bad += 1;
                 }
             }
-            self.persist_all(&st)?;
+            self.persist_all(&mut st)?;
             warn!(name = meta.name, bad_chunks = bad, "assembled file does not match its root hash");
             return Err(StoreError::WholeFileMismatch { name: meta.name.clone(), bad_chunks: bad });
         }
