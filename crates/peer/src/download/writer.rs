@@ -1,20 +1,38 @@
 //! The writer stage of one download: verifies arriving chunks (BLAKE3, in the chunk store) and
-//! writes them, on as many blocking threads at once as there are cores, while the sources keep
-//! receiving. It decides nothing: it reports to the coordinator what the store said of each copy.
-//! Its queue is bounded, so a download holds a bounded number of chunks in memory however many
-//! sources it has.
+//! writes them, while the sources keep receiving. It decides nothing: it reports to the
+//! coordinator what the store said of each copy. Its queue is bounded, so a download holds a
+//! bounded number of chunks in memory however many sources it has.
+//!
+//! A chunk of ordinary size is verified and written on the event loop itself: hashing 64 KiB and
+//! copying it into the page cache take tens of microseconds, less than handing it to a blocking
+//! thread and being woken by it when done (two context switches per chunk, the largest share of a
+//! downloader's CPU on a rate-limited link). A write can block, though, when the kernel throttles
+//! writers because the disk is behind; one that took longer than [`SLOW_WRITE`] sends the
+//! download's chunks to blocking threads (up to `parallel` at once) for [`BACK_OFF`].
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use chunkstore::{Partial, StoreError};
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use prometheus_client::metrics::histogram::Histogram;
+use proto::ChunkIndex;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::coordinator::Input;
 use super::scheduler::SourceId;
 use crate::error::Error;
+
+/// Largest chunk verified and written on the event loop (larger ones take long enough to hash
+/// that a blocking thread is worth its hand-off).
+pub(crate) const INLINE_MAX: usize = 256 * 1024;
+/// A store on the event loop that took longer than this means the disk is pushing back.
+pub(crate) const SLOW_WRITE: Duration = Duration::from_millis(5);
+/// How long a download's stores stay on blocking threads after a slow one.
+pub(crate) const BACK_OFF: Duration = Duration::from_secs(10);
 
 /// A chunk received from a source, on its way to verification and storage.
 pub(crate) struct Arrived {
@@ -26,8 +44,32 @@ pub(crate) struct Arrived {
     pub(crate) from: CancellationToken,
 }
 
-/// Stores arriving chunks, up to `parallel` at once, until the sources are gone; each
-/// verify-and-write is timed into `latency`.
+/// Where the next chunk is stored: on the event loop, or (after a slow store, until `until`) on
+/// blocking threads.
+#[derive(Debug, Default)]
+struct Placement {
+    until: Option<Instant>,
+}
+
+impl Placement {
+    fn inline(&mut self, len: usize, now: Instant) -> bool {
+        if self.until.is_some_and(|u| now >= u) {
+            self.until = None;
+        }
+        self.until.is_none() && len <= INLINE_MAX
+    }
+
+    /// A store on the event loop took `took`.
+    fn took(&mut self, took: Duration, now: Instant) {
+        if took > SLOW_WRITE {
+            tracing::debug!(?took, "slow chunk store: storing on blocking threads for a while");
+            self.until = Some(now + BACK_OFF);
+        }
+    }
+}
+
+/// Stores arriving chunks until the sources are gone; on blocking threads up to `parallel` at
+/// once; each verify-and-write is timed into `latency`.
 pub(crate) async fn run(
     partial: Partial,
     mut arrived: mpsc::Receiver<Arrived>,
@@ -36,13 +78,25 @@ pub(crate) async fn run(
     latency: Histogram,
 ) {
     let mut storing = FuturesUnordered::new();
+    let mut placement = Placement::default();
     loop {
         tokio::select! {
             Some(input) = storing.next(), if !storing.is_empty() => {
                 let _ = inbox.send(input);
             }
             a = arrived.recv(), if storing.len() < parallel => match a {
-                Some(a) => storing.push(store(partial.clone(), a, latency.clone())),
+                Some(a) => match checked(&partial, a) {
+                    Err(input) => { let _ = inbox.send(input); }
+                    Ok((a, idx)) if placement.inline(a.data.len(), Instant::now()) => {
+                        let start = Instant::now();
+                        let r = partial.write_chunk(idx, &a.data);
+                        let took = start.elapsed();
+                        latency.observe(took.as_secs_f64());
+                        placement.took(took, Instant::now());
+                        let _ = inbox.send(outcome(&a, Ok(r)));
+                    }
+                    Ok((a, idx)) => storing.push(store(partial.clone(), a, idx, latency.clone())),
+                },
                 None => break,
             },
         }
@@ -52,18 +106,23 @@ pub(crate) async fn run(
     }
 }
 
-/// Verifies and writes one chunk on a blocking thread; returns what became of it.
-async fn store(partial: Partial, a: Arrived, latency: Histogram) -> Input {
-    let Arrived { source, chunk, data, from } = a;
-    let bytes = data.len() as u64;
-    if from.is_cancelled() {
-        return Input::Discarded { source, bytes };
+/// `a` with its chunk index, or what became of it without a store: discarded (its source was
+/// dropped: not worth a hash), or bad (out of range).
+fn checked(partial: &Partial, a: Arrived) -> Result<(Arrived, ChunkIndex), Input> {
+    let (source, chunk, bytes) = (a.source, a.chunk, a.data.len() as u64);
+    if a.from.is_cancelled() {
+        return Err(Input::Discarded { source, bytes });
     }
-    let idx = match partial.meta().chunk(chunk) {
-        Ok(idx) => idx,
+    match partial.meta().chunk(chunk) {
+        Ok(idx) => Ok((a, idx)),
         // Sources check the range before passing a chunk on; were one not to, its copy is bad.
-        Err(_) => return Input::Bad { source, chunk, bytes },
-    };
+        Err(_) => Err(Input::Bad { source, chunk, bytes }),
+    }
+}
+
+/// Verifies and writes one chunk on a blocking thread; returns what became of it.
+async fn store(partial: Partial, a: Arrived, idx: ChunkIndex, latency: Histogram) -> Input {
+    let data = a.data.clone();
     let write = move || {
         // Timed on the blocking thread: the store's own work, not the wait for a thread.
         let start = std::time::Instant::now();
@@ -71,14 +130,21 @@ async fn store(partial: Partial, a: Arrived, latency: Histogram) -> Input {
         latency.observe(start.elapsed().as_secs_f64());
         r
     };
-    match tokio::task::spawn_blocking(write).await {
+    let r = tokio::task::spawn_blocking(write).await;
+    outcome(&a, r.map_err(|e| Error::Io { action: "run storage task", source: std::io::Error::other(e) }))
+}
+
+/// What the store's answer `r` for `a` means to the coordinator.
+fn outcome(a: &Arrived, r: Result<Result<bool, StoreError>, Error>) -> Input {
+    let (source, chunk, bytes) = (a.source, a.chunk, a.data.len() as u64);
+    match r {
         // Newly stored or already held: the coordinator tells the first copy from duplicates.
         Ok(Ok(_)) => Input::Stored { source, chunk, bytes },
         // The download was finished while this copy was queued: a duplicate too.
         Ok(Err(StoreError::Finished { .. })) => Input::Stored { source, chunk, bytes },
         Ok(Err(StoreError::HashMismatch { .. })) => Input::Bad { source, chunk, bytes },
         Ok(Err(e)) => Input::Failed(Error::Store(e)),
-        Err(e) => Input::Failed(Error::Io { action: "run storage task", source: std::io::Error::other(e) }),
+        Err(e) => Input::Failed(e),
     }
 }
 
@@ -90,6 +156,22 @@ mod tests {
     fn partial(dir: &std::path::Path, data: &[u8]) -> Partial {
         let store = chunkstore::Store::open(dir.to_path_buf()).unwrap();
         store.open_partial(&FileMeta::from_bytes("f", proto::limits::MIN_CHUNK_SIZE, data)).unwrap()
+    }
+
+    /// Chunks of ordinary size are stored on the event loop until one store is slow; then on
+    /// blocking threads for the back-off, and on the event loop again after it. Large chunks
+    /// never are.
+    #[test]
+    fn stores_leave_the_event_loop_for_a_while_after_a_slow_one() {
+        let mut p = Placement::default();
+        let t0 = Instant::now();
+        assert!(p.inline(64 * 1024, t0));
+        assert!(!p.inline(INLINE_MAX + 1, t0), "a large chunk goes to a blocking thread");
+        p.took(SLOW_WRITE, t0);
+        assert!(p.inline(64 * 1024, t0), "not slower than the limit");
+        p.took(SLOW_WRITE * 2, t0);
+        assert!(!p.inline(64 * 1024, t0 + BACK_OFF / 2), "backing off");
+        assert!(p.inline(64 * 1024, t0 + BACK_OFF), "back on the event loop");
     }
 
     /// Every copy is reported: stored, bad, out of range (bad, not silently dropped: review
