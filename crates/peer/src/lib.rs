@@ -30,6 +30,7 @@ mod serve;
 mod session;
 mod shares;
 mod task;
+mod tick;
 mod trackers;
 mod watch;
 

@@ -5,7 +5,8 @@
 //! every one of its own downloaders of each. One write per chunk per connection made these
 //! announcements most of a swarm's writes, packets and wake-ups (30 per chunk at N = 32). So they
 //! are gathered: the first after a quiet spell goes out at once (a lone chunk is not delayed), then
-//! at most one write per [`ServeConfig::announce_interval`](super::ServeConfig) carries everything
+//! at most one write per [`ServeConfig::announce_interval`](super::ServeConfig) (on the process's
+//! grid of ticks, `tick.rs`, so many connections' writes share a wake-up) carries everything
 //! stored meanwhile, and any reply the connection sends in between (a chunk, most often) carries
 //! the pending ones in the same write, for free. While a write is scheduled the connection does
 //! not listen to the news at all, so storing a chunk wakes only the connections that are due.
@@ -130,7 +131,8 @@ impl Announcer {
         if self.pending.is_empty() {
             return Vec::new();
         }
-        self.next_write = Instant::now() + self.interval;
+        // On the process's grid: the next writes of many connections share a wake-up.
+        self.next_write = crate::tick::on_tick(Instant::now() + self.interval);
         self.due = None;
         let pending = std::mem::take(&mut self.pending);
         if self.batched {
@@ -178,7 +180,8 @@ mod tests {
     }
 
     /// The first chunk after a quiet spell goes out at once; the ones stored within the next
-    /// interval wait for it and go out together, in one message for a batching downloader.
+    /// interval wait for it (and the process's next tick) and go out together, in one message for
+    /// a batching downloader.
     #[tokio::test(start_paused = true)]
     async fn the_first_goes_at_once_and_the_rest_wait_for_the_interval() {
         let dir = tempfile::tempdir().unwrap();
@@ -194,10 +197,11 @@ mod tests {
             store(&p, &data, i, &news);
         }
         a.due(&shared).await;
-        assert_eq!(start.elapsed(), INTERVAL, "waited for the interval");
+        let waited = start.elapsed();
+        assert!(waited >= INTERVAL && waited < INTERVAL + crate::tick::TICK, "waited for the interval: {waited:?}");
         assert_eq!(chunks(a.messages()), vec![vec![1, 2, 3, 4]]);
         // After a quiet spell, at once again.
-        tokio::time::sleep(INTERVAL).await;
+        tokio::time::sleep(INTERVAL + crate::tick::TICK).await;
         store(&p, &data, 5, &news);
         let t = Instant::now();
         a.due(&shared).await;

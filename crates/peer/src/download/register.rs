@@ -25,7 +25,7 @@ pub(crate) async fn run(trackers: Trackers, name: String, mut stored: mpsc::Unbo
     while open {
         let Some(first) = stored.recv().await else { break };
         let mut batch = vec![first];
-        let send_at = last.map_or_else(Instant::now, |l| l + BATCH_INTERVAL);
+        let send_at = last.map_or_else(Instant::now, |l| crate::tick::on_tick(l + BATCH_INTERVAL));
         loop {
             tokio::select! {
                 c = stored.recv() => match c {
