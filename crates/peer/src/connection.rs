@@ -1,11 +1,13 @@
 //! A downloader's connection to one source: handshake for a file, pipelined chunk requests, typed
 //! responses. Owns the framing; the download logic sees only typed messages.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use proto::codec::PeerClientCodec;
+use proto::codec::{chunk_frame_len, PeerClientCodec};
 use proto::peer::{PeerError, PeerRequest, PeerResponse};
 use proto::{FileMeta, Have, Hello};
 use tokio::net::TcpStream;
@@ -13,13 +15,24 @@ use tokio::time::timeout;
 use tokio_util::codec::Framed;
 
 use crate::error::{PeerProtocolError, SourceError};
+use crate::lowat::{self, Hint, Hinting, LowWater};
 
 /// Frame room beyond a chunk's bytes, for headers and the largest Welcome bitmap.
 const FRAME_SLACK: usize = 64 * 1024;
 
+/// A chunk frame's bytes beyond the chunk's: length prefix and header.
+const CHUNK_HEADER_ROOM: usize = 16;
+
 /// An open connection to a source, for one file.
 pub(crate) struct PeerConn {
-    framed: Framed<TcpStream, PeerClientCodec>,
+    framed: Framed<LowWater, Hinting<PeerClientCodec>>,
+    /// Tells the socket the length of the frame expected next (see `lowat.rs`).
+    hint: Arc<Hint>,
+    /// The frame length of each answer still to come, oldest first (answers come in order).
+    answers: VecDeque<usize>,
+    /// The file's geometry, for the length of a requested chunk's frame.
+    length: u64,
+    chunk_size: u32,
     /// [`PeerRequest::BatchedHaves`] went out and nothing showed yet whether the source knows it:
     /// a source that does not answers it with one `Error(Malformed)`, which is not a refusal.
     batching_unconfirmed: bool,
@@ -39,13 +52,23 @@ impl PeerConn {
         };
         let _ = stream.set_nodelay(true);
         let max_frame = meta.chunk_size as usize + FRAME_SLACK;
-        let mut framed = Framed::new(stream, PeerClientCodec::new(max_frame));
+        // Woken once a chunk's bytes are all there, not for every segment of it.
+        let room = meta.chunk_size as usize + CHUNK_HEADER_ROOM;
+        let (stream, codec, hint) = lowat::pair(stream, PeerClientCodec::new(max_frame), room);
+        let mut framed = Framed::new(stream, codec);
         let hello = PeerRequest::Hello { hello: Hello::current(), name: meta.name.clone(), root: meta.root };
         // Announcements in batches, asked for in the same write as the handshake.
         framed.feed(hello).await.map_err(SourceError::Lost)?;
         framed.send(PeerRequest::BatchedHaves).await.map_err(SourceError::Lost)?;
         // Armed once the Welcome is in: a Malformed before it is a refusal of the Hello.
-        let mut conn = PeerConn { framed, batching_unconfirmed: false };
+        let mut conn = PeerConn {
+            framed,
+            hint,
+            answers: VecDeque::new(),
+            length: meta.length,
+            chunk_size: meta.chunk_size,
+            batching_unconfirmed: false,
+        };
         match timeout(deadline, conn.next()).await.map_err(|_| SourceError::ConnectTimeout(deadline))?? {
             PeerResponse::Welcome { have } => {
                 if let Have::Partial(b) = &have {
@@ -68,7 +91,13 @@ impl PeerConn {
     /// chunk it has not sent anyone yet ([`PeerRequest::GetFresh`]).
     pub(crate) async fn request(&mut self, chunk: u32, fresh: bool) -> Result<(), SourceError> {
         let req = if fresh { PeerRequest::GetFresh { chunk } } else { PeerRequest::GetChunk { chunk } };
-        self.framed.feed(req).await.map_err(SourceError::Lost)
+        self.framed.feed(req).await.map_err(SourceError::Lost)?;
+        // A fresh substitute has the asked chunk's length but maybe a shorter index: the shortest
+        // frame it can come in.
+        let size = u64::from(self.chunk_size);
+        let len = self.length.saturating_sub(u64::from(chunk) * size).min(size) as u32;
+        self.answers.push_back(chunk_frame_len(if fresh { 0 } else { chunk }, len));
+        Ok(())
     }
 
     /// Sends queued requests.
@@ -79,12 +108,16 @@ impl PeerConn {
     /// The next response.
     pub(crate) async fn next(&mut self) -> Result<PeerResponse, SourceError> {
         loop {
+            self.hint.expect(self.answers.front().copied().unwrap_or(0));
             let r = match self.framed.next().await {
                 Some(Ok(Ok(r))) => r,
                 Some(Ok(Err(e))) => return Err(SourceError::Protocol(PeerProtocolError::Undecodable(e))),
                 Some(Err(e)) => return Err(SourceError::Lost(e)),
                 None => return Err(SourceError::Closed),
             };
+            if matches!(r, PeerResponse::Chunk { .. } | PeerResponse::DontHave { .. }) {
+                self.answers.pop_front();
+            }
             if self.batching_unconfirmed {
                 match r {
                     // A source of an earlier version 3 did not know the request: it answered it

@@ -22,6 +22,7 @@ mod download;
 mod error;
 mod folders;
 mod lock;
+mod lowat;
 mod metrics;
 mod node;
 mod ratelimit;

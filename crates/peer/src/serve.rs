@@ -200,8 +200,9 @@ impl Uploader {
     }
 
     /// The chunk to send for a request of `chunk` of the complete file `meta`: `chunk` itself
-    /// unless fresh was asked for, this server already sent it, and another chunk was never sent;
-    /// then that one. Marks the answer sent.
+    /// unless fresh was asked for, this server already sent it, and another chunk of the same
+    /// length was never sent; then that one. Marks the answer sent. (The same length: a
+    /// downloader waits for the frame of the chunk it asked for, see `lowat.rs`.)
     fn choose(&self, meta: &FileMeta, chunk: u32, fresh: bool) -> u32 {
         let mut all = self.fresh.lock().unwrap_or_else(PoisonError::into_inner);
         let n = meta.num_chunks();
@@ -212,7 +213,9 @@ impl Uploader {
         let pick = if fresh && f.sent.get(chunk) {
             // Start at a random place so connections do not all scan from the same end.
             let start = rand::random_range(0..n.max(1));
-            (start..n).chain(0..start).find(|&c| !f.sent.get(c)).unwrap_or(chunk)
+            let len = |c: u32| meta.chunk(c).map(|i| meta.chunk_range(i).1).ok();
+            let asked = len(chunk);
+            (start..n).chain(0..start).find(|&c| !f.sent.get(c) && len(c) == asked).unwrap_or(chunk)
         } else {
             chunk
         };

@@ -229,6 +229,17 @@ pub fn chunk_frame_header(chunk: u32, len: u32, max_frame: usize) -> Result<Byte
     Ok(out)
 }
 
+/// The whole length of a [`PeerResponse::Chunk`] frame for chunk `chunk` of `len` bytes, length
+/// prefix included: what [`chunk_frame_header`] and the data add up to, computed without encoding.
+pub fn chunk_frame_len(chunk: u32, len: u32) -> usize {
+    // Postcard: the variant's index and both fields as varints, 7 bits a byte.
+    let varint = |v: u32| (32 - v.leading_zeros()).div_ceil(7).max(1) as usize;
+    LEN_PREFIX + varint(CHUNK_VARIANT) + varint(chunk) + varint(len) + len as usize
+}
+
+/// `ResponseHeader::Chunk`'s index among the header's variants.
+const CHUNK_VARIANT: u32 = 1;
+
 /// Decodes `In` messages and encodes `Out` messages, with a maximum frame length in both
 /// directions.
 #[derive(Debug)]
@@ -280,6 +291,19 @@ impl<In, Out: WireMessage> Codec<In, Out> {
             return Err(CodecError::FrameTooLarge { len, max: self.max_encode });
         }
         Ok(LEN_PREFIX + len)
+    }
+}
+
+/// How many more bytes `buf` needs before the frame it starts with is whole: the rest of the
+/// length prefix if that is incomplete (the body's length is not known yet), else the rest of the
+/// body. 0 when a whole frame is there. A receiver uses it to be woken only once they arrived.
+pub fn frame_missing(buf: &[u8]) -> usize {
+    match buf.get(..LEN_PREFIX) {
+        Some(head) => {
+            let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as usize;
+            (LEN_PREFIX + len).saturating_sub(buf.len())
+        }
+        None => LEN_PREFIX - buf.len(),
     }
 }
 

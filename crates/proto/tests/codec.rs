@@ -363,6 +363,20 @@ fn chunk_frame_header_matches_the_encoder() {
     assert!(matches!(proto::codec::chunk_frame_header(1, 2000, 1000), Err(proto::CodecError::FrameTooLarge { .. })));
 }
 
+/// `chunk_frame_len` is the encoder's frame length, for indices and lengths of every varint width.
+#[test]
+fn chunk_frame_len_is_the_encoders() {
+    let mut codec = PeerServerCodec::new(1 << 24);
+    for chunk in [0u32, 1, 127, 128, 16_383, 16_384, 1 << 21, u32::MAX] {
+        for len in [0usize, 1, 127, 128, 65_536, 1 << 21] {
+            let mut framed = BytesMut::new();
+            let data = Bytes::from(vec![0u8; len]);
+            codec.encode(PeerResponse::Chunk { chunk, data }, &mut framed).unwrap();
+            assert_eq!(proto::codec::chunk_frame_len(chunk, len as u32), framed.len(), "chunk {chunk}, {len} bytes");
+        }
+    }
+}
+
 /// `encoded_len` says exactly what encoding appends, for every message, without writing.
 #[test]
 fn encoded_len_is_exact() {
