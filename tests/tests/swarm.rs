@@ -344,7 +344,8 @@ async fn announces_new_chunks(batched: bool) {
 }
 
 /// A seed hands out each chunk once before any twice when asked for fresh chunks, across its
-/// connections; once every chunk went out, it answers exactly what is asked.
+/// connections, a substitute always of the asked chunk's length (the short last chunk is sent only
+/// when asked for); once every chunk went out, it answers exactly what is asked.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_hands_out_fresh_chunks_first() {
     use futures::{SinkExt, StreamExt};
@@ -353,7 +354,7 @@ async fn seed_hands_out_fresh_chunks_first() {
     with_timeout(async {
         let t = spawn_tracker(tracker::Config::default()).await;
         let root = tempfile::tempdir().unwrap();
-        let data = write_file(root.path(), "f.bin", 5 * 64 * 1024, 10);
+        let data = write_file(root.path(), "f.bin", 4 * 64 * 1024 + 1000, 10);
         let meta = meta_of(&data, "f.bin");
         assert_eq!(meta.num_chunks(), 5);
         let seed = spawn_peer(t.addr(), root.path(), |_| {}).await;
@@ -368,7 +369,7 @@ async fn seed_hands_out_fresh_chunks_first() {
         let (mut a, mut b) = (open().await, open().await);
         let mut got = Vec::new();
         for i in 0..5 {
-            // Everyone asks for chunk 0; the seed spreads them.
+            // Everyone asks for chunk 0; the seed spreads the full-size ones, then has none left.
             let c = if i % 2 == 0 { &mut a } else { &mut b };
             c.send(PeerRequest::GetFresh { chunk: 0 }).await.unwrap();
             let Some(Ok(Ok(PeerResponse::Chunk { chunk, data: bytes }))) = c.next().await else { panic!("no chunk") };
@@ -381,7 +382,9 @@ async fn seed_hands_out_fresh_chunks_first() {
             got.push(chunk);
         }
         got.sort();
-        assert_eq!(got, vec![0, 1, 2, 3, 4], "each chunk once before any twice");
+        assert_eq!(got, vec![0, 0, 1, 2, 3], "each full-size chunk once before any twice; never the short one");
+        a.send(PeerRequest::GetFresh { chunk: 4 }).await.unwrap();
+        assert!(matches!(a.next().await, Some(Ok(Ok(PeerResponse::Chunk { chunk: 4, .. })))));
         // All sent once: fresh or not, the chunk asked for is the chunk sent.
         a.send(PeerRequest::GetFresh { chunk: 3 }).await.unwrap();
         assert!(matches!(a.next().await, Some(Ok(Ok(PeerResponse::Chunk { chunk: 3, .. })))));
