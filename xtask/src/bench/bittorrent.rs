@@ -2,7 +2,7 @@
 //! same file, one seed and the same downloaders) run with `aria2c` peers and an `opentracker`
 //! tracker, when both are on PATH (Debian packages `aria2` and `opentracker`). This module holds
 //! what is pure: a minimal bencoder, the `.torrent` (SHA-1 piece hashes), the aria2 command lines
-//! and the scrape answer's parser. The swarm itself runs in `lab.rs`, for both systems.
+//! and the scrape answer's parser. The swarm itself runs in `lab/`, for both systems.
 
 use std::path::Path;
 use std::process::Command;

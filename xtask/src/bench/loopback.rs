@@ -3,7 +3,7 @@
 //! nothing but the two cores limits it, and what it costs in CPU. The data phase runs from the
 //! first byte on any downloader's disk to the last verified file. Beside it, in the same run,
 //! aria2c with opentracker on the same file when both are installed (target: our data phase no
-//! longer than theirs). The runs are in `lab.rs`.
+//! longer than theirs). The runs are in `lab/`.
 
 use std::path::Path;
 

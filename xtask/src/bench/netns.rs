@@ -4,7 +4,7 @@
 //! network. Needs root and iproute2; skipped with a clear message otherwise. Namespaces are
 //! removed afterwards, also when the benchmark is interrupted (an `OnExit` runs the network's
 //! teardown), and stale ones from a killed run are swept first. The runs themselves are in
-//! `lab.rs`.
+//! `lab/`.
 //!
 //! - `swarm-netns`: equal rates; options: the address family, several trackers, and killing the
 //!   file's responsible tracker part-way (then the swarm runs twice, without and with the kill).

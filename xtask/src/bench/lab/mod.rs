@@ -7,8 +7,11 @@
 //! and who leaves (SIGKILL once its data file holds a given fraction of the file). A run measures
 //! each downloader's completion, the CPU time of every peer process (user + system, read from
 //! `/proc/PID/stat` after it exited and before it is reaped, so its whole life is counted), the
-//! system calls of the peers (`perf stat -e raw_syscalls:sys_enter -p PIDS`, when perf works) and
+//! system calls and context switches of the peers (`perf stat -p PIDS`, when perf works) and
 //! the packets every peer host sent (its interface's counters, read with `ip -s`).
+//!
+//! `scenario.rs` holds the swarms and their bounds, `outcome.rs` what a run measured and its
+//! report rows; this file starts the hosts' processes and watches them.
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
@@ -17,11 +20,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ::tests::netns::{self, Family, HostSpec, Net};
+use ::tests::netns::{self, Family, Net};
 use anyhow::Context;
 
 use super::bittorrent::{self, Torrent, BT_PORT, OT_PORT};
-use super::util::{file_root, kumar_ross, Bins, Proc, Report, MIB};
+use super::util::{file_root, Bins, Proc};
 
 /// The file every run distributes.
 pub(crate) const NAME: &str = "swarm.bin";
@@ -29,125 +32,13 @@ pub(crate) const NAME: &str = "swarm.bin";
 const TRACKER_PORT: u16 = 6969;
 /// Every peer's listen port on the netns hosts (all interfaces, IPv4 and IPv6).
 const PEER_PORT: &str = "7000";
-/// Bytes in a GiB, as a float.
-const GIB_F: f64 = 1024.0 * 1024.0 * 1024.0;
 
-/// One downloader of a scenario.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Member {
-    /// Its host's egress cap, bytes/s (`None`: not shaped).
-    pub(crate) rate: Option<u64>,
-    /// Starts only when the first downloader has its file.
-    pub(crate) late: bool,
-    /// Killed (SIGKILL) once it holds this fraction of the file.
-    pub(crate) leave_at: Option<f64>,
-}
+mod outcome;
+mod scenario;
 
-/// A swarm: one seed and its downloaders.
-#[derive(Debug, Clone)]
-pub(crate) struct Scenario {
-    /// File size, bytes.
-    pub(crate) size: u64,
-    /// The seed host's egress cap, bytes/s (`None`: not shaped).
-    pub(crate) seed_rate: Option<u64>,
-    pub(crate) members: Vec<Member>,
-    pub(crate) family: Family,
-    /// Our trackers (the BitTorrent run uses one opentracker on the first tracker host).
-    pub(crate) trackers: usize,
-}
-
-impl Scenario {
-    /// N equal downloaders at `rate`, the seed too.
-    pub(crate) fn equal(n: usize, size: u64, rate: u64, family: Family, trackers: usize) -> Scenario {
-        let m = Member { rate: Some(rate), late: false, leave_at: None };
-        Scenario { size, seed_rate: Some(rate), members: vec![m; n], family, trackers }
-    }
-
-    /// The Kumar–Ross bound of this swarm as if everyone started together and stayed (uncapped
-    /// downloads), seconds; `None` when some rate is not capped.
-    pub(crate) fn kumar_ross(&self) -> Option<f64> {
-        let seed = self.seed_rate? as f64;
-        let ups: Option<Vec<f64>> = self.members.iter().map(|m| m.rate.map(|r| r as f64)).collect();
-        Some(kumar_ross(self.size as f64, seed, &ups?, None))
-    }
-
-    /// The fluid bound of this swarm given when its downloaders actually joined and left in a
-    /// run ([`fluid_bound`]); the Kumar–Ross bound when nobody joins late or leaves.
-    pub(crate) fn bound(&self, o: &Outcome) -> Option<f64> {
-        let seed = self.seed_rate? as f64;
-        let f = self.size as f64;
-        let mut lives = Vec::new();
-        for (m, d) in self.members.iter().zip(&o.members) {
-            lives.push(Life {
-                rate: m.rate? as f64,
-                start: d.started,
-                end: d.left.map(|(at, _)| at),
-                need: d.left.map_or(f, |(_, frac)| frac * f),
-            });
-        }
-        Some(fluid_bound(f, seed, &lives))
-    }
-
-    /// The hosts: trackers, the seed, the downloaders.
-    fn hosts(&self) -> Vec<HostSpec> {
-        let mut hosts: Vec<HostSpec> =
-            (0..self.trackers).map(|t| HostSpec::new(tracker_name(self.trackers, t), None)).collect();
-        hosts.push(HostSpec::new("seed", self.seed_rate));
-        hosts.extend(self.members.iter().enumerate().map(|(i, m)| HostSpec::new(format!("d{i}"), m.rate)));
-        hosts
-    }
-}
-
-/// One downloader's part in the fluid bound.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Life {
-    /// Upload rate while present, bytes/s.
-    pub(crate) rate: f64,
-    /// When it joined, seconds.
-    pub(crate) start: f64,
-    /// When it left, if it did.
-    pub(crate) end: Option<f64>,
-    /// Bytes it must receive (the file, or what it held when it left).
-    pub(crate) need: f64,
-}
-
-/// A lower bound on the time to serve a swarm whose downloaders join and leave at given times:
-/// the Kumar–Ross fluid argument with arrivals and departures. Only the seed holds the file at
-/// 0, so T ≥ F/u_s; and for every arrival time s, everything the downloaders that joined at s or
-/// later receive must be uploaded after s by whoever is present then:
-/// ∫_s^T (u_s + Σ_{i present at t} u_i) dt ≥ Σ_{start_i ≥ s} need_i.
-/// Like Kumar–Ross it lets a downloader upload at its full rate from the moment it joins (it
-/// ignores that it must first receive what it sends), so it is a true lower bound. With everyone
-/// joining at 0 and staying, it is Kumar–Ross exactly.
-pub(crate) fn fluid_bound(f: f64, seed: f64, lives: &[Life]) -> f64 {
-    let mut t = f / seed;
-    let mut starts: Vec<f64> = lives.iter().map(|l| l.start).collect();
-    starts.sort_by(f64::total_cmp);
-    starts.dedup();
-    for s in starts {
-        let need: f64 = lives.iter().filter(|l| l.start >= s).map(|l| l.need).sum();
-        t = t.max(fill_time(s, need, seed, lives));
-    }
-    t
-}
-
-/// The earliest T ≥ `s` at which the swarm's upload capacity since `s` adds up to `need`.
-fn fill_time(s: f64, need: f64, seed: f64, lives: &[Life]) -> f64 {
-    let present = |t: f64, l: &Life| l.start <= t && l.end.is_none_or(|e| t < e);
-    let mut points: Vec<f64> = lives.iter().flat_map(|l| [Some(l.start), l.end]).flatten().filter(|&p| p > s).collect();
-    points.sort_by(f64::total_cmp);
-    let (mut t, mut left) = (s, need);
-    let mut next = points.into_iter();
-    loop {
-        let c = seed + lives.iter().filter(|l| present(t, l)).map(|l| l.rate).sum::<f64>();
-        let until = next.next().unwrap_or(f64::INFINITY);
-        if c * (until - t) >= left {
-            return t + left / c;
-        }
-        left -= c * (until - t);
-        t = until;
-    }
-}
+pub(crate) use outcome::{outcome_rows, perf_works, versus_rows, Kill, MemberOutcome, Outcome};
+use outcome::{parse_perf, tx_counters, SWITCHES, SYSCALLS};
+pub(crate) use scenario::{Member, Scenario};
 
 /// Where the hosts are.
 pub(crate) enum Env<'a> {
@@ -164,70 +55,6 @@ pub(crate) enum Client {
     Ours,
     /// opentracker and aria2c.
     Aria2,
-}
-
-/// What the tracker kill of `swarm-netns --kill-tracker-at` did.
-pub(crate) struct Kill {
-    /// Which tracker (1-based), and when, seconds after the start.
-    pub(crate) tracker: usize,
-    pub(crate) at: f64,
-    /// Seconds from the kill until the file was listed at its next tracker, if it was.
-    pub(crate) moved: Option<f64>,
-}
-
-/// What one downloader did.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct MemberOutcome {
-    /// When it was started, seconds after the start of the run.
-    pub(crate) started: f64,
-    /// When its verified file was in place.
-    pub(crate) done: Option<f64>,
-    /// When it was killed, and the fraction of the file it held then.
-    pub(crate) left: Option<(f64, f64)>,
-    /// Its CPU seconds.
-    pub(crate) cpu: f64,
-}
-
-/// What a run measured.
-pub(crate) struct Outcome {
-    pub(crate) client: Client,
-    /// Completion instants of the downloaders that finished, ascending, seconds since the start.
-    pub(crate) times: Vec<f64>,
-    pub(crate) members: Vec<MemberOutcome>,
-    /// When the first byte of data reached any downloader's disk.
-    pub(crate) first_byte: Option<f64>,
-    /// When the late downloaders were started.
-    pub(crate) late_start: Option<f64>,
-    /// Bytes the seed and the downloaders uploaded, from our downloaders' reports (finishers).
-    pub(crate) seed_uploaded: Option<u64>,
-    pub(crate) peers_uploaded: Option<u64>,
-    /// CPU seconds of all downloader processes, and of the seed.
-    pub(crate) cpu_downloaders: f64,
-    pub(crate) cpu_seed: f64,
-    /// System calls of the downloaders and of the seed, when perf could count them.
-    pub(crate) syscalls: Option<(u64, u64)>,
-    /// Context switches (each a thread going to sleep or being preempted: the cost of a wake-up)
-    /// of the downloaders and of the seed, counted by the same perf.
-    pub(crate) switches: Option<(u64, u64)>,
-    /// Packets sent by all peer hosts (seed and downloaders), and bytes sent by the seed's host.
-    pub(crate) packets: Option<u64>,
-    pub(crate) seed_wire_bytes: Option<u64>,
-    /// Bytes delivered: the file to every finisher, what every leaver held.
-    pub(crate) delivered: f64,
-    /// The file's size, bytes.
-    pub(crate) size: f64,
-    pub(crate) kill: Option<Kill>,
-}
-
-impl Outcome {
-    /// The last completion.
-    pub(crate) fn last(&self) -> f64 {
-        self.times.last().copied().unwrap_or(0.0)
-    }
-
-    fn cpu_per_gib(&self, cpu: f64) -> f64 {
-        cpu / (self.delivered / GIB_F).max(1e-12)
-    }
 }
 
 /// A downloader being run.
@@ -439,7 +266,7 @@ impl Lab<'_> {
         }
         let list: Vec<String> = pids.iter().map(u32::to_string).collect();
         let mut cmd = Command::new("perf");
-        cmd.args(["stat", "-e", "raw_syscalls:sys_enter,context-switches", "-x", ",", "-o"])
+        cmd.args(["stat", "-e", &format!("{SYSCALLS},{SWITCHES}"), "-x", ",", "-o"])
             .arg(file)
             .args(["-p", &list.join(",")]);
         Proc::spawn(cmd, "perf").ok()
@@ -773,150 +600,7 @@ pub(crate) fn tracker_name(count: usize, t: usize) -> String {
     }
 }
 
-/// Packets and bytes sent so far by namespace `ns`'s interface, from `ip -s -j link`.
-fn tx_counters(ns: &str) -> Option<(u64, u64)> {
-    let out = Command::new("ip").args(["-n", ns, "-s", "-j", "link", "show", "dev", "eth0"]).output().ok()?;
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-    let tx = &v[0]["stats64"]["tx"];
-    Some((tx["packets"].as_u64()?, tx["bytes"].as_u64()?))
-}
-
-/// perf's name for the system-call tracepoint.
-const SYSCALLS: &str = "raw_syscalls:sys_enter";
-/// perf's name for the context-switch software event.
-const SWITCHES: &str = "context-switches";
-
-/// The count of `event` in `perf stat -x,` output.
-pub(crate) fn parse_perf(text: &str, event: &str) -> Option<u64> {
-    let line = text.lines().find(|l| l.split(',').nth(2).is_some_and(|e| e == event))?;
-    line.split(',').next()?.trim().parse().ok()
-}
-
-/// Whether `perf stat -e raw_syscalls:sys_enter` works here; the reason if not.
-pub(crate) fn perf_works() -> Result<(), String> {
-    let out = Command::new("perf")
-        .args(["stat", "-e", "raw_syscalls:sys_enter", "-x", ",", "--", "true"])
-        .output()
-        .map_err(|e| format!("perf not found ({e})"))?;
-    if out.status.success() && parse_perf(&String::from_utf8_lossy(&out.stderr), SYSCALLS).is_some() {
-        Ok(())
-    } else {
-        Err(format!("perf cannot count raw_syscalls:sys_enter here: {}", String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
-/// The rows of one system's run: completion against `bound` (target on ours), CPU per GiB
-/// delivered, system calls and packets per MiB delivered. `p` prefixes every name.
-pub(crate) fn outcome_rows(r: &mut Report, o: &Outcome, bound: Option<f64>, target: Option<f64>) {
-    let p = if o.client == Client::Aria2 { "aria2: " } else { "" };
-    r.row(&format!("{p}first downloader done"), o.times.first().copied().unwrap_or(0.0), "s");
-    r.row(&format!("{p}T: last downloader done"), o.last(), "s");
-    if let Some(b) = bound {
-        let b = b.max(1e-9);
-        use super::util::percentile;
-        r.row(&format!("{p}completion p50 / bound"), percentile(&o.times, 50.0) / b, "ratio");
-        r.row(&format!("{p}completion p90 / bound"), percentile(&o.times, 90.0) / b, "ratio");
-        let name = format!("{p}completion max / bound (T / T_min)");
-        match target {
-            Some(t) => r.at_most(&name, o.last() / b, "ratio", t),
-            None => r.row(&name, o.last() / b, "ratio"),
-        }
-    }
-    if let (Some(s), Some(u)) = (o.seed_uploaded, o.peers_uploaded) {
-        r.at_most(&format!("{p}seed uploaded / F"), s as f64 / o.size, "copies", super::swarm::SEED_TARGET);
-        r.row(&format!("{p}downloaders uploaded to each other / F"), u as f64 / o.size, "copies");
-    }
-    if let Some(w) = o.seed_wire_bytes {
-        r.row(&format!("{p}seed's host sent / F, on the wire"), w as f64 / o.size, "copies");
-    }
-    r.row(&format!("{p}CPU seconds: downloaders, all"), o.cpu_downloaders, "CPU-s");
-    r.row(&format!("{p}CPU seconds: seed"), o.cpu_seed, "CPU-s");
-    r.row(&format!("{p}downloaders' CPU per GiB delivered"), o.cpu_per_gib(o.cpu_downloaders), "CPU-s/GiB");
-    r.row(&format!("{p}seed's CPU per GiB delivered"), o.cpu_per_gib(o.cpu_seed), "CPU-s/GiB");
-    let mib = (o.delivered / MIB).max(1e-12);
-    if let Some((d, s)) = o.syscalls {
-        r.row(&format!("{p}downloaders' syscalls per MiB delivered"), d as f64 / mib, "calls/MiB");
-        r.row(&format!("{p}seed's syscalls per MiB delivered"), s as f64 / mib, "calls/MiB");
-    }
-    if let Some((d, s)) = o.switches {
-        r.row(&format!("{p}downloaders' context switches per MiB delivered"), d as f64 / mib, "cs/MiB");
-        r.row(&format!("{p}seed's context switches per MiB delivered"), s as f64 / mib, "cs/MiB");
-    }
-    if let Some(n) = o.packets {
-        r.row(&format!("{p}peer hosts' packets sent per MiB delivered"), n as f64 / mib, "pkts/MiB");
-    }
-}
-
-/// Ours against BitTorrent in the same run: time and CPU ratios (below 1: ours better).
-pub(crate) fn versus_rows(
-    r: &mut Report,
-    ours: &Outcome,
-    bt: &Outcome,
-    bound_ours: Option<f64>,
-    bound_bt: Option<f64>,
-) {
-    match (bound_ours, bound_bt) {
-        (Some(a), Some(b)) => r.row("ours / aria2: T / bound", (ours.last() / a) / (bt.last() / b).max(1e-9), "ratio"),
-        _ => r.row("ours / aria2: T", ours.last() / bt.last().max(1e-9), "ratio"),
-    }
-    r.row(
-        "ours / aria2: downloaders' CPU per GiB",
-        ours.cpu_per_gib(ours.cpu_downloaders) / bt.cpu_per_gib(bt.cpu_downloaders).max(1e-12),
-        "ratio",
-    );
-    r.row(
-        "ours / aria2: seed's CPU per GiB",
-        ours.cpu_per_gib(ours.cpu_seed) / bt.cpu_per_gib(bt.cpu_seed).max(1e-12),
-        "ratio",
-    );
-}
-
 /// Builds the hosts of `sc` (netns), or says why they cannot be built.
 pub(crate) fn build_net(sc: &Scenario) -> anyhow::Result<Net> {
     Net::build(sc.family, &sc.hosts())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn life(rate: f64, start: f64, end: Option<f64>, need: f64) -> Life {
-        Life { rate, start, end, need }
-    }
-
-    #[test]
-    fn fluid_bound_without_churn_is_kumar_ross() {
-        let lives: Vec<Life> = (0..8).map(|_| life(8.0, 0.0, None, 64.0)).collect();
-        assert!((fluid_bound(64.0, 8.0, &lives) - kumar_ross(64.0, 8.0, &[8.0; 8], None)).abs() < 1e-9);
-        let mut ups = vec![8.0; 4];
-        ups.extend([2.0; 4]);
-        let lives: Vec<Life> = ups.iter().map(|&u| life(u, 0.0, None, 64.0)).collect();
-        assert!((fluid_bound(64.0, 8.0, &lives) - kumar_ross(64.0, 8.0, &ups, None)).abs() < 1e-9);
-    }
-
-    #[test]
-    fn fluid_bound_with_late_arrivals_and_departures() {
-        // Seed 1, two at 0 (need 1 each), one joining at 1: capacity 3 until 1 (3 delivered),
-        // then 4 for the late one's 1: T = 1.25.
-        let lives = [life(1.0, 0.0, None, 1.0), life(1.0, 0.0, None, 1.0), life(1.0, 1.0, None, 1.0)];
-        assert!((fluid_bound(1.0, 1.0, &lives) - 1.25).abs() < 1e-9);
-        // A leaver: capacity 3 until 0.5 covers its half and the other's whole file; F/u_s = 1.
-        let lives = [life(1.0, 0.0, None, 1.0), life(1.0, 0.0, Some(0.5), 0.5)];
-        assert!((fluid_bound(1.0, 1.0, &lives) - 1.0).abs() < 1e-9);
-        // A slow swarm after a departure: seed 1, A (rate 1) stays, B (rate 2) leaves at 0.5
-        // holding 0.5; needs 1 + 0.5 + 4·1 (four more, each rate 0, joining at 0) = 5.5 over
-        // capacity 4 for 0.5 s (2), then 2: T = 0.5 + 3.5/2 = 2.25.
-        let mut lives = vec![life(1.0, 0.0, None, 1.0), life(2.0, 0.0, Some(0.5), 0.5)];
-        lives.extend((0..4).map(|_| life(0.0, 0.0, None, 1.0)));
-        assert!((fluid_bound(1.0, 1.0, &lives) - 2.25).abs() < 1e-9);
-    }
-
-    #[test]
-    fn parses_perf_output() {
-        let text =
-            "# started on Mon\n\n130686,,raw_syscalls:sys_enter,130686,100.00,,\n2954,,context-switches,1,100.00,,\n";
-        assert_eq!(parse_perf(text, SYSCALLS), Some(130_686));
-        assert_eq!(parse_perf(text, SWITCHES), Some(2954));
-        assert_eq!(parse_perf("<not counted>,,raw_syscalls:sys_enter,0,0.00,,", SYSCALLS), None);
-    }
 }
