@@ -123,7 +123,10 @@ pub(crate) fn pair<C>(stream: TcpStream, codec: C, room: usize) -> (LowWater, Hi
         expect: AtomicUsize::new(0),
     });
     let patience = Box::pin(tokio::time::sleep_until(Instant::now()));
-    let stream = LowWater { stream, hint: hint.clone(), mark: Some(1), patience, armed: false, gave_up: false };
+    // Linux wakes a reader early when its window is about to close, so a mark never stalls a
+    // sender; elsewhere the mark is not used.
+    let mark = cfg!(target_os = "linux").then_some(1);
+    let stream = LowWater { stream, hint: hint.clone(), mark, patience, armed: false, gave_up: false };
     (stream, Hinting { inner: codec, hint: hint.clone(), room }, hint)
 }
 
