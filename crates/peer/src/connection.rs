@@ -100,6 +100,11 @@ impl PeerConn {
         Ok(())
     }
 
+    /// The connection's round-trip time, as the kernel measured it (None where it does not).
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        self.framed.get_ref().rtt()
+    }
+
     /// Sends queued requests.
     pub(crate) async fn flush(&mut self) -> Result<(), SourceError> {
         self.framed.flush().await.map_err(SourceError::Lost)

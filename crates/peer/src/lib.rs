@@ -30,6 +30,7 @@ mod select;
 mod serve;
 mod session;
 mod shares;
+mod sockopt;
 mod task;
 mod tick;
 mod trackers;

@@ -22,7 +22,7 @@
 
 use std::future::Future;
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -34,6 +34,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 use tokio_util::codec::{Decoder, Encoder};
+
+use crate::sockopt;
 
 /// The highest mark set. The kernel caps it at half the receive buffer, and a mark above the
 /// buffer grows the buffer (and clamps the window to the mark until autotuning grows it), so it
@@ -142,7 +144,7 @@ impl LowWater {
     fn set_mark(&mut self, want: usize) {
         let Some(current) = self.mark else { return };
         if want != current {
-            self.mark = match set_rcvlowat(self.stream.as_fd(), want) {
+            self.mark = match sockopt::set_rcvlowat(self.stream.as_fd(), want) {
                 Ok(()) => Some(want),
                 Err(e) => {
                     tracing::debug!(error = %e, "SO_RCVLOWAT not set: woken for every segment");
@@ -157,6 +159,11 @@ impl LowWater {
     pub(crate) fn mark(&self) -> Option<usize> {
         self.mark
     }
+
+    /// The kernel's smoothed round-trip time of the connection, if it tells.
+    pub(crate) fn rtt(&self) -> Option<Duration> {
+        sockopt::tcp_rtt(self.stream.as_fd())
+    }
 }
 
 /// The mark for a read that surely needs `missing` bytes, `between` frames or not, with a frame of
@@ -167,28 +174,6 @@ fn mark_for(missing: usize, between: bool, expect: usize, gave_up: bool) -> (usi
         (expect.min(MAX_MARK), true)
     } else {
         (missing.min(MAX_MARK), false)
-    }
-}
-
-/// Sets `SO_RCVLOWAT` (neither `rustix` nor `socket2` offers it).
-#[allow(unsafe_code)]
-fn set_rcvlowat(fd: BorrowedFd<'_>, bytes: usize) -> io::Result<()> {
-    let value = libc::c_int::try_from(bytes).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    // SAFETY: `fd` is an open socket borrowed for the call; the option value is a live `c_int`
-    // whose exact size is passed, and the kernel only reads it.
-    let r = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
     }
 }
 

@@ -7,6 +7,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use proto::peer::{PeerResponse, MAX_HAVE_MANY};
 use proto::FileMeta;
@@ -139,7 +140,7 @@ async fn exchange(
             PeerResponse::Chunk { chunk, data } => {
                 check_range(chunk, n)?;
                 let asked = expect_front(&mut inflight, chunk, true)?;
-                window.arrived(data.len());
+                window.arrived(data.len(), || conn.rtt());
                 received.add(data.len() as u64);
                 // Only chunks big enough that their transfer, not the round trip, sets the time
                 // say what the source's rate is.
@@ -213,15 +214,22 @@ fn expect_front(inflight: &mut VecDeque<Request>, chunk: u32, with_data: bool) -
 }
 
 /// How many requests to keep in flight to one source: enough to cover [`PIPELINE_WINDOW`] of its
-/// measured rate (so a fast source saturates the link), at least 2, at most the configured
+/// measured rate (so a fast source saturates the link), and one more than what arrives in a round
+/// trip (so a source never waits for the next request), at least 1 and at most the configured
 /// pipeline. A slow source is therefore not handed chunks it would take seconds to deliver while
 /// faster peers could have served them: this is what lets downloaders trade rather than all queue
-/// on the seed.
+/// on the seed. And a source that many downloaders share is asked for one chunk at a time by each
+/// when the round trip is short: its queue of requests, which every new chunk waits behind on its
+/// way through the swarm, stays one per downloader.
 struct Window {
     max: usize,
     chunk_size: f64,
     /// Bytes per second, smoothed; `None` until the first chunk arrives.
     rate: Option<f64>,
+    /// The connection's round-trip time, seconds, sampled every [`RTT_EVERY`] arrivals; `None`
+    /// where the kernel does not tell (then at least 2 requests are kept in flight).
+    rtt: Option<f64>,
+    arrivals: u64,
     last: Instant,
 }
 
@@ -231,10 +239,14 @@ const RATE_SAMPLE_MIN: usize = 32 * 1024;
 /// Time worth of data kept requested from each source.
 const PIPELINE_WINDOW: f64 = 0.1;
 
+/// Arrivals between two readings of the connection's round-trip time (a system call each).
+const RTT_EVERY: u64 = 8;
+
 impl Window {
     fn new(max: usize, chunk_size: u32, known: Option<f64>) -> Self {
         let rate = known.filter(|r| *r > 0.0);
-        Self { max: max.max(1), chunk_size: f64::from(chunk_size.max(1)), rate, last: Instant::now() }
+        let chunk_size = f64::from(chunk_size.max(1));
+        Self { max: max.max(1), chunk_size, rate, rtt: None, arrivals: 0, last: Instant::now() }
     }
 
     /// Requests go out after a time without any: the next arrival is timed from now.
@@ -243,15 +255,72 @@ impl Window {
     }
 
     fn depth(&self) -> usize {
-        let want = self.rate.map_or(2.0, |r| (r * PIPELINE_WINDOW / self.chunk_size).ceil());
-        (want as usize).clamp(2.min(self.max), self.max)
+        let Some(r) = self.rate else { return 2.min(self.max) };
+        let cover = (r * PIPELINE_WINDOW / self.chunk_size).ceil();
+        let round_trip = self.rtt.map_or(2.0, |rtt| 1.0 + (r * rtt / self.chunk_size).round());
+        (cover.max(round_trip) as usize).clamp(1, self.max)
     }
 
-    fn arrived(&mut self, bytes: usize) {
+    /// A chunk of `bytes` arrived; `rtt` reads the connection's round-trip time when it is due.
+    fn arrived(&mut self, bytes: usize, rtt: impl FnOnce() -> Option<Duration>) {
+        if self.arrivals.is_multiple_of(RTT_EVERY) {
+            self.rtt = rtt().map(|d| d.as_secs_f64());
+        }
+        self.arrivals += 1;
+        self.record(bytes);
+    }
+
+    fn record(&mut self, bytes: usize) {
         let now = Instant::now();
         let dt = now.duration_since(self.last).as_secs_f64().max(1e-6);
         self.last = now;
         let sample = bytes as f64 / dt;
         self.rate = Some(self.rate.map_or(sample, |r| 0.7 * r + 0.3 * sample));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u32 = 64 * 1024;
+
+    fn window(rate: f64, rtt: Option<f64>) -> Window {
+        let mut w = Window::new(8, CHUNK, Some(rate));
+        w.rtt = rtt;
+        w
+    }
+
+    /// Two requests before anything is known; then enough for the rate's window and the round
+    /// trip: one for a slow source on a short round trip (a shared source's queue stays short),
+    /// two where the round trip is unknown, more as the round trip or the rate grows, never more
+    /// than the pipeline.
+    #[test]
+    fn the_depth_covers_the_rate_and_the_round_trip() {
+        assert_eq!(Window::new(8, CHUNK, None).depth(), 2);
+        let kib = 1024.0;
+        assert_eq!(window(130.0 * kib, Some(0.005)).depth(), 1, "a shared source on a LAN");
+        assert_eq!(window(130.0 * kib, None).depth(), 2, "round trip unknown");
+        // 1.2 MiB/s over 100 ms: 1.9 chunks arrive per round trip.
+        assert_eq!(window(1200.0 * kib, Some(0.1)).depth(), 3);
+        // 1 MiB/s: 100 ms of it is 1.6 chunks.
+        assert_eq!(window(1024.0 * kib, Some(0.0005)).depth(), 2);
+        assert_eq!(window(1e9, Some(0.0001)).depth(), 8, "at most the pipeline");
+        assert_eq!(Window::new(1, CHUNK, None).depth(), 1);
+    }
+
+    /// The round-trip time is read at the first arrival and then every RTT_EVERY.
+    #[test]
+    fn the_round_trip_is_read_every_few_arrivals() {
+        let mut w = Window::new(8, CHUNK, None);
+        let mut reads = 0;
+        for _ in 0..2 * RTT_EVERY + 1 {
+            w.arrived(CHUNK as usize, || {
+                reads += 1;
+                Some(Duration::from_millis(1))
+            });
+        }
+        assert_eq!(reads, 3);
+        assert_eq!(w.rtt, Some(0.001));
     }
 }
