@@ -289,9 +289,11 @@ impl Partial {
         st.unsaved = Some(st.unsaved.map_or((byte, byte), |(first, last)| (first.min(byte), last.max(byte))));
         st.unsaved_chunks += 1;
         if st.unsaved_chunks >= SAVE_EVERY {
-            // The chunk is stored and listed in memory either way; a failed save is reported (the
-            // disk is failing) and tried again with the next chunk.
-            st.save(&inner.have_path)?;
+            // The chunk is stored and listed in memory either way, and a bitmap file that lags is
+            // safe: a failed save is logged and tried again with the next chunk.
+            if let Err(e) = st.save(&inner.have_path) {
+                tracing::warn!(name = inner.meta.name, error = %e, "could not save the chunk list; trying again");
+            }
         }
         drop(st);
         self.flush_behind(data.len() as u64);

@@ -100,6 +100,11 @@ impl PeerConn {
         Ok(())
     }
 
+    /// The source delivers `rate` bytes/s: how long the socket may wait for a whole frame.
+    pub(crate) fn pace(&self, rate: f64) {
+        self.hint.pace(self.chunk_size as usize + CHUNK_HEADER_ROOM, rate);
+    }
+
     /// The connection's round-trip time, as the kernel measured it (None where it does not).
     pub(crate) fn rtt(&self) -> Option<Duration> {
         self.framed.get_ref().rtt()

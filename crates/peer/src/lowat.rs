@@ -12,10 +12,13 @@
 //! - Between frames, while requests are outstanding, the next frame is most likely the answer to
 //!   the oldest: a chunk, whose frame length the connection tells ([`Hint::expect`]). The mark is
 //!   set to that, so the whole frame is read in one wake-up and, frame after frame of the same
-//!   size, the mark need not change at all. A smaller frame in between (an announcement, a
-//!   "don't have") is read with the chunk that follows it; if none follows within [`PATIENCE`],
-//!   the mark drops to the exact need (the 4 bytes of a length prefix) and it is read then.
+//!   size, the mark seldom changes. A smaller frame in between (an announcement, a "don't have")
+//!   is read with the chunk that follows it.
 //! - With nothing outstanding, the mark is the exact need: announcements are read as they come.
+//! - A wait with a mark above 1 byte lasts at most the patience: three frames' time at the
+//!   connection's rate ([`Hint::pace`], 100 ms to 2 s; 400 ms until it is known). Then the mark
+//!   drops to 1 byte until bytes are read: a short frame that no chunk followed is read then, and
+//!   a kernel that would keep a reader asleep on a closing window cannot stall the connection.
 //!
 //! [`Hinting`] wraps the codec and records, at each decode, what the buffered bytes still need;
 //! [`LowWater`] wraps the socket and sets the mark before each read, when it changed.
@@ -24,7 +27,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::AsFd;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -37,14 +40,18 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::sockopt;
 
-/// The highest mark set. The kernel caps it at half the receive buffer, and a mark above the
-/// buffer grows the buffer (and clamps the window to the mark until autotuning grows it), so it
-/// stays near a default chunk's size.
+/// The highest mark set. The kernel caps it at half its largest receive buffer (`tcp_rmem`), and a
+/// mark above the buffer grows the buffer (and clamps the window to the mark until autotuning
+/// grows it), so it stays near a default chunk's size.
 pub(crate) const MAX_MARK: usize = 256 * 1024;
 
-/// How long a guessed mark (a whole chunk frame, between frames) may hold back the bytes that did
-/// arrive: a short frame that no chunk follows is read at most this late.
+/// How long a mark may hold back the bytes that did arrive, until the connection says how fast
+/// its frames come ([`Hint::pace`]): a short frame that no chunk follows is read at most this
+/// late (and the next 25 ms tick).
 pub(crate) const PATIENCE: Duration = Duration::from_millis(400);
+/// The bounds of the patience a connection's pace sets: three frames' time.
+pub(crate) const MIN_PATIENCE: Duration = Duration::from_millis(100);
+pub(crate) const MAX_PATIENCE: Duration = Duration::from_secs(2);
 
 /// What the codec and the connection tell the socket about the next read.
 #[derive(Debug)]
@@ -55,6 +62,8 @@ pub(crate) struct Hint {
     between: AtomicBool,
     /// The length of the frame expected next, when one is (requests outstanding); 0 if none.
     expect: AtomicUsize,
+    /// How long a mark may hold bytes back, microseconds.
+    patience_us: AtomicU64,
 }
 
 impl Hint {
@@ -63,6 +72,19 @@ impl Hint {
     /// until [`PATIENCE`] ends.
     pub(crate) fn expect(&self, len: usize) {
         self.expect.store(len, Ordering::Relaxed);
+    }
+
+    /// Frames of `frame` bytes arrive at `rate` bytes/s: a mark may hold bytes back for three
+    /// frames' time, within [`MIN_PATIENCE`] and [`MAX_PATIENCE`], so a slow connection's frames are
+    /// not given up on while they come.
+    pub(crate) fn pace(&self, frame: usize, rate: f64) {
+        let frames = Duration::try_from_secs_f64(3.0 * frame as f64 / rate).unwrap_or(MAX_PATIENCE);
+        let patience = frames.clamp(MIN_PATIENCE, MAX_PATIENCE);
+        self.patience_us.store(patience.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_micros(self.patience_us.load(Ordering::Relaxed))
     }
 }
 
@@ -108,10 +130,10 @@ pub(crate) struct LowWater {
     /// The mark last set (1 is the kernel's default); `None` once setting it failed, so a system
     /// without the option is not asked again.
     mark: Option<usize>,
-    /// Ends the wait for a guessed frame; armed while one is waited for.
+    /// Ends a wait with a mark above 1 byte; armed while one is waited on.
     patience: Pin<Box<Sleep>>,
     armed: bool,
-    /// The guess was given up on: wait for the exact need until bytes arrive.
+    /// The wait outlasted the patience: any byte wakes the reader until bytes arrive.
     gave_up: bool,
 }
 
@@ -123,6 +145,7 @@ pub(crate) fn pair<C>(stream: TcpStream, codec: C, room: usize) -> (LowWater, Hi
         missing: AtomicUsize::new(proto::codec::LEN_PREFIX),
         between: AtomicBool::new(true),
         expect: AtomicUsize::new(0),
+        patience_us: AtomicU64::new(PATIENCE.as_micros() as u64),
     });
     let patience = Box::pin(tokio::time::sleep_until(Instant::now()));
     // Linux wakes a reader early when its window is about to close, so a mark never stalls a
@@ -133,8 +156,8 @@ pub(crate) fn pair<C>(stream: TcpStream, codec: C, room: usize) -> (LowWater, Hi
 }
 
 impl LowWater {
-    /// The mark for the next wait, and whether it is a guess.
-    fn want(&self) -> (usize, bool) {
+    /// The mark for the next wait.
+    fn want(&self) -> usize {
         let h = &self.hint;
         let (missing, between) = (h.missing.load(Ordering::Relaxed), h.between.load(Ordering::Relaxed));
         mark_for(missing, between, h.expect.load(Ordering::Relaxed), self.gave_up)
@@ -167,13 +190,14 @@ impl LowWater {
 }
 
 /// The mark for a read that surely needs `missing` bytes, `between` frames or not, with a frame of
-/// `expect` bytes expected (0: none) and the guess given up on or not; and whether it is a guess.
-fn mark_for(missing: usize, between: bool, expect: usize, gave_up: bool) -> (usize, bool) {
-    let missing = missing.max(1);
-    if between && expect > missing && !gave_up {
-        (expect.min(MAX_MARK), true)
+/// `expect` bytes expected (0: none), after a wait that outlasted its patience (`gave_up`) or not.
+fn mark_for(missing: usize, between: bool, expect: usize, gave_up: bool) -> usize {
+    if gave_up {
+        1
+    } else if between && expect > missing {
+        expect.min(MAX_MARK)
     } else {
-        (missing.min(MAX_MARK), false)
+        missing.clamp(1, MAX_MARK)
     }
 }
 
@@ -181,7 +205,7 @@ impl AsyncRead for LowWater {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            let (want, guess) = this.want();
+            let want = this.want();
             this.set_mark(want);
             let before = buf.filled().len();
             if let Poll::Ready(r) = Pin::new(&mut this.stream).poll_read(cx, buf) {
@@ -191,17 +215,19 @@ impl AsyncRead for LowWater {
                 }
                 return Poll::Ready(r);
             }
-            if !guess || this.mark.is_none() {
+            if this.mark.is_none_or(|m| m <= 1) {
                 return Poll::Pending;
             }
             if !this.armed {
-                this.patience.as_mut().reset(crate::tick::on_tick(Instant::now() + PATIENCE));
+                let at = crate::tick::on_tick(Instant::now() + this.hint.patience());
+                this.patience.as_mut().reset(at);
                 this.armed = true;
             }
             if this.patience.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            // No whole frame of the guessed size came in time: settle for what surely comes.
+            // The bytes waited for did not all come in time (a guess that was wrong, or a kernel
+            // that keeps a reader asleep on a closing window): read whatever is there.
             this.armed = false;
             this.gave_up = true;
         }
@@ -268,7 +294,8 @@ mod tests {
     }
 
     /// Chunk frames written in pieces, with announcements between them, are read whole and in
-    /// order while the mark follows them; inside a frame the mark is the exact remainder.
+    /// order while the mark follows them.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn frames_in_pieces_are_read_whole_while_the_mark_follows() {
         let (mut server, mut client, hint) = connected().await;
@@ -299,6 +326,7 @@ mod tests {
 
     /// A frame shorter than the guess, with nothing after it, is read once the patience ends (not
     /// held for good); with nothing expected, a short frame is read at once.
+    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn a_short_frame_is_held_by_a_guess_only_for_the_patience() {
         let (mut server, mut client, hint) = connected().await;
@@ -323,12 +351,32 @@ mod tests {
     /// (capped) unless given up on, and 1 byte at the least.
     #[test]
     fn the_mark_is_the_exact_need_or_the_guess() {
-        assert_eq!(mark_for(4, true, 65_545, false), (65_545, true));
-        assert_eq!(mark_for(4, true, 65_545, true), (4, false));
-        assert_eq!(mark_for(4, true, 0, false), (4, false));
-        assert_eq!(mark_for(386, false, 65_545, false), (386, false));
-        assert_eq!(mark_for(0, false, 0, false), (1, false));
-        assert_eq!(mark_for(4, true, 1 << 20, false), (MAX_MARK, true));
-        assert_eq!(mark_for(1 << 20, false, 0, false), (MAX_MARK, false));
+        assert_eq!(mark_for(4, true, 65_545, false), 65_545);
+        assert_eq!(mark_for(4, true, 65_545, true), 1, "after the patience, any byte");
+        assert_eq!(mark_for(386, false, 65_545, true), 1);
+        assert_eq!(mark_for(4, true, 0, false), 4);
+        assert_eq!(mark_for(386, false, 65_545, false), 386);
+        assert_eq!(mark_for(0, false, 0, false), 1);
+        assert_eq!(mark_for(4, true, 1 << 20, false), MAX_MARK);
+        assert_eq!(mark_for(1 << 20, false, 0, false), MAX_MARK);
+    }
+
+    /// The patience is three frames' time at the connection's rate, within its bounds.
+    #[test]
+    fn the_patience_follows_the_pace() {
+        let hint = Hint {
+            missing: AtomicUsize::new(0),
+            between: AtomicBool::new(true),
+            expect: AtomicUsize::new(0),
+            patience_us: AtomicU64::new(PATIENCE.as_micros() as u64),
+        };
+        hint.pace(CHUNK, 300.0 * 1024.0);
+        assert_eq!(hint.patience(), Duration::from_millis(640));
+        hint.pace(CHUNK, 1e9);
+        assert_eq!(hint.patience(), MIN_PATIENCE);
+        hint.pace(CHUNK, 1.0);
+        assert_eq!(hint.patience(), MAX_PATIENCE);
+        hint.pace(CHUNK, 0.0);
+        assert_eq!(hint.patience(), MAX_PATIENCE);
     }
 }

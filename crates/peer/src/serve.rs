@@ -168,7 +168,8 @@ impl Drop for OpenConnection {
 #[derive(Debug)]
 pub(crate) struct Fresh {
     sent: Bitmap,
-    /// Chunks never sent: once zero, every request is answered as asked without a scan.
+    /// Chunks never sent: once none of the asked chunk's length is left, every request is
+    /// answered as asked without a scan.
     unsent: u32,
 }
 
@@ -210,12 +211,14 @@ impl Uploader {
         if f.unsent == 0 {
             return chunk;
         }
-        let pick = if fresh && f.sent.get(chunk) {
+        // Every chunk has the full size but a shorter last one, which is never a substitute.
+        let last = n.saturating_sub(1);
+        let short = |c: u32| c == last && meta.length % u64::from(meta.chunk_size.max(1)) != 0;
+        let unsent_alike = if short(chunk) { 0 } else { f.unsent - u32::from(short(last) && !f.sent.get(last)) };
+        let pick = if fresh && f.sent.get(chunk) && unsent_alike > 0 {
             // Start at a random place so connections do not all scan from the same end.
             let start = rand::random_range(0..n.max(1));
-            let len = |c: u32| meta.chunk(c).map(|i| meta.chunk_range(i).1).ok();
-            let asked = len(chunk);
-            (start..n).chain(0..start).find(|&c| !f.sent.get(c) && len(c) == asked).unwrap_or(chunk)
+            (start..n).chain(0..start).find(|&c| !f.sent.get(c) && !short(c)).unwrap_or(chunk)
         } else {
             chunk
         };

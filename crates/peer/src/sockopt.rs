@@ -48,8 +48,9 @@ pub(crate) fn tcp_rtt(fd: BorrowedFd<'_>) -> Option<Duration> {
             &mut len,
         )
     };
-    // An older kernel may fill less than the whole struct; the RTT is in its first 76 bytes.
-    (r == 0 && len as usize >= 76 && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
+    // An older kernel may fill less than the whole struct: it must reach the RTT.
+    let filled = std::mem::offset_of!(libc::tcp_info, tcpi_rtt) + std::mem::size_of::<u32>();
+    (r == 0 && len as usize >= filled && info.tcpi_rtt > 0).then(|| Duration::from_micros(u64::from(info.tcpi_rtt)))
 }
 
 /// Not read elsewhere.

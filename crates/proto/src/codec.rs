@@ -232,13 +232,11 @@ pub fn chunk_frame_header(chunk: u32, len: u32, max_frame: usize) -> Result<Byte
 /// The whole length of a [`PeerResponse::Chunk`] frame for chunk `chunk` of `len` bytes, length
 /// prefix included: what [`chunk_frame_header`] and the data add up to, computed without encoding.
 pub fn chunk_frame_len(chunk: u32, len: u32) -> usize {
-    // Postcard: the variant's index and both fields as varints, 7 bits a byte.
-    let varint = |v: u32| (32 - v.leading_zeros()).div_ceil(7).max(1) as usize;
-    LEN_PREFIX + varint(CHUNK_VARIANT) + varint(chunk) + varint(len) + len as usize
+    // Sizing this header cannot fail (no sequence of unknown length); 0 would only make a reader
+    // wait for less.
+    let header = postcard::experimental::serialized_size(&ResponseHeader::Chunk { chunk, len }).unwrap_or(0);
+    LEN_PREFIX + header + len as usize
 }
-
-/// `ResponseHeader::Chunk`'s index among the header's variants.
-const CHUNK_VARIANT: u32 = 1;
 
 /// Decodes `In` messages and encodes `Out` messages, with a maximum frame length in both
 /// directions.
@@ -317,7 +315,7 @@ impl<In: WireMessage, Out> Decoder for Codec<In, Out> {
         if len > self.max_frame {
             return Err(CodecError::FrameTooLarge { len, max: self.max_frame });
         }
-        let missing = (LEN_PREFIX + len).saturating_sub(src.len());
+        let missing = frame_missing(src);
         if missing > 0 {
             src.reserve(missing.min(RESERVE_AHEAD));
             return Ok(None);

@@ -112,7 +112,7 @@ async fn register(addr: SocketAddr, i: usize, metas: Arc<Vec<FileMeta>>) -> anyh
     let files = metas
         .iter()
         .map(|m| {
-            let have = if i.is_multiple_of(2) {
+            let have = if i % 2 == 0 {
                 Have::Complete
             } else {
                 let mut b = Bitmap::new(m.num_chunks());

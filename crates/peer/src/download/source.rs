@@ -141,6 +141,9 @@ async fn exchange(
                 check_range(chunk, n)?;
                 let asked = expect_front(&mut inflight, chunk, true)?;
                 window.arrived(data.len(), || conn.rtt());
+                if let Some(rate) = window.rate {
+                    conn.pace(rate);
+                }
                 received.add(data.len() as u64);
                 // Only chunks big enough that their transfer, not the round trip, sets the time
                 // say what the source's rate is.
@@ -215,7 +218,7 @@ fn expect_front(inflight: &mut VecDeque<Request>, chunk: u32, with_data: bool) -
 
 /// How many requests to keep in flight to one source: enough to cover [`PIPELINE_WINDOW`] of its
 /// measured rate (so a fast source saturates the link), and one more than what arrives in a round
-/// trip (so a source never waits for the next request), at least 1 and at most the configured
+/// trip (so a source is not left waiting for the next request), at least 1 and at most the configured
 /// pipeline. A slow source is therefore not handed chunks it would take seconds to deliver while
 /// faster peers could have served them: this is what lets downloaders trade rather than all queue
 /// on the seed. And a source that many downloaders share is asked for one chunk at a time by each
@@ -242,6 +245,9 @@ const PIPELINE_WINDOW: f64 = 0.1;
 /// Arrivals between two readings of the connection's round-trip time (a system call each).
 const RTT_EVERY: u64 = 8;
 
+/// Chunks arriving per round trip below which one request in flight keeps a source busy enough.
+const ROUND_TRIP_NEGLIGIBLE: f64 = 0.1;
+
 impl Window {
     fn new(max: usize, chunk_size: u32, known: Option<f64>) -> Self {
         let rate = known.filter(|r| *r > 0.0);
@@ -257,13 +263,22 @@ impl Window {
     fn depth(&self) -> usize {
         let Some(r) = self.rate else { return 2.min(self.max) };
         let cover = (r * PIPELINE_WINDOW / self.chunk_size).ceil();
-        let round_trip = self.rtt.map_or(2.0, |rtt| 1.0 + (r * rtt / self.chunk_size).round());
+        // What arrives in a round trip, in chunks, plus the one being sent. Below a tenth of a
+        // chunk the source waits at most a tenth of a chunk's time for the next request.
+        let round_trip = self.rtt.map_or(2.0, |rtt| {
+            let per_trip = r * rtt / self.chunk_size;
+            if per_trip < ROUND_TRIP_NEGLIGIBLE {
+                1.0
+            } else {
+                (1.0 + per_trip).ceil()
+            }
+        });
         (cover.max(round_trip) as usize).clamp(1, self.max)
     }
 
     /// A chunk of `bytes` arrived; `rtt` reads the connection's round-trip time when it is due.
     fn arrived(&mut self, bytes: usize, rtt: impl FnOnce() -> Option<Duration>) {
-        if self.arrivals.is_multiple_of(RTT_EVERY) {
+        if self.arrivals % RTT_EVERY == 0 {
             self.rtt = rtt().map(|d| d.as_secs_f64());
         }
         self.arrivals += 1;
@@ -303,6 +318,8 @@ mod tests {
         assert_eq!(window(130.0 * kib, None).depth(), 2, "round trip unknown");
         // 1.2 MiB/s over 100 ms: 1.9 chunks arrive per round trip.
         assert_eq!(window(1200.0 * kib, Some(0.1)).depth(), 3);
+        // 500 KiB/s over 60 ms: half a chunk per round trip, so two in flight.
+        assert_eq!(window(500.0 * kib, Some(0.06)).depth(), 2);
         // 1 MiB/s: 100 ms of it is 1.6 chunks.
         assert_eq!(window(1024.0 * kib, Some(0.0005)).depth(), 2);
         assert_eq!(window(1e9, Some(0.0001)).depth(), 8, "at most the pipeline");

@@ -10,6 +10,7 @@
 //! writers because the disk is behind; one that took longer than [`SLOW_WRITE`] sends the
 //! download's chunks to blocking threads (up to `parallel` at once) for [`BACK_OFF`].
 
+use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -89,11 +90,14 @@ pub(crate) async fn run(
                     Err(input) => { let _ = inbox.send(input); }
                     Ok((a, idx)) if placement.inline(a.data.len(), Instant::now()) => {
                         let start = Instant::now();
-                        let r = partial.write_chunk(idx, &a.data);
+                        // A panic in the store fails the download, as on a blocking thread,
+                        // rather than ending this task and leaving the download waiting.
+                        let r = std::panic::catch_unwind(AssertUnwindSafe(|| partial.write_chunk(idx, &a.data)))
+                            .map_err(|_| Error::Io { action: "store a chunk", source: std::io::Error::other("panicked") });
                         let took = start.elapsed();
                         latency.observe(took.as_secs_f64());
                         placement.took(took, Instant::now());
-                        let _ = inbox.send(outcome(&a, Ok(r)));
+                        let _ = inbox.send(outcome(&a, r));
                     }
                     Ok((a, idx)) => storing.push(store(partial.clone(), a, idx, latency.clone())),
                 },
